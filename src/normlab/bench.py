@@ -1,0 +1,164 @@
+"""``normlab bench``: normlab vs torch.nn on representative shapes, in one process.
+
+Every figure is relative to a baseline measured in the same run: each repetition times the
+torch.nn module and the normlab module back to back, alternating which goes first (A B, B A,
+...), so drift on a shared machine hits both. A same-size ``copy_`` gives the machine's
+practical memory bandwidth for the "fraction of copy" column. Rows are appended, one per
+(op, provider, mode), to a long-format JSONL file; a table is printed.
+
+Bytes counted per call (the floor for a normalization): forward reads x and writes y
+(2 tensors); forward+backward adds reading x and dy and writing dx (5 tensors); copy_ reads
+and writes one (2 tensors).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from normlab import nn as nl
+from normlab.results import append_row, environment
+
+__all__ = ["CASES", "Case", "run_bench"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # op name in the rows
+    layout: str  # "nchw", "channels_last" or "rows"
+    shape: tuple[int, ...]
+    quick_shape: tuple[int, ...]
+    make: Callable[[], tuple[torch.nn.Module, torch.nn.Module]]  # (torch.nn, normlab)
+
+
+def _pair(torch_cls, normlab_cls, *args):
+    return lambda: (torch_cls(*args), normlab_cls(*args))
+
+
+IMG, IMG_Q = (32, 64, 56, 56), (8, 64, 28, 28)
+ROWS, ROWS_Q = (8192, 1024), (2048, 1024)
+
+CASES: tuple[Case, ...] = (
+    Case("BatchNorm2d", "nchw", IMG, IMG_Q, _pair(torch.nn.BatchNorm2d, nl.BatchNorm2d, 64)),
+    Case("BatchNorm2d", "channels_last", IMG, IMG_Q,
+         _pair(torch.nn.BatchNorm2d, nl.BatchNorm2d, 64)),
+    Case("LayerNorm", "rows", ROWS, ROWS_Q, _pair(torch.nn.LayerNorm, nl.LayerNorm, 1024)),
+    Case("GroupNorm32", "nchw", IMG, IMG_Q, _pair(torch.nn.GroupNorm, nl.GroupNorm, 32, 64)),
+    Case("GroupNorm32", "channels_last", IMG, IMG_Q,
+         _pair(torch.nn.GroupNorm, nl.GroupNorm, 32, 64)),
+    Case("InstanceNorm2d", "nchw", IMG, IMG_Q,
+         _pair(torch.nn.InstanceNorm2d, nl.InstanceNorm2d, 64)),
+    Case("InstanceNorm2d", "channels_last", IMG, IMG_Q,
+         _pair(torch.nn.InstanceNorm2d, nl.InstanceNorm2d, 64)),
+    Case("RMSNorm", "rows", ROWS, ROWS_Q, _pair(torch.nn.RMSNorm, nl.RMSNorm, 1024)),
+)
+
+MODES = ("forward", "forward+backward")
+_TENSORS_MOVED = {"forward": 2, "forward+backward": 5, "copy": 2}
+
+
+def _input(case: Case, shape, dtype) -> torch.Tensor:
+    x = torch.randn(shape, dtype=dtype)
+    if case.layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _timer(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, mode: str):
+    params = [p for p in module.parameters()]
+    if mode == "forward":
+        def call():
+            with torch.no_grad():
+                module(x)
+    else:
+        xg = x.detach().requires_grad_()
+
+        def call():
+            module(xg).backward(dy)
+            xg.grad = None
+            for p in params:
+                p.grad = None
+    return call
+
+
+def _time_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _quantiles(ts: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) > 1 else ts * 9
+    return q[1], statistics.median(ts), q[7]
+
+
+def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None,
+              printer=print) -> list[dict]:
+    """Measure every case (or those whose name is in ``ops``); append rows to ``out``."""
+    reps = reps or (6 if quick else 20)
+    run_id = uuid.uuid4().hex[:12]
+    env = environment()
+    rows: list[dict] = []
+    cases = [c for c in CASES if ops is None or c.name in ops]
+    header = (f"{'op':<15}{'layout':<14}{'mode':<17}{'torch.nn ms':>12}{'normlab ms':>12}"
+              f"{'ratio':>8}{'GB/s':>8}{'of copy':>9}")
+    printer(f"normlab bench: {len(cases)} shapes x {len(MODES)} modes, {reps} alternating "
+            f"repetitions each, {dtype}, allocator={env['allocator']}, "
+            f"torch threads={env['torch_threads']}")
+    printer(header)
+    for case in cases:
+        shape = case.quick_shape if quick else case.shape
+        torch.manual_seed(0)
+        ref_mod, nl_mod = case.make()
+        ref_mod, nl_mod = ref_mod.to(dtype), nl_mod.to(dtype)
+        x = _input(case, shape, dtype)
+        dy = _input(case, shape, dtype)
+        nbytes = x.numel() * x.element_size()
+        dst = torch.empty_like(x)
+        copy_ts = [_time_once(lambda: dst.copy_(x)) for _ in range(max(reps, 5))]
+        c20, c50, c80 = _quantiles(copy_ts)
+        copy_gbps = _TENSORS_MOVED["copy"] * nbytes / c50 / 1e9
+        for mode in MODES:
+            calls = {"torch.nn": _timer(ref_mod, x, dy, mode),
+                     "normlab": _timer(nl_mod, x, dy, mode)}
+            for fn in calls.values():  # warm up: allocator, threads, first-call paths
+                fn()
+                fn()
+            times: dict[str, list[float]] = {k: [] for k in calls}
+            order = list(calls)
+            for i in range(reps):
+                for name in (order if i % 2 == 0 else order[::-1]):  # A B, B A, ...
+                    times[name].append(_time_once(calls[name]))
+            base = _quantiles(times["torch.nn"])[1]
+            stats = {k: _quantiles(v) for k, v in times.items()}
+            for provider, (p20, p50, p80) in stats.items():
+                gbps = _TENSORS_MOVED[mode] * nbytes / p50 / 1e9
+                row = dict(kind="bench", run_id=run_id, op=case.name, provider=provider,
+                           mode=mode, layout=case.layout, shape=list(shape),
+                           dtype=str(dtype).replace("torch.", ""), p20=p20, p50=p50, p80=p80,
+                           unit="s", reps=reps, gbps=gbps, copy_gbps=copy_gbps,
+                           ratio=p50 / base, baseline="torch.nn", env=env, time=time.time())
+                rows.append(row)
+                if out is not None:
+                    append_row(out, row)
+            nl50 = stats["normlab"][1]
+            gbps = _TENSORS_MOVED[mode] * nbytes / nl50 / 1e9
+            printer(f"{case.name:<15}{case.layout:<14}{mode:<17}{base * 1e3:>12.3f}"
+                    f"{nl50 * 1e3:>12.3f}{nl50 / base:>8.3f}{gbps:>8.1f}"
+                    f"{gbps / copy_gbps:>9.2f}")
+        copy_row = dict(kind="bench", run_id=run_id, op=case.name, provider="copy_",
+                        mode="copy", layout=case.layout, shape=list(shape),
+                        dtype=str(dtype).replace("torch.", ""), p20=c20, p50=c50, p80=c80,
+                        unit="s", reps=len(copy_ts), gbps=copy_gbps, copy_gbps=copy_gbps,
+                        ratio=None, baseline=None, env=env, time=time.time())
+        rows.append(copy_row)
+        if out is not None:
+            append_row(out, copy_row)
+    worst = max(r["ratio"] for r in rows if r["provider"] == "normlab")
+    printer(f"worst normlab/torch.nn time ratio: {worst:.3f} (target <= 1.05)")
+    return rows

@@ -1,0 +1,330 @@
+"""The functional API, in torch.nn.functional's argument order; all input validation lives here.
+
+Every function takes, keyword-only, what torch.nn.functional lacks:
+
+* ``channel_axis``: ``1`` (channels first, N x C x ...) or ``-1`` (channels last, N x ... x C).
+  For ``layer_norm``/``rms_norm`` the default is ``-1``: the normalized block is the trailing
+  dims, as in torch; with ``1`` it is the block starting at axis 1 (e.g. ``normalized_shape=(C,)``
+  on an N x C x H x W input normalizes over the channels at each position).
+* ``residual``: a tensor of the input's shape added after the affine transform.
+* ``activation``: ``None``, ``"relu"``, ``"gelu"`` (exact) or ``"silu"``, applied last:
+  ``y = act(norm(x) * weight + bias + residual)``.
+* ``backend``: ``None`` (choose per call: torch's native kernels where their semantics match,
+  the fastest correct path on CPU), ``"native"`` or ``"reference"`` (the closed-form math).
+
+Bad input raises ``TypeError`` (not a tensor, not floating point) or ``ValueError`` (everything
+else), naming the argument, what was expected and what was given.
+
+Statistics are float32 for float16/bfloat16/float32 input and float64 for float64 input.
+An empty batch (N = 0) gives an empty output and leaves running statistics unchanged.
+A NaN in the input makes its own statistics group NaN (its outputs, and in batch norm its
+channel and that channel's running statistics); other groups are unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+from normlab import ops
+from normlab.reference import ACTIVATIONS
+
+__all__ = [
+    "adaptive_instance_norm",
+    "batch_norm",
+    "check_input_dim",
+    "check_num_features",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "normalize_shape",
+    "rms_norm",
+    "validate_eps",
+    "validate_momentum",
+    "validate_num_groups",
+    "validate_options",
+    "validate_positive_int",
+]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks (also called by the modules at construction, so that every message lives here)
+
+
+def _shape(t) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _check_float_tensor(t, name: str) -> None:
+    if type(t) is torch.Tensor and t.is_floating_point():  # fast path: most calls end here
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
+                        f"float64), got {t.dtype}")
+
+
+def validate_eps(eps) -> float:
+    if type(eps) is float and 0.0 < eps < math.inf:  # fast path
+        return eps
+    if (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps)
+            or eps <= 0):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    return float(eps)
+
+
+def validate_momentum(momentum, *, allow_none: bool = True):
+    if momentum is None and allow_none:
+        return None
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:  # fast path
+        return momentum
+    if (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)
+            or not 0.0 <= momentum <= 1.0):
+        extra = " (or None for a cumulative moving average)" if allow_none else ""
+        raise ValueError(f"momentum must be a number in [0, 1]{extra}, got {momentum!r}")
+    return float(momentum)
+
+
+def validate_num_groups(num_groups, num_channels) -> None:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) \
+            or num_groups <= 0:
+        raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
+    if num_channels % num_groups != 0:
+        raise ValueError(f"num_groups must divide the number of channels: num_groups="
+                         f"{num_groups} does not divide num_channels={num_channels}")
+
+
+def validate_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def normalize_shape(normalized_shape) -> tuple[int, ...]:
+    """``normalized_shape`` as a tuple of positive ints (an int means a 1-tuple)."""
+    if type(normalized_shape) is tuple and all(type(n) is int and n > 0
+                                               for n in normalized_shape) and normalized_shape:
+        return normalized_shape  # fast path
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        normalized_shape = (normalized_shape,)
+    if isinstance(normalized_shape, torch.Size):
+        normalized_shape = tuple(normalized_shape)
+    if (not isinstance(normalized_shape, Sequence) or len(normalized_shape) == 0
+            or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0
+                   for n in normalized_shape)):
+        raise ValueError("normalized_shape must be a positive integer or a non-empty sequence of "
+                         f"positive integers, got {normalized_shape!r}")
+    return tuple(int(n) for n in normalized_shape)
+
+
+def validate_options(*, channel_axis=1, activation=None, backend=None,
+                     allowed_axes=(1, -1)) -> None:
+    """Check the normlab-only options shared by every function and module."""
+    if isinstance(channel_axis, bool) or channel_axis not in allowed_axes:
+        raise ValueError(f"channel_axis must be one of {allowed_axes}, got {channel_axis!r}")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
+    if backend is not None and backend not in ops.BACKENDS:
+        raise ValueError(f"backend must be None or one of {ops.BACKENDS}, got {backend!r}")
+
+
+def check_input_dim(input, allowed: Sequence[int], layer: str) -> None:
+    """Raise unless ``input`` has one of the ``allowed`` numbers of dims."""
+    _check_float_tensor(input, "input")
+    if input.dim() not in allowed:
+        want = " or ".join(f"{d}D" for d in allowed)
+        raise ValueError(f"{layer}: expected {want} input (got {input.dim()}D input)")
+
+
+def check_num_features(input, num_features: int, channel_axis: int, layer: str) -> None:
+    """Raise unless ``input`` has ``num_features`` channels at ``channel_axis``."""
+    _check_float_tensor(input, "input")
+    if input.dim() < 2:
+        raise ValueError(f"{layer}: expected an input with a batch and a channel axis (at least "
+                         f"2 dims), got a {input.dim()}D input of shape {_shape(input)}")
+    c = input.shape[channel_axis]
+    if c != num_features:
+        raise ValueError(f"{layer}: expected {num_features} channels at channel_axis="
+                         f"{channel_axis} (num_features={num_features}), got input of shape "
+                         f"{_shape(input)} with {c}")
+
+
+def _check_common(input, eps, channel_axis, residual, activation, backend, min_dim, fn):
+    _check_float_tensor(input, "input")
+    validate_options(channel_axis=channel_axis, activation=activation, backend=backend)
+    if input.dim() < min_dim:
+        raise ValueError(f"{fn}: expected an input with at least {min_dim} dims, got a "
+                         f"{input.dim()}D input of shape {_shape(input)}")
+    if eps is not None:
+        validate_eps(eps)
+    if residual is not None:
+        _check_float_tensor(residual, "residual")
+        if residual.shape != input.shape:
+            raise ValueError(f"residual must have the input's shape {_shape(input)}, got "
+                             f"{_shape(residual)}")
+
+
+def _check_per_channel(t, name: str, c: int, channel_axis: int) -> None:
+    if t is None:
+        return
+    _check_float_tensor(t, name)
+    if _shape(t) != (c,):
+        raise ValueError(f"{name} must have shape ({c},) to match the input's {c} channels at "
+                         f"channel_axis={channel_axis}, got shape {_shape(t)}")
+
+
+def _check_per_element(t, name: str, shape: tuple[int, ...]) -> None:
+    if t is None:
+        return
+    _check_float_tensor(t, name)
+    if _shape(t) != shape:
+        raise ValueError(f"{name} must have normalized_shape {shape}, got shape {_shape(t)}")
+
+
+def _check_running(running_mean, running_var, c, channel_axis, required: bool, why: str):
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None), "
+                         f"got running_mean={'None' if running_mean is None else 'a tensor'}, "
+                         f"running_var={'None' if running_var is None else 'a tensor'}")
+    if required and running_mean is None:
+        raise ValueError(f"running_mean and running_var are required when {why}")
+    _check_per_channel(running_mean, "running_mean", c, channel_axis)
+    _check_per_channel(running_var, "running_var", c, channel_axis)
+
+
+def _check_block(input, normalized_shape, channel_axis) -> None:
+    k = len(normalized_shape)
+    if channel_axis == -1 and input.shape[-k:] == normalized_shape and input.dim() >= k:
+        return  # fast path
+    if channel_axis == -1:
+        block, where = _shape(input)[input.dim() - k:], f"last {k}"
+    else:
+        block, where = _shape(input)[1:1 + k], f"{k} starting at axis 1"
+    if input.dim() < k + (0 if channel_axis == -1 else 1) or block != normalized_shape:
+        raise ValueError(f"normalized_shape {normalized_shape} must match the input's {where} "
+                         f"dims (channel_axis={channel_axis}), got input of shape "
+                         f"{_shape(input)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the functions
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, channel_axis=1, residual=None, activation=None,
+               backend=None):
+    """Batch norm: statistics per channel over the batch and all positions.
+
+    In training the batch statistics are used and ``running_mean``/``running_var`` (if given)
+    are updated in place: ``running = (1 - momentum) * running + momentum * batch`` with the
+    unbiased batch variance. Out of training the running statistics are used.
+    """
+    _check_common(input, eps, channel_axis, residual, activation, backend, 2, "batch_norm")
+    momentum = validate_momentum(momentum, allow_none=False)
+    c = input.shape[channel_axis]
+    _check_running(running_mean, running_var, c, channel_axis, not training, "training=False")
+    _check_per_channel(weight, "weight", c, channel_axis)
+    _check_per_channel(bias, "bias", c, channel_axis)
+    if training and input.numel() == c:
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{list(input.shape)}")
+    return ops.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
+                          momentum, float(eps), channel_axis=channel_axis, residual=residual,
+                          activation=activation, backend=backend)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1,
+                  residual=None, activation=None, backend=None):
+    """Instance norm: statistics per sample and channel over all positions.
+
+    With ``use_input_stats`` the sample's statistics are used and the running statistics (if
+    given) are updated with their average over the batch; otherwise the running statistics are
+    used.
+    """
+    _check_common(input, eps, channel_axis, residual, activation, backend, 3, "instance_norm")
+    momentum = validate_momentum(momentum, allow_none=False)
+    c = input.shape[channel_axis]
+    _check_running(running_mean, running_var, c, channel_axis, not use_input_stats,
+                   "use_input_stats=False")
+    _check_per_channel(weight, "weight", c, channel_axis)
+    _check_per_channel(bias, "bias", c, channel_axis)
+    if use_input_stats and input.numel() > 0 and input.numel() == input.shape[0] * c:
+        raise ValueError("Expected more than 1 spatial element when training, got input size "
+                         f"{list(input.shape)}")
+    return ops.instance_norm(input, running_mean, running_var, weight, bias,
+                             bool(use_input_stats), momentum, float(eps),
+                             channel_axis=channel_axis, residual=residual,
+                             activation=activation, backend=backend)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1,
+               residual=None, activation=None, backend=None):
+    """Group norm: statistics per sample over ``C / num_groups`` consecutive channels and all
+    positions; per-channel affine."""
+    _check_common(input, eps, channel_axis, residual, activation, backend, 2, "group_norm")
+    c = input.shape[channel_axis]
+    validate_num_groups(num_groups, c)
+    _check_per_channel(weight, "weight", c, channel_axis)
+    _check_per_channel(bias, "bias", c, channel_axis)
+    return ops.group_norm(input, int(num_groups), weight, bias, float(eps),
+                          channel_axis=channel_axis, residual=residual, activation=activation,
+                          backend=backend)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, channel_axis=-1,
+               residual=None, activation=None, backend=None):
+    """Layer norm: statistics per sample over the ``normalized_shape`` block (the trailing dims
+    with ``channel_axis=-1``, the dims from axis 1 with ``channel_axis=1``); per-element
+    affine."""
+    _check_common(input, eps, channel_axis, residual, activation, backend, 1, "layer_norm")
+    normalized_shape = normalize_shape(normalized_shape)
+    _check_block(input, normalized_shape, channel_axis)
+    _check_per_element(weight, "weight", normalized_shape)
+    _check_per_element(bias, "bias", normalized_shape)
+    return ops.layer_norm(input, normalized_shape, weight, bias, float(eps),
+                          channel_axis=channel_axis, residual=residual, activation=activation,
+                          backend=backend)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, channel_axis=-1, residual=None,
+             activation=None, backend=None):
+    """RMS norm: ``x / sqrt(mean(x^2) + eps) * weight`` over the ``normalized_shape`` block.
+    ``eps=None`` means ``torch.finfo(input.dtype).eps``, as torch.nn.RMSNorm."""
+    _check_common(input, eps, channel_axis, residual, activation, backend, 1, "rms_norm")
+    normalized_shape = normalize_shape(normalized_shape)
+    _check_block(input, normalized_shape, channel_axis)
+    _check_per_element(weight, "weight", normalized_shape)
+    eps = torch.finfo(input.dtype).eps if eps is None else float(eps)
+    return ops.rms_norm(input, normalized_shape, weight, eps, channel_axis=channel_axis,
+                        residual=residual, activation=activation, backend=backend)
+
+
+def adaptive_instance_norm(content, style, eps=1e-5, *, channel_axis=1, residual=None,
+                           activation=None, backend=None):
+    """AdaIN (Huang & Belongie 2017): ``sigma(style) * (content - mu(content)) / sigma(content)
+    + mu(style)``, statistics per sample and channel over positions, ``sigma = sqrt(var + eps)``
+    with the biased variance. ``style`` has the content's rank and channel count, and either
+    the content's batch size or 1 (one style for the whole batch); its positions may differ."""
+    _check_common(content, eps, channel_axis, residual, activation, backend, 3,
+                  "adaptive_instance_norm")
+    _check_float_tensor(style, "style")
+    if style.dim() != content.dim():
+        raise ValueError(f"style must have the content's rank {content.dim()}D, got a "
+                         f"{style.dim()}D style of shape {_shape(style)}")
+    c, cs = content.shape[channel_axis], style.shape[channel_axis]
+    if cs != c:
+        raise ValueError(f"style must have the content's {c} channels at channel_axis="
+                         f"{channel_axis}, got {cs} (content {_shape(content)}, style "
+                         f"{_shape(style)})")
+    if style.shape[0] not in (content.shape[0], 1):
+        raise ValueError(f"style must have the content's batch size {content.shape[0]} or 1, "
+                         f"got {style.shape[0]}")
+    return ops.adaptive_instance_norm(content, style, float(eps), channel_axis=channel_axis,
+                                      residual=residual, activation=activation, backend=backend)

@@ -1,0 +1,17 @@
+"""Autograd-aware ops, one per kind; the backend (native torch kernels or the reference
+Function) is chosen per call. Inputs are assumed valid: ``normlab.functional`` checks them."""
+
+from normlab.ops.kinds import (
+    BACKENDS,
+    adaptive_instance_norm,
+    batch_norm,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    resolve_backend,
+    rms_norm,
+)
+from normlab.ops.reference_op import reference_norm
+
+__all__ = ["BACKENDS", "adaptive_instance_norm", "batch_norm", "group_norm", "instance_norm",
+           "layer_norm", "reference_norm", "resolve_backend", "rms_norm"]
