@@ -8,11 +8,13 @@ practical memory bandwidth for the "fraction of copy" column. Rows are appended,
 
 Bytes counted per call (the floor for a normalization): forward reads x and writes y
 (2 tensors); forward+backward adds reading x and dy and writing dx (5 tensors); copy_ reads
-and writes one (2 tensors).
+and writes one (2 tensors). The ratio column is the median over repetitions of
+normlab time / torch.nn time, each pair measured back to back.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import uuid
@@ -100,7 +102,7 @@ def _quantiles(ts: list[float]) -> tuple[float, float, float]:
 def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None,
               printer=print) -> list[dict]:
     """Measure every case (or those whose name is in ``ops``); append rows to ``out``."""
-    reps = reps or (6 if quick else 20)
+    reps = reps or (6 if quick else 40)
     run_id = uuid.uuid4().hex[:12]
     env = environment()
     rows: list[dict] = []
@@ -120,7 +122,7 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
         dy = _input(case, shape, dtype)
         nbytes = x.numel() * x.element_size()
         dst = torch.empty_like(x)
-        copy_ts = [_time_once(lambda: dst.copy_(x)) for _ in range(max(reps, 5))]
+        copy_ts = [_time_once(functools.partial(dst.copy_, x)) for _ in range(max(reps, 5))]
         c20, c50, c80 = _quantiles(copy_ts)
         copy_gbps = _TENSORS_MOVED["copy"] * nbytes / c50 / 1e9
         for mode in MODES:
@@ -136,20 +138,26 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
                     times[name].append(_time_once(calls[name]))
             base = _quantiles(times["torch.nn"])[1]
             stats = {k: _quantiles(v) for k, v in times.items()}
+            # the ratio is the median of per-repetition ratios: each pair was measured back to
+            # back, so slow drift of the machine cancels within a pair
+            paired = {k: statistics.median(a / b for a, b in zip(v, times["torch.nn"],
+                                                                 strict=True))
+                      for k, v in times.items()}
             for provider, (p20, p50, p80) in stats.items():
                 gbps = _TENSORS_MOVED[mode] * nbytes / p50 / 1e9
                 row = dict(kind="bench", run_id=run_id, op=case.name, provider=provider,
                            mode=mode, layout=case.layout, shape=list(shape),
                            dtype=str(dtype).replace("torch.", ""), p20=p20, p50=p50, p80=p80,
                            unit="s", reps=reps, gbps=gbps, copy_gbps=copy_gbps,
-                           ratio=p50 / base, baseline="torch.nn", env=env, time=time.time())
+                           ratio=paired[provider], baseline="torch.nn", env=env,
+                           time=time.time())
                 rows.append(row)
                 if out is not None:
                     append_row(out, row)
             nl50 = stats["normlab"][1]
             gbps = _TENSORS_MOVED[mode] * nbytes / nl50 / 1e9
             printer(f"{case.name:<15}{case.layout:<14}{mode:<17}{base * 1e3:>12.3f}"
-                    f"{nl50 * 1e3:>12.3f}{nl50 / base:>8.3f}{gbps:>8.1f}"
+                    f"{nl50 * 1e3:>12.3f}{paired['normlab']:>8.3f}{gbps:>8.1f}"
                     f"{gbps / copy_gbps:>9.2f}")
         copy_row = dict(kind="bench", run_id=run_id, op=case.name, provider="copy_",
                         mode="copy", layout=case.layout, shape=list(shape),

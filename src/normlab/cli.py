@@ -41,7 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="normlab-bench.jsonl",
                        help="JSONL file the rows are appended to (default: %(default)s)")
     bench.add_argument("--reps", type=_positive_int, default=None,
-                       help="alternating repetitions per row (default: 20, or 6 with --quick)")
+                       help="alternating repetitions per row (default: 40, or 6 with --quick)")
     bench.add_argument("--dtype", choices=_DTYPES, default="float32",
                        help="input dtype (default: %(default)s)")
     bench.add_argument("--ops", nargs="+", choices=names, metavar="OP",

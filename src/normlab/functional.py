@@ -111,6 +111,7 @@ def normalize_shape(normalized_shape) -> tuple[int, ...]:
     if type(normalized_shape) is tuple and all(type(n) is int and n > 0
                                                for n in normalized_shape) and normalized_shape:
         return normalized_shape  # fast path
+    given = normalized_shape
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         normalized_shape = (normalized_shape,)
     if isinstance(normalized_shape, torch.Size):
@@ -119,7 +120,7 @@ def normalize_shape(normalized_shape) -> tuple[int, ...]:
             or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0
                    for n in normalized_shape)):
         raise ValueError("normalized_shape must be a positive integer or a non-empty sequence of "
-                         f"positive integers, got {normalized_shape!r}")
+                         f"positive integers, got {given!r}")
     return tuple(int(n) for n in normalized_shape)
 
 
@@ -171,8 +172,9 @@ def _check_common(input, eps, channel_axis, residual, activation, backend, min_d
 
 
 def _check_per_channel(t, name: str, c: int, channel_axis: int) -> None:
-    if t is None:
-        return
+    if t is None or (type(t) is torch.Tensor and t.dim() == 1 and t.shape[0] == c
+                     and t.is_floating_point()):
+        return  # fast path
     _check_float_tensor(t, name)
     if _shape(t) != (c,):
         raise ValueError(f"{name} must have shape ({c},) to match the input's {c} channels at "
@@ -180,8 +182,8 @@ def _check_per_channel(t, name: str, c: int, channel_axis: int) -> None:
 
 
 def _check_per_element(t, name: str, shape: tuple[int, ...]) -> None:
-    if t is None:
-        return
+    if t is None or (type(t) is torch.Tensor and t.shape == shape and t.is_floating_point()):
+        return  # fast path
     _check_float_tensor(t, name)
     if _shape(t) != shape:
         raise ValueError(f"{name} must have normalized_shape {shape}, got shape {_shape(t)}")
@@ -271,6 +273,10 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     _check_common(input, eps, channel_axis, residual, activation, backend, 2, "group_norm")
     c = input.shape[channel_axis]
     validate_num_groups(num_groups, c)
+    if input.numel() > 0 and input.numel() == input.shape[0] * num_groups:
+        raise ValueError("Expected more than 1 value per group (num_channels / num_groups x "
+                         f"positions), got input size {list(input.shape)} with num_groups="
+                         f"{num_groups}")
     _check_per_channel(weight, "weight", c, channel_axis)
     _check_per_channel(bias, "bias", c, channel_axis)
     return ops.group_norm(input, int(num_groups), weight, bias, float(eps),
@@ -326,5 +332,9 @@ def adaptive_instance_norm(content, style, eps=1e-5, *, channel_axis=1, residual
     if style.shape[0] not in (content.shape[0], 1):
         raise ValueError(f"style must have the content's batch size {content.shape[0]} or 1, "
                          f"got {style.shape[0]}")
+    for name, t in (("content", content), ("style", style)):
+        if t.numel() > 0 and t.numel() == t.shape[0] * c:
+            raise ValueError(f"Expected more than 1 spatial element in {name}, got size "
+                             f"{list(t.shape)}")
     return ops.adaptive_instance_norm(content, style, float(eps), channel_axis=channel_axis,
                                       residual=residual, activation=activation, backend=backend)

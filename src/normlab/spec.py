@@ -77,15 +77,15 @@ class Plan:
     reduce_dims: tuple[int, ...]
     affine_shape: tuple[int, ...]
     centered: bool
+    stats_shape: tuple[int, ...] = ()  # filled in by __post_init__
+    group_size: int = 0  # number of elements in one statistics group
 
-    @property
-    def stats_shape(self) -> tuple[int, ...]:
-        return tuple(1 if d in self.reduce_dims else n for d, n in enumerate(self.view_shape))
-
-    @property
-    def group_size(self) -> int:
-        """Number of elements in one statistics group."""
-        return prod(self.view_shape[d] for d in self.reduce_dims)
+    def __post_init__(self):
+        # plain fields rather than properties: torch.compile reads them as constants
+        stats = tuple(1 if d in self.reduce_dims else n for d, n in enumerate(self.view_shape))
+        object.__setattr__(self, "stats_shape", stats)
+        object.__setattr__(self, "group_size",
+                           prod([self.view_shape[d] for d in self.reduce_dims]))
 
 
 def canonical_axis(channel_axis: int, ndim: int) -> int:

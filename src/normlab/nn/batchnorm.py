@@ -17,15 +17,19 @@ __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNo
 
 
 class _NormBase(nn.Module):
-    """State shared by batch and instance norm: affine parameters and running statistics."""
+    """State shared by batch and instance norm: affine parameters and running statistics.
+
+    ``bias=False`` (with ``affine=True``) keeps the scale and registers ``bias`` as None, as
+    torch.nn does since 2.13.
+    """
 
     _version = 2  # version 2 added num_batches_tracked, as in torch.nn
     _default_affine = True
     _default_track = True
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None, *, channel_axis=1,
-                 activation=None, backend=None):
+                 track_running_stats=True, device=None, dtype=None, *, bias=True,
+                 channel_axis=1, activation=None, backend=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.num_features = F.validate_positive_int(num_features, "num_features")
@@ -39,7 +43,10 @@ class _NormBase(nn.Module):
         self.backend = backend
         if self.affine:
             self.weight = nn.Parameter(torch.empty(self.num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(self.num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(self.num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -64,7 +71,8 @@ class _NormBase(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def _factor(self, input) -> float:
         """The running-average factor of this training step; counts the batch."""
@@ -78,7 +86,8 @@ class _NormBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-             f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+             f"affine={self.affine}, bias={self.bias is not None}, "
+             f"track_running_stats={self.track_running_stats}")
         if self.channel_axis != 1:
             s += f", channel_axis={self.channel_axis}"
         if self.activation is not None:
@@ -157,10 +166,10 @@ class InstanceNorm(_NormBase):
     _batched_dim: int | None = None  # rank of a batched input; one less means unbatched
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
-                 track_running_stats=False, device=None, dtype=None, *, channel_axis=1,
-                 activation=None, backend=None):
+                 track_running_stats=False, device=None, dtype=None, *, bias=True,
+                 channel_axis=1, activation=None, backend=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, channel_axis=channel_axis, activation=activation,
+                         dtype, bias=bias, channel_axis=channel_axis, activation=activation,
                          backend=backend)
 
     def forward(self, input, residual=None):

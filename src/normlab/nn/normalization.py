@@ -109,7 +109,7 @@ class GroupNorm(nn.Module):
     ``num_channels`` (checked here, at construction)."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None,
-                 dtype=None, *, channel_axis=1, activation=None, backend=None):
+                 dtype=None, *, bias=True, channel_axis=1, activation=None, backend=None):
         super().__init__()
         self.num_channels = F.validate_positive_int(num_channels, "num_channels")
         F.validate_num_groups(num_groups, self.num_channels)
@@ -120,7 +120,11 @@ class GroupNorm(nn.Module):
         self.channel_axis, self.activation, self.backend = channel_axis, activation, backend
         if self.affine:
             self.weight = nn.Parameter(torch.empty(self.num_channels, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.empty(self.num_channels, device=device, dtype=dtype))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(self.num_channels, device=device,
+                                                     dtype=dtype))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -129,7 +133,8 @@ class GroupNorm(nn.Module):
     def reset_parameters(self) -> None:
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def forward(self, input, residual=None):
         F.check_num_features(input, self.num_channels, self.channel_axis, "GroupNorm")
@@ -138,8 +143,8 @@ class GroupNorm(nn.Module):
                             activation=self.activation, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
-                + _extras(self, 1))
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}" + _extras(self, 1))
 
 
 class AdaptiveInstanceNorm(nn.Module):

@@ -57,8 +57,13 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps
     else:
         x_in = x
     if channel_axis == -1 and x.dim() > 2:
-        x_in = x_in.reshape(-1, x.shape[-1])  # every position of every sample is one row
-    y = F.batch_norm(x_in, rm, rv, weight, bias, training, factor, eps).reshape(x.shape)
+        # every position of every sample is one row of an (N*..., C) matrix
+        y = F.batch_norm(x_in.reshape(-1, x.shape[-1]), rm, rv, weight, bias, training, factor,
+                         eps).reshape(x.shape)
+    else:
+        y = F.batch_norm(x_in, rm, rv, weight, bias, training, factor, eps)
+    if x_in is x:
+        return y
     with torch.no_grad():  # float16 buffers were updated through float32 copies
         if rm is not running_mean:
             running_mean.copy_(rm)
@@ -77,7 +82,7 @@ def group_norm(x, num_groups, weight, bias, eps, channel_axis):
         y = _from_channels_last_image(y, x.shape)
     else:
         y = F.group_norm(xin, num_groups, weight, bias, eps)
-    return y.to(x.dtype)
+    return y if xin is x else y.to(x.dtype)
 
 
 def instance_norm(x, weight, bias, eps, channel_axis):
