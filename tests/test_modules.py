@@ -248,3 +248,31 @@ def test_adain_module():
     # std(y) = sigma_s * std(xhat) with std(xhat) = sqrt(var_c / (var_c + eps))
     var_c = torch.var(c, (2, 3), correction=0)
     torch.testing.assert_close(var_y, (var_s + 1e-5) * var_c / (var_c + 1e-5))
+
+
+HALF_TOL = {torch.bfloat16: dict(rtol=3e-2, atol=3e-2), torch.float16: dict(rtol=5e-3, atol=5e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", [m for m in MODULES if m[0] not in ("BatchNorm2d-N1",)],
+                         ids=lambda m: m[0])
+def test_half_precision_parity_with_torch_nn(case, dtype):
+    """Half inputs with float32 parameters (the usual mixed-precision setup): normlab on the
+    half input against torch.nn in float64 on the same (rounded) values."""
+    ref, ours = _twin(case, {}, torch.float32)
+    ref64 = case[2](*case[3], dtype=torch.float64)
+    ref64.load_state_dict(ref.state_dict())
+    x = torch.randn(case[4]) * 3 + 1
+    xh = x.to(dtype).requires_grad_()
+    x64 = xh.detach().double().requires_grad_()
+    dy = torch.randn(case[4])
+    y, y64 = ours(xh), ref64(x64)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), y64, **HALF_TOL[dtype])
+    y.backward(dy.to(dtype))
+    y64.backward(dy.double())
+    torch.testing.assert_close(xh.grad.double(), x64.grad, **HALF_TOL[dtype])
+    for (name, p), p64 in zip(ours.named_parameters(), ref64.parameters(), strict=True):
+        scale = max(1.0, p64.grad.abs().max().item())  # sums over many elements
+        torch.testing.assert_close(p.grad.double() / scale, p64.grad / scale,
+                                   **HALF_TOL[dtype], msg=name)
