@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The README's main-job command: installs normlab, then runs the main job. Until `normlab lab`
-# lands, the main job is the quick CPU benchmark of every kind against torch.nn.
+# The README's main-job command: installs normlab with the lab's extra, then runs the lab on its
+# built-in data and writes the report to ./normlab-report (about 90 s on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check torch==2.13.0
-python -m pip install -q --disable-pip-version-check -e .
-exec normlab bench --quick "$@"
+python -m pip install -q --disable-pip-version-check -e ".[lab]"
+exec normlab lab "$@"

@@ -277,3 +277,32 @@ def test_eval_uses_running_statistics(backend):
         torch.testing.assert_close(y, want)
         (g,) = torch.autograd.grad(y.sum(), x)
         torch.testing.assert_close(g, (w / torch.sqrt(rv + 1e-5)).view(1, 3, 1, 1).expand_as(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(4, 6, 5, dtype=torch.float64).transpose(1, 2).contiguous()
+    .transpose(1, 2),  # channel innermost in a 3D tensor
+    lambda: torch.randn(4, 6, 10, dtype=torch.float64)[:, :, ::2],  # strided positions
+    lambda: torch.randn(6, 4, 5, 3, dtype=torch.float64).transpose(0, 1),  # batch not outermost
+    lambda: torch.randn(4, 3, 6, 5, dtype=torch.float64).permute(0, 2, 3, 1),  # NHWC view
+], ids=["channel-innermost-3d", "strided", "batch-transposed", "permuted-4d"])
+def test_non_contiguous_inputs(make, backend):
+    """Any strides work, for every kind (the lab's ghost batches hit a channel-innermost 3D
+    tensor that torch's group-norm kernel rejects)."""
+    x = make().requires_grad_()
+    dy = torch.randn(x.shape, dtype=torch.float64)
+    for fn, ref in [
+        (lambda t: F.instance_norm(t, backend=backend), oracle.instance),
+        (lambda t: F.group_norm(t, 2, backend=backend), lambda t: oracle.group(t, 2)),
+        (lambda t: F.batch_norm(t, None, None, training=True, backend=backend), oracle.batch),
+        (lambda t: F.layer_norm(t, t.shape[-1:], backend=backend),
+         lambda t: oracle.layer(t, t.shape[-1:])),
+    ]:
+        x.grad = None
+        y = fn(x)
+        oracle.close(y, ref(x.detach()), torch.float64)
+        y.backward(dy)
+        xo = x.detach().clone().requires_grad_()
+        ref(xo).backward(dy)
+        oracle.close(x.grad, xo.grad, torch.float64)

@@ -48,14 +48,145 @@ def _build_parser() -> argparse.ArgumentParser:
                        help=f"only these ops: {', '.join(names)}")
     bench.add_argument("--threads", type=_positive_int, default=None,
                        help="torch intra-op threads (default: torch's choice)")
+
+    from normlab.lab.claims import BASE
+    from normlab.lab.study import CLAIM_IDS
+
+    lab = sub.add_parser(
+        "lab", help="train small networks with every normalization; write a report",
+        description="Train small networks with every normalization kind on built-in data "
+                    "(MNIST-1D, scikit-learn's digits and breast-cancer table), decide each "
+                    "classic claim from the rows, and write a report folder: index.html, "
+                    "results.jsonl (one row per finished run, appended as it finishes), "
+                    "summary.json, claims.json, config.json. Rerunning into the same folder "
+                    "resumes: finished runs are not repeated.",
+        epilog="Overrides of the shared fixed settings, checked against their defaults' types: "
+               + ", ".join(f"--{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
+                           for k, v in BASE.items())
+               + ". A claim that sets a key itself keeps its own value.")
+    lab.add_argument("--out", default="normlab-report",
+                     help="report folder (default: %(default)s)")
+    preset = lab.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 seeds, a quarter of the steps (< 30 s)")
+    preset.add_argument("--full", action="store_true",
+                        help="5 seeds, twice the steps, wider grids")
+    lab.add_argument("--only", metavar="ID,...",
+                     help=f"only these claims: {', '.join(CLAIM_IDS)}")
+    lab.add_argument("--seeds", type=_positive_int, help="seeds per arm (default: by preset)")
+    lab.add_argument("--workers", type=_positive_int,
+                     help="worker processes, one torch thread each (default: all cores)")
+    lab.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    report = sub.add_parser("report", help="re-render a lab folder's page from its rows",
+                            description="Recompute every verdict from DIR/results.jsonl and "
+                                        "write DIR/summary.json and DIR/index.html.")
+    report.add_argument("dir", help="a folder written by `normlab lab`")
+
+    from normlab.spec import KINDS
+
+    explain = sub.add_parser(
+        "explain", help="draw which elements share one set of statistics",
+        description="Print in words, and draw as N panels of C channels x H*W positions, the "
+                    "elements that share one mean and variance for a normalization kind.")
+    explain.add_argument("kind", choices=KINDS)
+    explain.add_argument("--shape", default="2,6,3,3", type=_shape,
+                         help="N,C,H,W (or N,C,L) (default: %(default)s)")
+    explain.add_argument("--groups", type=_positive_int, default=2,
+                         help="group norm's number of groups (default: %(default)s)")
+    explain.add_argument("--out", help="write the picture to this PNG file")
     return parser
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W integers, got {text!r}") from None
+    if len(dims) < 3 or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected at least N,C and one position dim, all "
+                                         f"positive, got {text!r}")
+    return dims
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}")
+    for c in summary["claims"]:
+        eff = "-" if c["effect"] is None else f"{c['effect']:.3g}"
+        ci = "-" if not c["ci"] else f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
+        print(f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}")
+
+
+def _run_lab(args, extra: list[str]) -> int:
+    from normlab.lab.study import LabError, parse_overrides, run_lab
+    from normlab.report import render_report
+
+    try:
+        overrides = parse_overrides(extra)
+        only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
+        preset = "quick" if args.quick else "full" if args.full else "default"
+        result = run_lab(args.out, preset=preset, only=only, seeds=args.seeds,
+                         workers=args.workers, overrides=overrides,
+                         progress=not args.no_progress)
+    except LabError as exc:
+        print(f"normlab lab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nnormlab lab: interrupted; finished runs are saved in {args.out}/results.jsonl"
+              " - rerun the same command to resume", file=sys.stderr)
+        return 130
+    counts = result["counts"]
+    if counts["skipped_lines"]:
+        print(f"normlab lab: warning: skipped {counts['skipped_lines']} unreadable line(s) in "
+              f"{args.out}/results.jsonl (a run cut short); those runs were redone",
+              file=sys.stderr)
+    summary = render_report(args.out)
+    print(f"{counts['ran']} runs trained, {counts['already_done']} already done "
+          f"({counts['planned']} planned)")
+    _print_summary(summary)
+    print(f"report: {args.out}/index.html")
+    return 0
 
 
 def main(argv=None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "lab":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
+        return 0
+    if args.command == "lab":
+        bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are --key=value)")
+        return _run_lab(args, extra)
+    if args.command == "report":
+        from normlab.report import ReportError, render_report
+
+        try:
+            summary = render_report(args.dir)
+        except ReportError as exc:
+            print(f"normlab report: error: {exc}", file=sys.stderr)
+            return 2
+        _print_summary(summary)
+        print(f"report: {args.dir}/index.html")
+        return 0
+    if args.command == "explain":
+        from normlab.report import describe, draw
+
+        if args.shape[1] % args.groups and args.kind == "group":
+            parser.error(f"--groups {args.groups} does not divide the {args.shape[1]} channels "
+                         "of --shape")
+        print(describe(args.kind, args.shape, args.groups))
+        if args.out:
+            try:
+                draw(args.kind, args.shape, args.groups).savefig(args.out, dpi=120)
+            except OSError as exc:
+                print(f"normlab explain: error: cannot write {args.out} "
+                      f"({exc.strerror or exc})", file=sys.stderr)
+                return 2
+            print(f"picture: {args.out}")
         return 0
     if args.command == "bench":
         import torch

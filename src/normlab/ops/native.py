@@ -91,10 +91,24 @@ def instance_norm(x, weight, bias, eps, channel_axis):
     return group_norm(x, c, weight, bias, eps, channel_axis)
 
 
+def _dense_for_native(x: torch.Tensor) -> bool:
+    """Whether torch's group-norm kernel takes ``x`` as it is (contiguous or channels_last)."""
+    return (x.is_contiguous()
+            or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+            or (x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)))
+
+
 def instance_norm_with_stats(x, weight, bias, eps, channel_axis):
     """Instance norm by torch's group norm kernel (one group per channel), also returning the
     statistics: ``(y, mean, rstd)``, mean and rstd of shape (N, C) in float32 (float64 for
-    float64 input). No autograd: for a Function's forward."""
+    float64 input). No autograd: for a Function's forward. Any strides: a channels-innermost
+    tensor of any rank is handled as channels-last, anything else is made contiguous."""
+    if channel_axis == 1 and not _dense_for_native(x):
+        moved = x.movedim(1, -1)
+        if moved.is_contiguous():
+            y, mean, rstd = instance_norm_with_stats(moved, weight, bias, eps, -1)
+            return y.movedim(-1, 1), mean, rstd
+        x = x.contiguous()
     n, c = x.shape[0], x.shape[channel_axis]
     xin = x.float() if _needs_upcast(x) else x
     if channel_axis == -1:

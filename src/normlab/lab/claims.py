@@ -1,0 +1,230 @@
+"""The lab's studies: one plain, commented config per claim.
+
+Each claim varies the scientific knob (the normalization, or where/how it is used), holds the
+rest fixed, and repeats over seeds. A claim expands into runs (resolved configs); its ``effect``
+says, as data, how the rows decide the verdict (``normlab.results.stats``): the metric, the arm
+claimed better, the baseline arm, and whether higher or lower is better. The report reads the
+same spec from ``claims.json`` and never imports this module.
+
+Presets: ``default`` (3 seeds, about a minute and a half on 2 cores), ``quick`` (2 seeds,
+shorter training: a smoke run), ``full`` (5 seeds, longer training, wider grids).
+"""
+
+from __future__ import annotations
+
+import copy
+
+__all__ = ["BASE", "CLAIMS", "PRESETS", "expand", "resolve_base"]
+
+# Fixed hyperparameters shared by every run unless a claim overrides them.
+BASE = {
+    "data": "mnist1d",  # mnist1d | digits | digits_rgb | tabular
+    "model": "mlp",  # mlp | cnn
+    "hidden": [100, 100],  # MLP widths
+    "channels": [16, 16, 16],  # CNN widths
+    "kernel_size": 5,
+    "stride": 2,
+    "norm": "none",
+    "activation": "relu",
+    "placement": "before",  # norm before the activation, as the BN paper places it
+    "dropout": 0.0,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "batch_size": 64,
+    "steps": 400,
+    "eval_every": 25,
+    "probe": False,
+    "test_shifts": [],
+}
+
+PRESETS = {
+    "default": {"seeds": 3, "steps_scale": 1.0, "full": False},
+    "quick": {"seeds": 2, "steps_scale": 0.25, "full": False},
+    "full": {"seeds": 5, "steps_scale": 2.0, "full": True},
+}
+
+_CNN_1D = {"model": "cnn", "data": "mnist1d", "kernel_size": 5, "stride": 1,
+           "channels": [16, 16, 16]}
+_CNN_DIGITS = {"model": "cnn", "kernel_size": 3, "stride": 1, "channels": [16, 16]}
+
+
+def _arms(arms, **common):
+    return [{"arm": name, "x": x, **common, **over} for name, x, over in arms]
+
+
+def _faster_training(full):
+    # Steps to reach a test accuracy, 1D CNN on MNIST-1D, same learning rate for every norm.
+    return _arms([(k, None, {"norm": k}) for k in ("none", "batch", "layer", "group",
+                                                   "instance")], **_CNN_1D, steps=300)
+
+
+def _higher_lr(full):
+    # Final accuracy over a learning-rate grid (plain SGD, MLP); the verdict is at the
+    # highest rate, where unnormalized training is expected to collapse.
+    rates = [0.03, 0.3, 1.0, 3.0] if not full else [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+    return [{"arm": norm, "x": lr, "norm": norm, "lr": lr, "momentum": 0.0, "steps": 300}
+            for norm in ("none", "batch") for lr in rates]
+
+
+def _small_batch(full):
+    # Batch norm over ghost groups of k samples inside a fixed batch of 64 (the statistics'
+    # batch size varies, the number of steps and samples seen do not); group and layer norm
+    # do not depend on k and are run once as flat references.
+    ks = [2, 4, 8, 16, 64] if not full else [2, 4, 8, 16, 32, 64]
+    runs = [{"arm": f"batch:k={k}", "x": k, "norm": "batch" if k == 64 else f"ghost:{k}"}
+            for k in ks]
+    runs += [{"arm": "group", "x": None, "norm": "group"}, {"arm": "layer", "x": None,
+                                                             "norm": "layer"}]
+    return runs
+
+
+def _batch_size_one(full):
+    # Online learning: one example per step. In the MLP on the tabular set batch norm sees
+    # one value per feature and cannot train at all; layer norm trains. In a CNN batch norm
+    # still has the positions to average over, trains, and evaluates with running averages of
+    # per-example statistics (shown, not part of the verdict).
+    tab = {"data": "tabular", "batch_size": 1, "lr": 0.01, "steps": 400}
+    cnn = {**_CNN_DIGITS, "data": "digits", "batch_size": 1, "lr": 0.01, "steps": 400}
+    return [{"arm": "batch", "x": None, "norm": "batch", **tab},
+            {"arm": "layer", "x": None, "norm": "layer", **tab},
+            {"arm": "batch (CNN)", "x": None, "norm": "batch", **cnn},
+            {"arm": "layer (CNN)", "x": None, "norm": "layer", **cnn}]
+
+
+def _placement(full):
+    return [{"arm": "before", "x": None, "norm": "batch", "placement": "before"},
+            {"arm": "after", "x": None, "norm": "batch", "placement": "after"}]
+
+
+def _regularization(full):
+    # Train/test gap after long training on MNIST-1D (the MLP overfits it).
+    return [{"arm": name, "x": None, "steps": 800, **over} for name, over in
+            (("none", {"norm": "none"}), ("dropout", {"norm": "none", "dropout": 0.3}),
+             ("batch", {"norm": "batch"}))]
+
+
+def _contrast(full):
+    # Train on coloured digits as given; test on shifted copies. Unpadded convolutions, so a
+    # per-channel gain and offset of the input reach instance norm as a per-channel affine
+    # map of the first feature map, which it removes (if the gain is positive).
+    shifts = ["contrast", "brightness", "colour", "inverted"]
+    return [{"arm": k, "x": None, **_CNN_DIGITS, "data": "digits_rgb", "norm": k,
+             "test_shifts": shifts, "steps": 300} for k in ("none", "batch", "instance")]
+
+
+def _activations(full):
+    # BN paper Fig. 1b,c: the 15th/50th/85th percentiles of one hidden unit's input over
+    # training; sigmoid MLP as in the paper.
+    return [{"arm": k, "x": None, "norm": k, "activation": "sigmoid", "probe": True,
+             "lr": 0.5, "momentum": 0.0, "steps": 600, "hidden": [100, 100, 100]}
+            for k in ("none", "batch")]
+
+
+CLAIMS = [
+    {"id": "faster-training", "title": "Batch norm trains faster",
+     "build": _faster_training,
+     "effect": {"metric": "steps_to:test_acc:0.7", "arm": "batch", "baseline": "none",
+                "better": "lower", "unit": "steps"},
+     "figure": {"type": "curve", "key": "test_acc", "ylabel": "test accuracy"},
+     "paper": "Ioffe & Szegedy 2015: BN-Inception reached Inception's 72.2% top-1 in 14x "
+              "fewer steps (2.1M vs 31.0M, with x5 learning rate); Fig. 1a (MNIST): test "
+              "accuracy rises faster with BN.",
+     "setup": "1D CNN (3 unpadded conv layers of 16, kernel 5) on MNIST-1D, SGD lr 0.05 "
+              "momentum 0.9, batch 64, 300 steps; steps until test accuracy >= 0.7 (runs that "
+              "never get there count as the last step + one evaluation)."},
+    {"id": "higher-learning-rates", "title": "Batch norm tolerates higher learning rates",
+     "build": _higher_lr,
+     "effect": {"metric": "final:test_acc", "arm": "batch", "baseline": "none",
+                "better": "higher", "at_max_x": True, "unit": "accuracy"},
+     "figure": {"type": "sweep", "key": "test_acc", "xlabel": "learning rate", "logx": True,
+                "ylabel": "final test accuracy"},
+     "paper": "Ioffe & Szegedy 2015, Sec. 4.2: BN-x5 and BN-x30 train at 5 and 30 times "
+              "Inception's rate; the x5 rate without BN made the parameters reach machine "
+              "infinity.",
+     "setup": "MLP 40-100-100-10 (ReLU) on MNIST-1D, plain SGD (no momentum), batch 64, 300 "
+              "steps, per learning rate; the verdict compares at the highest rate."},
+    {"id": "small-batches", "title": "Small batches hurt batch norm, not group or layer norm",
+     "build": _small_batch,
+     "effect": {"metric": "final:test_acc", "arm": "batch:k=64", "baseline": "batch:k=2",
+                "better": "higher", "unit": "accuracy"},
+     "figure": {"type": "sweep", "key": "test_acc", "xlabel": "samples per batch-norm "
+                "statistics (ghost group k)", "logx": True, "ylabel": "final test accuracy"},
+     "paper": "Wu & He 2018, Table 2 (ResNet-50, ImageNet, error %): BN 23.6 at 32 images "
+              "per GPU, 34.7 at 2; GN 24.1 at 32 and 24.1 at 2.",
+     "setup": "MLP on MNIST-1D, batch 64 for every arm; batch norm's statistics over ghost "
+              "groups of k samples; the verdict compares k=64 with k=2."},
+    {"id": "batch-size-one", "title": "With one example per step batch norm cannot train an "
+     "MLP, layer norm can",
+     "build": _batch_size_one,
+     "effect": {"metric": "final:test_acc", "arm": "layer", "baseline": "batch",
+                "better": "higher", "unit": "accuracy"},
+     "figure": {"type": "bars", "key": "test_acc", "ylabel": "final test accuracy"},
+     "paper": "Ba et al. 2016 (layer norm): batch norm depends on the mini-batch and is hard "
+              "to apply to online learning (batch size 1); layer norm does not.",
+     "setup": "Batch size 1, SGD lr 0.01 momentum 0.9, 400 steps. MLP 30-100-100-2 on the "
+              "breast-cancer table: batch norm refuses one value per channel (the run stops "
+              "with that error; its accuracy is the untrained model's) vs layer norm. Also "
+              "shown: a 2D CNN on the digits, where batch norm averages over positions."},
+    {"id": "placement", "title": "Batch norm before the activation beats after it",
+     "build": _placement,
+     "effect": {"metric": "final:test_acc", "arm": "before", "baseline": "after",
+                "better": "higher", "unit": "accuracy"},
+     "figure": {"type": "curve", "key": "test_acc", "ylabel": "test accuracy"},
+     "paper": "Ioffe & Szegedy 2015, Sec. 3.2: BN is applied to Wu + b, before the "
+              "nonlinearity (no accuracy comparison with the other placement is given).",
+     "setup": "MLP on MNIST-1D with batch norm, Linear -> BN -> ReLU vs Linear -> ReLU -> BN, "
+              "400 steps."},
+    {"id": "regularization", "title": "Batch norm regularizes: a smaller train/test gap",
+     "build": _regularization,
+     "effect": {"metric": "gap", "arm": "batch", "baseline": "none", "better": "lower",
+                "unit": "accuracy points"},
+     "figure": {"type": "bars", "key": "gap", "ylabel": "train - test accuracy"},
+     "paper": "Ioffe & Szegedy 2015, Sec. 3.4: batch norm regularizes; dropout 'can be either "
+              "removed or reduced in strength'.",
+     "setup": "MLP on MNIST-1D trained 800 steps (13 epochs): no normalization, dropout 0.3, "
+              "batch norm; gap = train accuracy - test accuracy at the end."},
+    {"id": "contrast-invariance", "title": "Instance norm removes contrast and colour shifts",
+     "build": _contrast,
+     "effect": {"metric": "drop:contrast", "arm": "instance", "baseline": "batch",
+                "better": "lower", "unit": "accuracy points"},
+     "figure": {"type": "shifts", "shifts": ["none", "contrast", "brightness", "colour",
+                                             "inverted"], "ylabel": "test accuracy"},
+     "paper": "Ulyanov et al. 2016 (instance norm, Fig. 2, qualitative): with instance norm "
+              "the stylized output no longer depends on the content image's contrast.",
+     "setup": "2D CNN (2 unpadded conv layers of 16) on coloured 8x8 digits, trained as "
+              "given; tested on contrast x0.3, brightness +0.5, per-channel colour gains, and "
+              "inverted copies (a negative gain: the honest limit). Effect: accuracy lost "
+              "under the contrast shift, batch norm minus instance norm."},
+    {"id": "activation-drift", "title": "Batch norm stabilizes the distribution of a unit's "
+     "input",
+     "build": _activations,
+     "effect": {"metric": "drift:-1", "arm": "batch", "baseline": "none", "better": "lower",
+                "unit": "(spread units)"},
+     "figure": {"type": "probe", "ylabel": "input to unit 0 (15/50/85th percentiles)"},
+     "paper": "Ioffe & Szegedy 2015, Fig. 1b,c: the 15th/50th/85th percentiles of a sigmoid's "
+              "input in the last hidden layer drift during training without BN and stay "
+              "stable with it.",
+     "setup": "MLP with three sigmoid hidden layers of 100 on MNIST-1D, SGD lr 0.5, 600 "
+              "steps; drift = largest move of the median from its value after the first "
+              "evaluation, in units of the initial 15-85 spread; last hidden layer."},
+]
+
+
+def resolve_base(overrides: dict | None = None) -> dict:
+    base = copy.deepcopy(BASE)
+    for k, v in (overrides or {}).items():
+        base[k] = v
+    return base
+
+
+def expand(claim: dict, *, seeds: int, steps_scale: float, full: bool,
+           base: dict | None = None) -> list[dict]:
+    """The resolved run configs of one claim: BASE, then the claim's arm, then the seed."""
+    runs = []
+    base = base if base is not None else resolve_base()
+    for arm in claim["build"](full):
+        for seed in range(seeds):
+            cfg = {**copy.deepcopy(base), **arm, "claim": claim["id"], "seed": seed}
+            cfg["steps"] = max(cfg["eval_every"], int(round(cfg["steps"] * steps_scale)))
+            runs.append(cfg)
+    return runs

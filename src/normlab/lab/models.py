@@ -1,0 +1,159 @@
+"""The lab's small networks, with the norm placed per the seed: Linear/Conv -> Norm -> Act.
+
+Norm kinds come from ``normlab.registry`` with the lab's choices for each place:
+
+===========  =====================================  =======================================
+kind         in the MLP (N x W)                     in the CNN (N x C x positions)
+===========  =====================================  =======================================
+none         nothing                                nothing
+batch        BatchNorm                              BatchNorm
+layer        LayerNorm over the features            GroupNorm(1, C): the whole sample, as
+                                                    Ba et al. apply layer norm to conv nets
+group        GroupNorm(C/4 groups)                  GroupNorm(C/4 groups)
+instance     (not defined: no positions)            InstanceNorm(C, affine=True)
+ghost:k      batch norm over ghost groups of k samples inside the batch
+===========  =====================================  =======================================
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import normlab.functional as F
+from normlab import nn as nl
+from normlab.registry import create_norm_layer
+
+__all__ = ["CNN", "MLP", "GhostBatchNorm", "make_norm"]
+
+_ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+class GhostBatchNorm(nl.BatchNorm):
+    """Batch norm whose training statistics come from ghost groups of ``ghost_size`` samples
+    inside the batch (Hoffer et al. 2017), so that the statistics' batch size is separated from
+    the optimizer's. Running statistics average the groups' statistics; eval as batch norm.
+
+    (A lab helper: the library's own ghost batch norm is planned with batch renorm.)
+    """
+
+    def __init__(self, num_features, ghost_size: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.ghost_size = int(ghost_size)
+
+    def forward(self, input, residual=None):
+        n, k = input.shape[0], self.ghost_size
+        if not self.training or n <= k or n % k != 0:
+            return super().forward(input, residual)
+        c = input.shape[1]
+        factor = self._factor(input)
+        # (N, C, *S) -> (N/k, C, k*S): each (ghost group, channel) is one instance-norm group
+        g = input.reshape(n // k, k, c, -1).transpose(1, 2).reshape(n // k, c, -1)
+        y = F.instance_norm(g, self.running_mean, self.running_var, self.weight, self.bias,
+                            True, factor, self.eps)
+        y = y.reshape(n // k, c, k, -1).transpose(1, 2).reshape(input.shape)
+        return y if residual is None else y + residual
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", ghost_size={self.ghost_size}"
+
+
+def make_norm(kind: str, channels: int, *, conv: bool) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return create_norm_layer("batch", channels)
+    if kind.startswith("ghost:"):
+        return GhostBatchNorm(channels, int(kind.split(":", 1)[1]))
+    if kind == "layer":
+        return (create_norm_layer("group", channels, num_groups=1) if conv
+                else create_norm_layer("layer", channels))
+    if kind == "group":
+        return create_norm_layer("group", channels, num_groups=max(1, channels // 4))
+    if kind == "instance":
+        if not conv:
+            raise ValueError("norm 'instance' needs positions: use the CNN model")
+        return create_norm_layer("instance", channels, affine=True)
+    raise ValueError(f"norm must be one of none, batch, layer, group, instance, ghost:K; "
+                     f"got {kind!r}")
+
+
+class MLP(nn.Module):
+    """in -> [Linear -> Norm -> Act (-> Dropout)] x len(hidden) -> Linear.
+
+    ``placement="after"`` puts the norm after the activation instead.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden=(100, 100), norm="none",
+                 activation="relu", placement="before", dropout=0.0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        self.hidden_linears: list[nn.Linear] = []
+        for h in hidden:
+            lin = nn.Linear(width, h)
+            self.hidden_linears.append(lin)
+            block = [lin, make_norm(norm, h, conv=False), _ACTS[activation]()]
+            if placement == "after":
+                block = [lin, _ACTS[activation](), make_norm(norm, h, conv=False)]
+            layers += block
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """[Conv -> Norm -> Act] x len(channels) -> flatten -> Linear, in 1D (sequences) or 2D
+    (images). Convolutions are unpadded, so a per-channel shift of the input is constant over
+    the positions of the first feature map (what instance norm can remove). The head flattens
+    rather than pools: after instance norm every channel's mean over positions is its bias, so
+    a pooled head would see constants."""
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: tuple[int, ...],
+                 channels=(32, 32, 32), norm="none", activation="relu", kernel_size=3, stride=1,
+                 placement="before"):
+        super().__init__()
+        dims = len(input_size)
+        conv_cls = nn.Conv1d if dims == 1 else nn.Conv2d
+        layers: list[nn.Module] = []
+        size = list(input_size)
+        width = in_channels
+        self.hidden_linears: list[nn.Module] = []
+        for c in channels:
+            conv = conv_cls(width, c, kernel_size, stride=stride)
+            self.hidden_linears.append(conv)
+            norm_layer = make_norm(norm, c, conv=True)
+            if placement == "after":
+                layers += [conv, _ACTS[activation](), norm_layer]
+            else:
+                layers += [conv, norm_layer, _ACTS[activation]()]
+            width = c
+            size = [(n - kernel_size) // stride + 1 for n in size]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width * math.prod(size), num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def hidden_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input of each hidden layer's activation (for the activation-drift claim): hooks on
+    the module right before each activation."""
+    acts = [m for m in model.modules() if isinstance(m, tuple(_ACTS.values()))]
+    seen: list[torch.Tensor] = []
+    hooks = [a.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+             for a in acts]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen

@@ -1,0 +1,113 @@
+"""Train one run of the lab: a resolved config in, the metrics of every evaluation out.
+
+A run is deterministic given its config (seed included) on one machine: one torch thread,
+seeded initialization and batch order, no nondeterministic kernels on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from normlab.lab import data as datasets
+from normlab.lab.models import CNN, MLP, hidden_inputs
+
+__all__ = ["build_model", "train_run"]
+
+_PROBE_BATCH = 512  # test examples the activation probe looks at
+
+
+def build_model(cfg: dict, ds: datasets.Dataset) -> nn.Module:
+    kind = cfg["model"]
+    if kind == "mlp":
+        return MLP(math.prod(ds.input_shape), ds.num_classes, hidden=tuple(cfg["hidden"]),
+                   norm=cfg["norm"], activation=cfg["activation"], placement=cfg["placement"],
+                   dropout=cfg["dropout"])
+    if kind == "cnn":
+        return CNN(ds.input_shape[0], ds.num_classes, ds.input_shape[1:],
+                   channels=tuple(cfg["channels"]), norm=cfg["norm"],
+                   activation=cfg["activation"], kernel_size=cfg["kernel_size"],
+                   stride=cfg["stride"], placement=cfg["placement"])
+    raise ValueError(f"model must be mlp or cnn, got {kind!r}")
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    with torch.no_grad():
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y).item()
+        acc = (logits.argmax(1) == y).float().mean().item()
+    return acc, loss
+
+
+def _percentiles(t: torch.Tensor) -> list[float]:
+    q = torch.tensor([0.15, 0.50, 0.85])
+    return torch.quantile(t.float(), q).tolist()
+
+
+def train_run(cfg: dict) -> dict:
+    """Train per ``cfg``; returns ``{"status", "error", "evals": [...], "final": {...}}``.
+
+    ``status`` is ``ok``, ``diverged`` (the loss became NaN/inf: training stops, accuracies are
+    then measured as they are) or ``error`` (the model refused the input, e.g. batch norm on
+    one value per channel; ``error`` holds the message).
+    """
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg["seed"])
+    ds = datasets.load(cfg["data"], 0)
+    model = build_model(cfg, ds)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    gen = torch.Generator().manual_seed(10_000 + cfg["seed"])
+    n, bs = ds.x_train.shape[0], cfg["batch_size"]
+    train_eval = torch.randperm(n, generator=torch.Generator().manual_seed(7))[:1000]
+    probe_x = ds.x_test[:_PROBE_BATCH]
+    shifts = cfg.get("test_shifts") or []
+    evals: list[dict] = []
+    status, error = "ok", None
+
+    def evaluate(step: int, loss: float | None) -> None:
+        model.eval()
+        test_acc, test_loss = _accuracy(model, ds.x_test, ds.y_test)
+        train_acc, _ = _accuracy(model, ds.x_train[train_eval], ds.y_train[train_eval])
+        e = {"step": step, "train_loss": loss, "test_loss": test_loss, "test_acc": test_acc,
+             "train_acc": train_acc}
+        for s in shifts:
+            e[f"test_acc_{s}"] = _accuracy(model, datasets.shifted(ds.x_test, s), ds.y_test)[0]
+        if cfg.get("probe"):
+            # the input of unit 0 of each hidden layer's activation, on fixed test examples
+            e["probe"] = [_percentiles(h.transpose(0, 1).reshape(h.shape[1], -1)[0])
+                          for h in hidden_inputs(model, probe_x)]
+        evals.append(e)
+        model.train()
+
+    perm = torch.randperm(n, generator=gen)
+    pos, loss_value = 0, None  # no training loss before the first step
+    t0 = time.perf_counter()
+    evaluate(0, loss_value)
+    for step in range(1, cfg["steps"] + 1):
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        try:
+            loss = nn.functional.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx])
+        except ValueError as exc:  # the normalization refused this batch
+            status, error = "error", str(exc)
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            status = "diverged"
+            evaluate(step, loss_value)
+            break
+        if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
+            evaluate(step, loss_value)
+    train_seconds = time.perf_counter() - t0
+    final = dict(evals[-1]) if evals else {}
+    final.pop("probe", None)
+    return {"status": status, "error": error, "evals": evals, "final": final,
+            "train_seconds": train_seconds}

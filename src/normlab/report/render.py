@@ -1,0 +1,342 @@
+"""Render a lab folder into ``index.html`` from its files alone (never from the training code).
+
+Reads ``claims.json`` (specs), ``results.jsonl`` (rows) and ``config.json``; recomputes every
+verdict from the rows (``normlab.results.stats``), rewrites ``summary.json`` and writes one
+self-contained page: figures embedded as PNG data, no script, nothing fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+
+from normlab import spec
+from normlab.report.explain import describe, draw
+from normlab.results import read_rows
+from normlab.results.stats import RULE, claim_verdict, metric
+
+__all__ = ["ReportError", "load_folder", "render_report"]
+
+
+class ReportError(ValueError):
+    """The folder is not a lab folder (one clear line for the CLI)."""
+
+
+def load_folder(folder) -> tuple[list[dict], list[dict], dict, int]:
+    """(claim specs, current rows, settings, skipped lines) of a lab folder."""
+    folder = Path(folder)
+    claims_path = folder / "claims.json"
+    if not claims_path.is_file():
+        raise ReportError(f"{folder}: no claims.json here; is it a `normlab lab` output folder?")
+    try:
+        specs = json.loads(claims_path.read_text())["claims"]
+        settings = json.loads((folder / "config.json").read_text()) \
+            if (folder / "config.json").is_file() else {}
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ReportError(f"{claims_path}: unreadable ({exc})") from None
+    rows, bad = read_rows(folder / "results.jsonl")
+    latest = {r["key"]: r for r in rows if r.get("kind") == "run"}
+    keys = {k for s in specs for k in s.get("run_keys", [])}
+    current = [r for k, r in latest.items() if k in keys]
+    return specs, current, settings, bad
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _by_arm(rows):
+    arms: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["config"]["arm"], r["config"].get("x") or 0,
+                                         r["config"]["seed"])):
+        arms.setdefault(r["config"]["arm"], []).append(r)
+    return arms
+
+
+def _fig_curve(claim, rows):
+    plt = _plt()
+    key = claim["figure"]["key"]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for arm, rs in _by_arm(rows).items():
+        rs = [r for r in rs if r.get("evals")]
+        if not rs:
+            continue
+        steps = [e["step"] for e in rs[0]["evals"]]
+        series = [[e.get(key, math.nan) for e in r["evals"]] for r in rs
+                  if len(r["evals"]) == len(steps)]
+        if not series:
+            continue
+        mean = [statistics.fmean(v) for v in zip(*series, strict=True)]
+        lo = [min(v) for v in zip(*series, strict=True)]
+        hi = [max(v) for v in zip(*series, strict=True)]
+        (line,) = ax.plot(steps, mean, label=f"{arm} (n={len(series)})")
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+    target = claim["effect"]["metric"]
+    if target.startswith("steps_to:"):
+        ax.axhline(float(target.rsplit(":", 1)[1]), color="grey", ls=":", lw=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(claim["figure"].get("ylabel", key))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _family(arm: str) -> str:
+    return arm.split(":", 1)[0]
+
+
+def _fig_sweep(claim, rows):
+    plt = _plt()
+    key = claim["figure"]["key"]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fams: dict[str, dict] = {}
+    for r in rows:
+        c, v = r["config"], (r.get("final") or {}).get(key)
+        if v is None:
+            continue
+        fams.setdefault(_family(c["arm"]), {}).setdefault(c.get("x"), []).append(v)
+    for fam, by_x in sorted(fams.items()):
+        xs = sorted(x for x in by_x if x is not None)
+        if xs:
+            ax.errorbar(xs, [statistics.fmean(by_x[x]) for x in xs],
+                        yerr=[statistics.stdev(by_x[x]) if len(by_x[x]) > 1 else 0 for x in xs],
+                        marker="o", capsize=3, label=fam)
+        if None in by_x:
+            ax.axhline(statistics.fmean(by_x[None]), ls="--", lw=1.2,
+                       label=f"{fam} (does not depend on x)", color=f"C{len(ax.lines) % 10}")
+    if claim["figure"].get("logx"):
+        ax.set_xscale("log", base=2 if "ghost" in claim["figure"].get("xlabel", "") else 10)
+    ax.set_xlabel(claim["figure"].get("xlabel", "x"))
+    ax.set_ylabel(claim["figure"].get("ylabel", key))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _metric_for_bars(claim, row):
+    key = claim["figure"]["key"]
+    if key == "gap":
+        return metric(row, "gap")
+    return (row.get("final") or {}).get(key)
+
+
+def _fig_bars(claim, rows):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for i, rs in enumerate(_by_arm(rows).values()):
+        vals = [_metric_for_bars(claim, r) for r in rs]
+        vals = [v for v in vals if v is not None]
+        errors = [r for r in rs if r.get("status") == "error"]
+        if vals:
+            ax.bar(i, statistics.fmean(vals), color=f"C{i}", alpha=0.6)
+            ax.scatter([i] * len(vals), vals, color="black", s=10, zorder=3)
+        if errors:
+            ax.text(i, 0.02, "error:\ncannot\ntrain", ha="center", va="bottom", fontsize=7,
+                    color="darkred")
+    ax.set_xticks(range(len(_by_arm(rows))))
+    ax.set_xticklabels(list(_by_arm(rows)), fontsize=8)
+    ax.set_ylabel(claim["figure"].get("ylabel", ""))
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def _fig_shifts(claim, rows):
+    plt = _plt()
+    shifts = claim["figure"]["shifts"]
+    arms = _by_arm(rows)
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    width = 0.8 / max(len(arms), 1)
+    for i, (arm, rs) in enumerate(arms.items()):
+        means = []
+        for s in shifts:
+            k = "test_acc" if s == "none" else f"test_acc_{s}"
+            vals = [(r.get("final") or {}).get(k) for r in rs]
+            vals = [v for v in vals if v is not None]
+            means.append(statistics.fmean(vals) if vals else math.nan)
+        ax.bar([j + i * width for j in range(len(shifts))], means, width, label=arm)
+    ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(shifts))])
+    ax.set_xticklabels(["as trained" if s == "none" else s for s in shifts], fontsize=8)
+    ax.set_ylabel(claim["figure"].get("ylabel", "test accuracy"))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def _fig_probe(claim, rows):
+    plt = _plt()
+    arms = _by_arm(rows)
+    n_layers = max((len(e["probe"]) for rs in arms.values() for r in rs
+                    for e in r.get("evals", []) if e.get("probe")), default=0)
+    fig, axes = plt.subplots(n_layers or 1, len(arms), figsize=(3.2 * len(arms),
+                                                              1.9 * max(n_layers, 1)),
+                             squeeze=False, sharex=True)
+    for j, (arm, rs) in enumerate(arms.items()):
+        r = rs[0]  # one seed, as in the paper's figure
+        evals = [e for e in r.get("evals", []) if e.get("probe")]
+        steps = [e["step"] for e in evals]
+        for layer in range(n_layers):
+            ax = axes[layer][j]
+            for q, style in zip(range(3), (":", "-", ":"), strict=True):
+                ax.plot(steps, [e["probe"][layer][q] for e in evals], style, color=f"C{j}")
+            ax.set_title(f"{arm}, hidden layer {layer + 1}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    axes[-1][0].set_xlabel("training step", fontsize=8)
+    fig.suptitle(claim["figure"].get("ylabel", ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+_FIGURES = {"curve": _fig_curve, "sweep": _fig_sweep, "bars": _fig_bars,
+            "shifts": _fig_shifts, "probe": _fig_probe}
+
+
+# --------------------------------------------------------------------------------------------
+# tables and page
+
+
+def _fmt(v, digits=3):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}g}" if abs(v) >= 100 else f"{v:.{digits}f}"
+
+
+def _interval(ci) -> str:
+    return "–" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _table(claim, rows) -> str:
+    m = claim["effect"]["metric"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        c = r["config"]
+        groups.setdefault((c["arm"], c.get("x")), []).append(r)
+    head = ("<tr><th>arm</th><th>x</th><th>seeds</th><th>final test acc</th>"
+            f"<th>{html.escape(m)}</th><th>status</th></tr>")
+    body = []
+    for (arm, x), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        accs = [(r.get("final") or {}).get("test_acc") for r in rs]
+        accs = [a for a in accs if a is not None]
+        vals = [metric(r, m) for r in rs]
+        vals = [v for v in vals if v is not None and math.isfinite(v)]
+        status = sorted({r.get("status", "?") for r in rs})
+        errs = sorted({r["error"] for r in rs if r.get("error")})
+        st = ", ".join(status) + "".join(f"<br><code>{html.escape(e)}</code>" for e in errs)
+
+        def ms(v):
+            if not v:
+                return "–"
+            sd = f" ± {_fmt(statistics.stdev(v))}" if len(v) > 1 else ""
+            return _fmt(statistics.fmean(v)) + sd
+        body.append(f"<tr><td>{html.escape(str(arm))}</td><td>{'' if x is None else x}</td>"
+                    f"<td>{len(rs)}</td><td>{ms(accs)}</td><td>{ms(vals)}</td>"
+                    f"<td>{st}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2rem} section{border-top:1px solid #ddd;margin-top:2rem;padding-top:1rem}
+table{border-collapse:collapse;font-size:.85rem;margin:.6rem 0}
+td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
+.v{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;color:white;font-weight:600}
+.reproduced{background:#2e7d32}.not-reproduced{background:#c62828}
+.inconclusive{background:#757575} img{max-width:100%} .small{font-size:.85rem;color:#555}
+code{font-size:.8rem}
+"""
+
+
+def _claim_section(claim, verdict, rows) -> str:
+    v = verdict["verdict"]
+    ci = verdict["ci"]
+    effect = (f"{_fmt(verdict['effect'])} {html.escape(claim['effect'].get('unit', ''))}, "
+              f"95% interval [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else
+              f"{_fmt(verdict['effect'])} (no interval: fewer than 2 paired seeds)")
+    fig_html = ""
+    if rows:
+        try:
+            fig = _FIGURES[claim["figure"]["type"]](claim, rows)
+            fig_html = f'<img alt="{html.escape(claim["title"])}" src="data:image/png;base64,' \
+                       f'{_png(fig)}">'
+        except Exception as exc:  # a figure must never cost the page
+            fig_html = f"<p class=small>figure unavailable: {html.escape(str(exc))}</p>"
+    else:
+        fig_html = "<p class=small>no finished runs yet</p>"
+    return (f'<section id="{html.escape(claim["id"])}"><h2>{html.escape(claim["title"])}</h2>'
+            f'<p><span class="v {v.replace(" ", "-")}">{v}</span> '
+            f"effect {effect}; n = {verdict['n_seeds']} seeds</p>"
+            f"<p class=small>Comparison: {html.escape(verdict['comparison'])}.<br>"
+            f"Setup: {html.escape(claim.get('setup', ''))}</p>"
+            f"{fig_html}{_table(claim, rows)}"
+            f"<p><b>Published:</b> {html.escape(claim.get('paper') or '')}</p></section>")
+
+
+def _explain_section() -> str:
+    parts = []
+    for kind in spec.KINDS:
+        img = _png(draw(kind))
+        parts.append(f'<h3>{kind}</h3><p class=small>{html.escape(describe(kind))}</p>'
+                     f'<img alt="{kind} statistics group" src="data:image/png;base64,{img}">')
+    return ('<section id="explain"><h2>What each normalization averages over</h2>'
+            "<p class=small>Input of shape (N, C, H, W) = (2, 6, 3, 3), group norm with 2 "
+            "groups; drawn from the same statistics table the layers use.</p>"
+            + "".join(parts) + "</section>")
+
+
+def render_report(folder) -> dict:
+    """Recompute the verdicts from the rows, write summary.json and index.html; return the
+    summary."""
+    folder = Path(folder)
+    specs, rows, settings, bad = load_folder(folder)
+    verdicts, sections = [], []
+    for claim in specs:
+        crows = [r for r in rows if r.get("claim") == claim["id"]]
+        verdict = claim_verdict(claim, crows)
+        verdicts.append(verdict)
+        sections.append(_claim_section(claim, verdict, crows))
+    summary = {"rule": RULE, "claims": verdicts}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    overview = "".join(
+        f'<tr><td><a href="#{html.escape(v["id"])}">{html.escape(v["title"])}</a></td>'
+        f'<td><span class="v {v["verdict"].replace(" ", "-")}">{v["verdict"]}</span></td>'
+        f'<td>{_fmt(v["effect"])}</td>'
+        f'<td>{_interval(v["ci"])}</td>'
+        f'<td>{v["n_seeds"]}</td></tr>' for v in verdicts)
+    env = rows[0]["env"] if rows else {}
+    note = f"<p class=small>{bad} unreadable line(s) in results.jsonl were skipped.</p>" \
+        if bad else ""
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<title>normlab lab report</title><style>{_CSS}</style></head><body>"
+            f"<h1>normlab lab report</h1><p class=small>{len(rows)} runs; preset "
+            f"{html.escape(str(settings.get('preset', '?')))}, "
+            f"{settings.get('seeds', '?')} seeds; torch {html.escape(str(env.get('torch')))}, "
+            f"normlab {html.escape(str(env.get('normlab')))}, "
+            f"{html.escape(str(env.get('machine')))}.</p>{note}"
+            f"<p><b>Rule.</b> {html.escape(RULE)}</p>"
+            f"<table><tr><th>claim</th><th>verdict</th><th>effect</th><th>95% interval</th>"
+            f"<th>seeds</th></tr>{overview}</table>"
+            + "".join(sections) + _explain_section() + "</body></html>")
+    (folder / "index.html").write_text(page, encoding="utf-8")
+    return summary
