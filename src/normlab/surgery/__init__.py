@@ -1,0 +1,22 @@
+"""Model surgery: each function returns a new module tree and never changes its input.
+
+``to_normlab`` (torch.nn norms -> normlab, exact state), ``swap_norms`` (any norm -> another
+kind from the registry), ``insert_norms`` (Linear/Conv -> Norm -> Act in Sequential trees),
+``remove_norms`` (the no-normalization baseline), ``fold_batch_norm`` (eval-mode batch norm
+into the layer before it).
+"""
+
+from normlab.surgery.core import (
+    InsertReport,
+    Passthrough,
+    SurgeryError,
+    insert_norms,
+    is_norm,
+    remove_norms,
+    swap_norms,
+    to_normlab,
+)
+from normlab.surgery.fold import FoldReport, fold_batch_norm
+
+__all__ = ["FoldReport", "InsertReport", "Passthrough", "SurgeryError", "fold_batch_norm",
+           "insert_norms", "is_norm", "remove_norms", "swap_norms", "to_normlab"]
