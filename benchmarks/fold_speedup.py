@@ -19,8 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from normlab.surgery import fold_batch_norm, to_normlab  # noqa: E402
 from tests.test_surgery import ResNetLike  # noqa: E402
+
+from normlab.surgery import fold_batch_norm, to_normlab  # noqa: E402
 
 
 def main() -> None:

@@ -357,3 +357,29 @@ def test_explain_cli_writes_a_picture(tmp_path, capsys):
     assert "8 groups of 32 values each" in capsys.readouterr().out  # 2 samples x 4 groups
     with pytest.raises(SystemExit):
         main(["explain", "group", "--shape", "2,6,3", "--groups", "4"])
+
+
+# --------------------------------------------------------------------------------------------
+# the lab's vectorized ghost layers against the library's per-group definitions
+
+
+def test_lab_ghost_layers_match_per_group_definitions():
+    from normlab.lab.models import GhostBatchNorm, GhostRenorm
+    from normlab.nn import GhostBatchNorm as LibraryGhost
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 5, dtype=torch.float64) * 2 + 1
+    lab, lib = GhostBatchNorm(5, 4).double(), LibraryGhost(5, virtual_batch_size=4).double()
+    torch.testing.assert_close(lab(x), lib(x))  # same statistics per group of 4
+    ren = GhostRenorm(5, 4, r_max=2.0, d_max=0.5, momentum=0.1).double()
+    with torch.no_grad():
+        ren.running_mean.fill_(0.3)
+        ren.running_var.fill_(2.0)
+    rm, rv = ren.running_mean.clone(), ren.running_var.clone()
+    y = ren(x)
+    for i, chunk in enumerate(x.split(4)):  # Ioffe 2017's formula on each group
+        mu, var = chunk.mean(0), chunk.var(0, correction=0)
+        sb, s = torch.sqrt(var + ren.eps), torch.sqrt(rv + ren.eps)
+        r = (sb / s).clamp(0.5, 2.0)
+        d = ((mu - rm) / s).clamp(-0.5, 0.5)
+        torch.testing.assert_close(y[4 * i:4 * i + 4], (chunk - mu) / sb * r + d)

@@ -35,6 +35,7 @@ from normlab.reference import ACTIVATIONS
 __all__ = [
     "adaptive_instance_norm",
     "batch_norm",
+    "batch_renorm",
     "check_input_dim",
     "check_num_features",
     "group_norm",
@@ -42,11 +43,13 @@ __all__ = [
     "layer_norm",
     "normalize_shape",
     "rms_norm",
+    "sync_batch_norm",
     "validate_eps",
     "validate_momentum",
     "validate_num_groups",
     "validate_options",
     "validate_positive_int",
+    "validate_renorm_limits",
 ]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -239,6 +242,66 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return ops.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
                           momentum, float(eps), channel_axis=channel_axis, residual=residual,
                           activation=activation, backend=backend)
+
+
+def validate_renorm_limits(r_max, d_max) -> tuple[float, float]:
+    if isinstance(r_max, bool) or not isinstance(r_max, numbers.Real) or not r_max >= 1:
+        raise ValueError(f"r_max must be a number >= 1, got {r_max!r}")
+    if isinstance(d_max, bool) or not isinstance(d_max, numbers.Real) or not d_max >= 0:
+        raise ValueError(f"d_max must be a number >= 0, got {d_max!r}")
+    return float(r_max), float(d_max)
+
+
+def _check_batch_norm_like(fn, input, running_mean, running_var, weight, bias, training,
+                           momentum, eps, channel_axis, residual, activation,
+                           require_running=False, local_batch=True):
+    _check_common(input, eps, channel_axis, residual, activation, None, 2, fn)
+    momentum = validate_momentum(momentum, allow_none=False)
+    c = input.shape[channel_axis]
+    _check_running(running_mean, running_var, c, channel_axis, require_running or not training,
+                   "training=False" if not training else f"{fn} trains (it corrects the batch "
+                   "statistics towards them)")
+    _check_per_channel(weight, "weight", c, channel_axis)
+    _check_per_channel(bias, "bias", c, channel_axis)
+    if local_batch and training and input.numel() == c:
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{list(input.shape)}")
+    return momentum
+
+
+def batch_renorm(input, running_mean, running_var, weight=None, bias=None, training=False,
+                 momentum=0.01, eps=1e-5, r_max=3.0, d_max=5.0, *, channel_axis=1,
+                 residual=None, activation=None):
+    """Batch renormalization (Ioffe 2017). In training
+    ``xhat = (x - mu_B) / sigma_B * r + d`` with ``r = clip(sigma_B / sigma, 1/r_max, r_max)``
+    and ``d = clip((mu_B - mu) / sigma, -d_max, d_max)`` from the running statistics (which are
+    required, and updated in place as batch norm does), r and d constant in backward. With
+    ``r_max=1, d_max=0`` it is batch norm. Out of training: batch norm with running
+    statistics."""
+    momentum = _check_batch_norm_like("batch_renorm", input, running_mean, running_var, weight,
+                                      bias, training, momentum, eps, channel_axis, residual,
+                                      activation, require_running=True)
+    r_max, d_max = validate_renorm_limits(r_max, d_max)
+    return ops.batch_renorm(input, running_mean, running_var, weight, bias, bool(training),
+                            momentum, float(eps), r_max, d_max, channel_axis=channel_axis,
+                            residual=residual, activation=activation)
+
+
+def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+                    momentum=0.1, eps=1e-5, *, process_group=None, channel_axis=1,
+                    residual=None, activation=None):
+    """Batch norm whose training statistics are those of the batch concatenated over the
+    processes of ``process_group`` (default: the whole world), on any torch.distributed
+    backend. Every process must call it (an empty batch too). Out of training, or with one
+    process, it is batch norm and nothing is communicated."""
+    momentum = _check_batch_norm_like("sync_batch_norm", input, running_mean, running_var,
+                                      weight, bias, training, momentum, eps, channel_axis,
+                                      residual, activation, local_batch=False)
+    # one value per channel is checked over all processes, after the statistics' exchange
+    return ops.sync_batch_norm(input, running_mean, running_var, weight, bias, bool(training),
+                               momentum, float(eps), channel_axis=channel_axis,
+                               process_group=process_group, residual=residual,
+                               activation=activation)
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,

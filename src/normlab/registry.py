@@ -16,6 +16,10 @@ layer     ``LayerNorm(C, channel_axis=1)``: over the channels at each position (
           sample layer norm over C x H x W use ``group`` with ``num_groups=1``)
 rms       ``RMSNorm(C, channel_axis=1)``: as ``layer``, without the mean
 adain     ``AdaptiveInstanceNorm(C)``: ``forward(content, style)``
+renorm    ``BatchRenorm(C)``: batch renormalization (r_max=3, d_max=5)
+ghost     ``GhostBatchNorm(C)``: statistics per virtual batch (``virtual_batch_size=32``)
+frozen    ``FrozenBatchNorm(C)``: fixed statistics and affine (buffers only)
+sync      ``SyncBatchNorm(C)``: statistics over the processes of ``process_group``
 ========= ===================================================================================
 """
 
@@ -60,6 +64,10 @@ _REGISTRY: dict[str, _Entry] = {
     "layer": _Entry(nn.LayerNorm, _per_position(nn.LayerNorm)),
     "rms": _Entry(nn.RMSNorm, _per_position(nn.RMSNorm)),
     "adain": _Entry(nn.AdaptiveInstanceNorm, nn.AdaptiveInstanceNorm),
+    "renorm": _Entry(nn.BatchRenorm, nn.BatchRenorm),
+    "ghost": _Entry(nn.GhostBatchNorm, nn.GhostBatchNorm),
+    "frozen": _Entry(nn.FrozenBatchNorm, nn.FrozenBatchNorm),
+    "sync": _Entry(nn.SyncBatchNorm, nn.SyncBatchNorm),
 }
 
 

@@ -12,7 +12,23 @@ from normlab.nn.batchnorm import (
     InstanceNorm3d,
 )
 from normlab.nn.normalization import AdaptiveInstanceNorm, GroupNorm, LayerNorm, RMSNorm
+from normlab.nn.remedies import (
+    BatchRenorm,
+    BatchRenorm1d,
+    BatchRenorm2d,
+    BatchRenorm3d,
+    FrozenBatchNorm,
+    FrozenBatchNorm1d,
+    FrozenBatchNorm2d,
+    FrozenBatchNorm3d,
+    GhostBatchNorm,
+    GhostBatchNorm1d,
+    GhostBatchNorm2d,
+    SyncBatchNorm,
+)
 
 __all__ = ["AdaptiveInstanceNorm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-           "GroupNorm", "InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-           "LayerNorm", "RMSNorm"]
+           "BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "FrozenBatchNorm",
+           "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "GhostBatchNorm",
+           "GhostBatchNorm1d", "GhostBatchNorm2d", "GroupNorm", "InstanceNorm", "InstanceNorm1d",
+           "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "RMSNorm", "SyncBatchNorm"]

@@ -12,6 +12,8 @@ from normlab.ops.kinds import (
     rms_norm,
 )
 from normlab.ops.reference_op import reference_norm
+from normlab.ops.remedies import batch_renorm, sync_batch_norm
 
-__all__ = ["BACKENDS", "adaptive_instance_norm", "batch_norm", "group_norm", "instance_norm",
-           "layer_norm", "reference_norm", "resolve_backend", "rms_norm"]
+__all__ = ["BACKENDS", "adaptive_instance_norm", "batch_norm", "batch_renorm", "group_norm",
+           "instance_norm", "layer_norm", "reference_norm", "resolve_backend", "rms_norm",
+           "sync_batch_norm"]

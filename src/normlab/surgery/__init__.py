@@ -3,13 +3,15 @@
 ``to_normlab`` (torch.nn norms -> normlab, exact state), ``swap_norms`` (any norm -> another
 kind from the registry), ``insert_norms`` (Linear/Conv -> Norm -> Act in Sequential trees),
 ``remove_norms`` (the no-normalization baseline), ``fold_batch_norm`` (eval-mode batch norm
-into the layer before it).
+into the layer before it), ``convert_sync_batchnorm`` and ``freeze_batch_norm``.
 """
 
 from normlab.surgery.core import (
     InsertReport,
     Passthrough,
     SurgeryError,
+    convert_sync_batchnorm,
+    freeze_batch_norm,
     insert_norms,
     is_norm,
     remove_norms,
@@ -18,5 +20,6 @@ from normlab.surgery.core import (
 )
 from normlab.surgery.fold import FoldReport, fold_batch_norm
 
-__all__ = ["FoldReport", "InsertReport", "Passthrough", "SurgeryError", "fold_batch_norm",
-           "insert_norms", "is_norm", "remove_norms", "swap_norms", "to_normlab"]
+__all__ = ["FoldReport", "InsertReport", "Passthrough", "SurgeryError",
+           "convert_sync_batchnorm", "fold_batch_norm", "freeze_batch_norm", "insert_norms",
+           "is_norm", "remove_norms", "swap_norms", "to_normlab"]

@@ -16,8 +16,9 @@ from torch import nn
 from normlab import nn as nl
 from normlab.registry import create_norm_layer
 
-__all__ = ["InsertReport", "Passthrough", "SurgeryError", "is_norm", "insert_norms",
-           "remove_norms", "swap_norms", "to_normlab"]
+__all__ = ["InsertReport", "Passthrough", "SurgeryError", "convert_sync_batchnorm",
+           "freeze_batch_norm", "insert_norms", "is_norm", "remove_norms", "swap_norms",
+           "to_normlab"]
 
 
 class SurgeryError(ValueError):
@@ -34,8 +35,9 @@ _TORCH_TO_NORMLAB: dict[type, type] = {
     nn.InstanceNorm3d: nl.InstanceNorm3d, nn.LayerNorm: nl.LayerNorm,
     nn.GroupNorm: nl.GroupNorm, nn.RMSNorm: nl.RMSNorm,
 }
-_NORMLAB = (nl.BatchNorm, nl.InstanceNorm, nl.LayerNorm, nl.GroupNorm, nl.RMSNorm)
-_BATCH_LIKE = (nn.modules.batchnorm._BatchNorm, nl.BatchNorm)
+_NORMLAB = (nl.BatchNorm, nl.InstanceNorm, nl.LayerNorm, nl.GroupNorm, nl.RMSNorm,
+            nl.FrozenBatchNorm)
+_BATCH_LIKE = (nn.modules.batchnorm._BatchNorm, nl.BatchNorm, nl.FrozenBatchNorm)
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -46,7 +48,8 @@ def is_norm(module: nn.Module) -> bool:
 
 def _channels(path: str, m: nn.Module) -> tuple[int, int]:
     """(channel count, channel axis) of a norm layer, for the registry's convention."""
-    if isinstance(m, (nn.modules.batchnorm._NormBase, nl.BatchNorm, nl.InstanceNorm)):
+    if isinstance(m, (nn.modules.batchnorm._NormBase, nl.BatchNorm, nl.InstanceNorm,
+                      nl.FrozenBatchNorm)):
         return m.num_features, getattr(m, "channel_axis", 1)
     if isinstance(m, (nn.GroupNorm, nl.GroupNorm)):
         return m.num_channels, getattr(m, "channel_axis", 1)
@@ -129,7 +132,10 @@ def _carry(old: nn.Module, new: nn.Module, c: int) -> None:
                 and old.running_mean is not None and new.running_mean is not None:
             new.running_mean.copy_(old.running_mean)
             new.running_var.copy_(old.running_var)
-            new.num_batches_tracked.copy_(old.num_batches_tracked)
+            old_n = getattr(old, "num_batches_tracked", None)
+            new_n = getattr(new, "num_batches_tracked", None)
+            if old_n is not None and new_n is not None:
+                new_n.copy_(old_n)
 
 
 def swap_norms(model: nn.Module, to: str, *, filter: Callable[[str, nn.Module], bool] | None
@@ -279,3 +285,62 @@ def insert_norms(model: nn.Module, kind: str, placement: str = "before_activatio
             for name, m in out:
                 seq.add_module(name, m)
     return new, report
+
+
+# --------------------------------------------------------------------------------------------
+# sync and freeze
+
+
+def _batch_norms(model: nn.Module, exclude=()):
+    return [(p, m) for p, m in model.named_modules()
+            if p and isinstance(m, (nn.modules.batchnorm._BatchNorm, nl.BatchNorm))
+            and not isinstance(m, exclude)]
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
+    """A copy of ``model`` with every batch norm (torch.nn's, normlab's, with or without a
+    fused activation) replaced by :class:`normlab.nn.SyncBatchNorm` with the same state, on
+    ``process_group``: works on any torch.distributed backend (gloo on CPU included)."""
+    new = copy.deepcopy(model)
+    todo = _batch_norms(new, exclude=(nl.SyncBatchNorm,))
+    if not todo and isinstance(new, (nn.modules.batchnorm._BatchNorm, nl.BatchNorm)):
+        todo = [("", new)]
+    for path, m in todo:
+        sync = nl.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine,
+                                m.track_running_stats, process_group, **_factory(m),
+                                bias=m.affine and m.bias is not None,
+                                channel_axis=getattr(m, "channel_axis", 1),
+                                activation=getattr(m, "activation", None))
+        sync.load_state_dict(m.state_dict(), strict=True)
+        sync.train(m.training)
+        if not path:
+            return sync
+        _replace(new, path, sync)
+    return new
+
+
+def freeze_batch_norm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every batch norm that has running statistics replaced by
+    :class:`normlab.nn.FrozenBatchNorm` carrying its weight, bias and running statistics
+    (affine-less ones get weight 1, bias 0). Layers without running statistics are kept."""
+    new = copy.deepcopy(model)
+    todo = _batch_norms(new)
+    if not todo and isinstance(new, (nn.modules.batchnorm._BatchNorm, nl.BatchNorm)):
+        todo = [("", new)]
+    for path, m in todo:
+        if m.running_mean is None:
+            continue
+        frozen = nl.FrozenBatchNorm(m.num_features, m.eps, **_factory(m),
+                                    channel_axis=getattr(m, "channel_axis", 1),
+                                    activation=getattr(m, "activation", None))
+        with torch.no_grad():
+            frozen.running_mean.copy_(m.running_mean)
+            frozen.running_var.copy_(m.running_var)
+            if m.weight is not None:
+                frozen.weight.copy_(m.weight)
+            if m.bias is not None:
+                frozen.bias.copy_(m.bias)
+        if not path:
+            return frozen
+        _replace(new, path, frozen)
+    return new

@@ -26,7 +26,7 @@ __all__ = ["FoldReport", "fold_batch_norm"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_BN = (nn.modules.batchnorm._BatchNorm, nl.BatchNorm)
+_BN = (nn.modules.batchnorm._BatchNorm, nl.BatchNorm, nl.FrozenBatchNorm)
 
 
 @dataclass
