@@ -9,6 +9,11 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
 * ``residual``: a tensor of the input's shape added after the affine transform.
 * ``activation``: ``None``, ``"relu"``, ``"gelu"`` (exact) or ``"silu"``, applied last:
   ``y = act(norm(x) * weight + bias + residual)``.
+* ``mask``: a bool tensor shaped like the input without its channel axis (for an (N, C, L)
+  input an (N, L) mask; for layer/rms norm with ``channel_axis=-1`` the last dim is the
+  channel axis), True at real positions. Padded positions contribute nothing to the
+  statistics or the running statistics, their output and gradient are zero, and their values
+  never matter. Masked calls run on the reference math (``backend`` is not consulted).
 * ``backend``: ``None`` (choose per call: torch's native kernels where their semantics match,
   the fastest correct path on CPU), ``"native"`` or ``"reference"`` (the closed-form math).
 
@@ -41,6 +46,7 @@ __all__ = [
     "group_norm",
     "instance_norm",
     "layer_norm",
+    "lengths_to_mask",
     "normalize_shape",
     "rms_norm",
     "sync_batch_norm",
@@ -203,6 +209,43 @@ def _check_running(running_mean, running_var, c, channel_axis, required: bool, w
     _check_per_channel(running_var, "running_var", c, channel_axis)
 
 
+def _check_mask(mask, input, channel_axis) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor (True at real positions), got {got}")
+    c = channel_axis % input.dim()
+    want = tuple(n for d, n in enumerate(input.shape) if d != c)
+    if tuple(mask.shape) != want:
+        raise ValueError(f"mask must have the input's shape without its channel axis {want}, "
+                         f"got {tuple(mask.shape)} (input {_shape(input)}, channel_axis="
+                         f"{channel_axis})")
+    if mask.device != input.device:
+        raise ValueError(f"mask must be on the input's device {input.device}, got "
+                         f"{mask.device}")
+
+
+def lengths_to_mask(lengths, max_len: int | None = None) -> torch.Tensor:
+    """An (N, max_len) bool mask, True at positions ``< lengths[n]`` (``max_len`` defaults to
+    the longest length)."""
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.is_floating_point() or lengths.is_complex() \
+            or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be a 1D integer tensor, got {lengths.dim()}D "
+                         f"{lengths.dtype}")
+    if lengths.numel() and int(lengths.min()) < 0:
+        raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
+    longest = int(lengths.max()) if lengths.numel() else 0
+    if max_len is None:
+        max_len = longest
+    validate_positive_int(max_len, "max_len") if max_len else None
+    if longest > max_len:
+        raise ValueError(f"max_len={max_len} is shorter than the longest length {longest}")
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
 def _check_block(input, normalized_shape, channel_axis) -> None:
     k = len(normalized_shape)
     if channel_axis == -1 and input.shape[-k:] == normalized_shape and input.dim() >= k:
@@ -223,7 +266,7 @@ def _check_block(input, normalized_shape, channel_axis) -> None:
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, residual=None, activation=None,
-               backend=None):
+               backend=None, mask=None):
     """Batch norm: statistics per channel over the batch and all positions.
 
     In training the batch statistics are used and ``running_mean``/``running_var`` (if given)
@@ -236,12 +279,14 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     _check_running(running_mean, running_var, c, channel_axis, not training, "training=False")
     _check_per_channel(weight, "weight", c, channel_axis)
     _check_per_channel(bias, "bias", c, channel_axis)
-    if training and input.numel() == c:
+    _check_mask(mask, input, channel_axis)
+    if training and (input.numel() == c if mask is None else int(mask.sum()) == 1):
         raise ValueError("Expected more than 1 value per channel when training, got input size "
-                         f"{list(input.shape)}")
+                         f"{list(input.shape)}"
+                         + ("" if mask is None else " with 1 real position"))
     return ops.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
                           momentum, float(eps), channel_axis=channel_axis, residual=residual,
-                          activation=activation, backend=backend)
+                          activation=activation, backend=backend, mask=mask)
 
 
 def validate_renorm_limits(r_max, d_max) -> tuple[float, float]:
@@ -306,7 +351,7 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, tr
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1,
-                  residual=None, activation=None, backend=None):
+                  residual=None, activation=None, backend=None, mask=None):
     """Instance norm: statistics per sample and channel over all positions.
 
     With ``use_input_stats`` the sample's statistics are used and the running statistics (if
@@ -320,17 +365,18 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                    "use_input_stats=False")
     _check_per_channel(weight, "weight", c, channel_axis)
     _check_per_channel(bias, "bias", c, channel_axis)
+    _check_mask(mask, input, channel_axis)
     if use_input_stats and input.numel() > 0 and input.numel() == input.shape[0] * c:
         raise ValueError("Expected more than 1 spatial element when training, got input size "
                          f"{list(input.shape)}")
     return ops.instance_norm(input, running_mean, running_var, weight, bias,
                              bool(use_input_stats), momentum, float(eps),
                              channel_axis=channel_axis, residual=residual,
-                             activation=activation, backend=backend)
+                             activation=activation, backend=backend, mask=mask)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1,
-               residual=None, activation=None, backend=None):
+               residual=None, activation=None, backend=None, mask=None):
     """Group norm: statistics per sample over ``C / num_groups`` consecutive channels and all
     positions; per-channel affine."""
     _check_common(input, eps, channel_axis, residual, activation, backend, 2, "group_norm")
@@ -342,13 +388,14 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
                          f"{num_groups}")
     _check_per_channel(weight, "weight", c, channel_axis)
     _check_per_channel(bias, "bias", c, channel_axis)
+    _check_mask(mask, input, channel_axis)
     return ops.group_norm(input, int(num_groups), weight, bias, float(eps),
                           channel_axis=channel_axis, residual=residual, activation=activation,
-                          backend=backend)
+                          backend=backend, mask=mask)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, channel_axis=-1,
-               residual=None, activation=None, backend=None):
+               residual=None, activation=None, backend=None, mask=None):
     """Layer norm: statistics per sample over the ``normalized_shape`` block (the trailing dims
     with ``channel_axis=-1``, the dims from axis 1 with ``channel_axis=1``); per-element
     affine."""
@@ -357,22 +404,24 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, cha
     _check_block(input, normalized_shape, channel_axis)
     _check_per_element(weight, "weight", normalized_shape)
     _check_per_element(bias, "bias", normalized_shape)
+    _check_mask(mask, input, channel_axis)
     return ops.layer_norm(input, normalized_shape, weight, bias, float(eps),
                           channel_axis=channel_axis, residual=residual, activation=activation,
-                          backend=backend)
+                          backend=backend, mask=mask)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, channel_axis=-1, residual=None,
-             activation=None, backend=None):
+             activation=None, backend=None, mask=None):
     """RMS norm: ``x / sqrt(mean(x^2) + eps) * weight`` over the ``normalized_shape`` block.
     ``eps=None`` means ``torch.finfo(input.dtype).eps``, as torch.nn.RMSNorm."""
     _check_common(input, eps, channel_axis, residual, activation, backend, 1, "rms_norm")
     normalized_shape = normalize_shape(normalized_shape)
     _check_block(input, normalized_shape, channel_axis)
     _check_per_element(weight, "weight", normalized_shape)
+    _check_mask(mask, input, channel_axis)
     eps = torch.finfo(input.dtype).eps if eps is None else float(eps)
     return ops.rms_norm(input, normalized_shape, weight, eps, channel_axis=channel_axis,
-                        residual=residual, activation=activation, backend=backend)
+                        residual=residual, activation=activation, backend=backend, mask=mask)
 
 
 def adaptive_instance_norm(content, style, eps=1e-5, *, channel_axis=1, residual=None,

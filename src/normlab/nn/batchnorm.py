@@ -119,7 +119,9 @@ class BatchNorm(_NormBase):
 
     _dims: tuple[int, ...] | None = None  # allowed input ranks; None: any >= 2
 
-    def forward(self, input, residual=None):
+    def forward(self, input, residual=None, mask=None):
+        """``mask``: bool, the input's shape without the channel axis, True at real positions
+        (see ``normlab.functional``)."""
         if self._dims is not None:
             F.check_input_dim(input, self._dims, type(self).__name__)
         F.check_num_features(input, self.num_features, self.channel_axis, type(self).__name__)
@@ -130,7 +132,7 @@ class BatchNorm(_NormBase):
             input, self.running_mean if use_buffers else None,
             self.running_var if use_buffers else None, self.weight, self.bias, bn_training,
             factor, self.eps, channel_axis=self.channel_axis, residual=residual,
-            activation=self.activation, backend=self.backend)
+            activation=self.activation, backend=self.backend, mask=mask)
 
 
 class BatchNorm1d(BatchNorm):
@@ -172,20 +174,23 @@ class InstanceNorm(_NormBase):
                          dtype, bias=bias, channel_axis=channel_axis, activation=activation,
                          backend=backend)
 
-    def forward(self, input, residual=None):
+    def forward(self, input, residual=None, mask=None):
+        """``mask``: bool, the input's shape without the channel axis, True at real positions
+        (see ``normlab.functional``)."""
         name = type(self).__name__
         if self._batched_dim is not None:
             F.check_input_dim(input, (self._batched_dim - 1, self._batched_dim), name)
             if input.dim() == self._batched_dim - 1:  # unbatched: (C, ...)
                 residual = None if residual is None else residual.unsqueeze(0)
-                return self.forward(input.unsqueeze(0), residual).squeeze(0)
+                mask = None if mask is None else mask.unsqueeze(0)
+                return self.forward(input.unsqueeze(0), residual, mask).squeeze(0)
         F.check_num_features(input, self.num_features, self.channel_axis, name)
         factor = self._factor(input)
         return F.instance_norm(
             input, self.running_mean, self.running_var, self.weight, self.bias,
             self.training or not self.track_running_stats, factor, self.eps,
             channel_axis=self.channel_axis, residual=residual, activation=self.activation,
-            backend=self.backend)
+            backend=self.backend, mask=mask)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -56,10 +56,10 @@ class LayerNorm(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, input, residual=None):
+    def forward(self, input, residual=None, mask=None):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                             channel_axis=self.channel_axis, residual=residual,
-                            activation=self.activation, backend=self.backend)
+                            activation=self.activation, backend=self.backend, mask=mask)
 
     def extra_repr(self) -> str:
         s = (f"{self.normalized_shape}, eps={self.eps}, "
@@ -93,10 +93,10 @@ class RMSNorm(nn.Module):
         if self.weight is not None:
             nn.init.ones_(self.weight)
 
-    def forward(self, input, residual=None):
+    def forward(self, input, residual=None, mask=None):
         return F.rms_norm(input, self.normalized_shape, self.weight, self.eps,
                           channel_axis=self.channel_axis, residual=residual,
-                          activation=self.activation, backend=self.backend)
+                          activation=self.activation, backend=self.backend, mask=mask)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
@@ -136,11 +136,11 @@ class GroupNorm(nn.Module):
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
 
-    def forward(self, input, residual=None):
+    def forward(self, input, residual=None, mask=None):
         F.check_num_features(input, self.num_channels, self.channel_axis, "GroupNorm")
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                             channel_axis=self.channel_axis, residual=residual,
-                            activation=self.activation, backend=self.backend)
+                            activation=self.activation, backend=self.backend, mask=mask)
 
     def extra_repr(self) -> str:
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "

@@ -15,7 +15,7 @@ import torch
 from normlab import spec
 from normlab.ops import native
 from normlab.ops.reference_op import reference_norm
-from normlab.reference import stat_dtype
+from normlab.reference import masked_forward, stat_dtype
 
 __all__ = ["BACKENDS", "adaptive_instance_norm", "batch_norm", "group_norm", "instance_norm",
            "layer_norm", "resolve_backend", "rms_norm"]
@@ -45,6 +45,40 @@ def _update_running(running_mean, running_var, mean, var, group_size, factor):
         running_var.mul_(1.0 - factor).add_(unbiased.mean(0).to(running_var.dtype), alpha=factor)
 
 
+def _mask_for(x: torch.Tensor, mask: torch.Tensor, channel_axis: int) -> torch.Tensor:
+    """The (N, positions) mask as a view that broadcasts against ``x``."""
+    return mask.unsqueeze(channel_axis % x.dim())
+
+
+def _masked(kind, x, mask, weight, bias, eps, channel_axis, residual, activation, **plan_kw):
+    plan = spec.plan(kind, tuple(x.shape), channel_axis=channel_axis, **plan_kw)
+    return plan, masked_forward(x, plan, _mask_for(x, mask, channel_axis), eps=eps,
+                                weight=_affine(weight, plan), bias=_affine(bias, plan),
+                                residual=residual, activation=activation)
+
+
+def _update_running_masked(running_mean, running_var, mean, var, count, n, c, factor):
+    """Running statistics from masked groups: groups with fewer than 2 real elements are left
+    out; if none is left the running statistics do not move."""
+    if running_mean is None:
+        return
+    mean, var, count = mean.reshape(n, c), var.reshape(n, c), count.reshape(n, c)
+    ok = count > 1
+    with torch.no_grad():
+        if not bool(ok.any()):
+            return
+        unbiased = var * count / (count - 1).clamp_min(1)
+        w = ok.to(mean.dtype)
+        per_c = w.sum(0).clamp_min(1)
+        has = ok.any(0)
+        new_mean = (mean * w).sum(0) / per_c
+        new_var = (unbiased * w).sum(0) / per_c
+        rm = (1 - factor) * running_mean + factor * new_mean.to(running_mean.dtype)
+        rv = (1 - factor) * running_var + factor * new_var.to(running_var.dtype)
+        running_mean.copy_(torch.where(has, rm, running_mean))
+        running_var.copy_(torch.where(has, rv, running_var))
+
+
 def _closed_form_backward_is_faster(x, channel_axis) -> bool:
     """Instance norm with the channel innermost in memory: torch's group-norm backward for that
     layout is slow on CPU (1.6x torch.nn's contiguous-copy path at 32x64x56x56), the closed form
@@ -53,7 +87,21 @@ def _closed_form_backward_is_faster(x, channel_axis) -> bool:
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, *,
-               channel_axis=1, residual=None, activation=None, backend=None):
+               channel_axis=1, residual=None, activation=None, backend=None, mask=None):
+    if mask is not None:
+        c = x.shape[channel_axis]
+        if not training:
+            plan = spec.plan("batch", tuple(x.shape), channel_axis=channel_axis)
+            y, _, _, _ = masked_forward(
+                x, plan, _mask_for(x, mask, channel_axis), eps=eps,
+                weight=_affine(weight, plan), bias=_affine(bias, plan), residual=residual,
+                activation=activation, running_mean=running_mean.reshape(plan.affine_shape),
+                running_var=running_var.reshape(plan.affine_shape))
+            return y
+        plan, (y, mean, var, count) = _masked("batch", x, mask, weight, bias, eps,
+                                              channel_axis, residual, activation)
+        _update_running_masked(running_mean, running_var, mean, var, count, 1, c, momentum)
+        return y
     empty = x.numel() == 0
     if training and empty:  # an empty batch leaves the running statistics unchanged
         running_mean = running_var = None
@@ -78,11 +126,17 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, *,
-                  channel_axis=1, residual=None, activation=None, backend=None):
+                  channel_axis=1, residual=None, activation=None, backend=None, mask=None):
     if not use_input_stats:  # per-channel constants: the same computation as eval batch norm
         return batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps,
                           channel_axis=channel_axis, residual=residual, activation=activation,
-                          backend=backend)
+                          backend=backend, mask=mask)
+    if mask is not None:
+        plan, (y, mean, var, count) = _masked("instance", x, mask, weight, bias, eps,
+                                              channel_axis, residual, activation)
+        _update_running_masked(running_mean, running_var, mean, var, count, x.shape[0],
+                               x.shape[channel_axis], momentum)
+        return y
     if x.numel() == 0:
         running_mean = running_var = None
     plan = spec.plan("instance", tuple(x.shape), channel_axis=channel_axis)
@@ -113,7 +167,10 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
 
 
 def group_norm(x, num_groups, weight, bias, eps, *, channel_axis=1, residual=None,
-               activation=None, backend=None):
+               activation=None, backend=None, mask=None):
+    if mask is not None:
+        return _masked("group", x, mask, weight, bias, eps, channel_axis, residual, activation,
+                       num_groups=num_groups)[1][0]
     if resolve_backend(backend, x) == "native":
         y = native.group_norm(x, num_groups, weight, bias, eps, channel_axis)
         return native.epilogue(y, residual, activation)
@@ -124,7 +181,10 @@ def group_norm(x, num_groups, weight, bias, eps, *, channel_axis=1, residual=Non
 
 
 def layer_norm(x, normalized_shape, weight, bias, eps, *, channel_axis=-1, residual=None,
-               activation=None, backend=None):
+               activation=None, backend=None, mask=None):
+    if mask is not None:
+        return _masked("layer", x, mask, weight, bias, eps, channel_axis, residual, activation,
+                       normalized_ndim=len(normalized_shape))[1][0]
     if resolve_backend(backend, x) == "native":
         y = native.layer_norm(x, normalized_shape, weight, bias, eps, channel_axis)
         return native.epilogue(y, residual, activation)
@@ -136,7 +196,10 @@ def layer_norm(x, normalized_shape, weight, bias, eps, *, channel_axis=-1, resid
 
 
 def rms_norm(x, normalized_shape, weight, eps, *, channel_axis=-1, residual=None,
-             activation=None, backend=None):
+             activation=None, backend=None, mask=None):
+    if mask is not None:
+        return _masked("rms", x, mask, weight, None, eps, channel_axis, residual, activation,
+                       normalized_ndim=len(normalized_shape))[1][0]
     if resolve_backend(backend, x) == "native":
         y = native.rms_norm(x, normalized_shape, weight, eps, channel_axis)
         return native.epilogue(y, residual, activation)

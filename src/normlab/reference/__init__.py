@@ -6,8 +6,9 @@ from normlab.reference.core import (
     apply_activation,
     backward,
     forward,
+    masked_forward,
     stat_dtype,
 )
 
 __all__ = ["ACTIVATIONS", "activation_grad", "apply_activation", "backward", "forward",
-           "stat_dtype"]
+           "masked_forward", "stat_dtype"]

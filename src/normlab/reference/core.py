@@ -19,7 +19,7 @@ import torch
 from normlab.spec import Plan
 
 __all__ = ["ACTIVATIONS", "activation_grad", "apply_activation", "backward", "forward",
-           "stat_dtype"]
+           "masked_forward", "stat_dtype"]
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -153,3 +153,57 @@ def backward(dy: torch.Tensor, cache: dict):
     if dx.stride() != x.stride() and x.numel() > 0:
         dx = torch.empty_like(x).copy_(dx)
     return dx, dweight, dbias, dresidual
+
+
+def masked_forward(
+    x: torch.Tensor,
+    plan: Plan,
+    mask: torch.Tensor,
+    *,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    activation: str | None = None,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+):
+    """Normalization over the real elements only: ``mask`` (bool, broadcastable to ``x``) is
+    True where an element is real. Padded elements contribute nothing to the statistics, and
+    their output (after the epilogue) is zero; their values never matter (NaN padding is fine).
+    A group with no real element gets mean 0 and variance 0 (outputs zero, not NaN).
+
+    Returns ``(y, mean, var, count)``, statistics in ``plan.stats_shape`` with ``count`` the
+    number of real elements per group. Plain differentiable ops: autograd gives the backward
+    (and the double backward); the gradient at padded elements is zero.
+    """
+    sdt = stat_dtype(x.dtype)
+    m = mask.expand(x.shape)
+    xs = torch.where(m, x.to(sdt), 0.0)
+    if running_mean is not None:
+        mean, var = running_mean.to(sdt), running_var.to(sdt)
+        xhat = torch.where(m, (xs - mean) * torch.rsqrt(var + eps), 0.0)
+        count = None
+    else:
+        mv = m.reshape(plan.view_shape)
+        xv = xs.reshape(plan.view_shape)
+        count = mv.sum(plan.reduce_dims, keepdim=True, dtype=sdt)  # stats_shape
+        safe = count.clamp_min(1.0)
+        if plan.centered:
+            mean = xv.sum(plan.reduce_dims, keepdim=True) / safe
+        else:
+            mean = torch.zeros(plan.stats_shape, dtype=sdt, device=x.device)
+        xc = torch.where(mv, xv - mean, 0.0)
+        var = (xc * xc).sum(plan.reduce_dims, keepdim=True) / safe  # two-pass variance
+        xhat = (xc * torch.rsqrt(var + eps)).reshape(x.shape)
+    z = xhat
+    if weight is not None:
+        z = z * weight.to(sdt)
+    if bias is not None:
+        z = z + bias.to(sdt)
+    if residual is not None:
+        z = z + torch.where(m, residual.to(sdt), 0.0)
+    y = torch.where(m, apply_activation(z, activation), 0.0).to(x.dtype)
+    if y.stride() != x.stride() and x.numel() > 0:
+        y = torch.empty_like(x).copy_(y)
+    return y, mean, var, count

@@ -1,0 +1,159 @@
+"""Masks for padded sequences: each masked kind against the unmasked computation on the real
+positions only (an independent route: gathering or cutting the real data)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import normlab
+import normlab.functional as F
+import normlab.nn as nl
+
+D = torch.float64
+LENGTHS = [5, 2, 7, 1]
+
+
+def _padded(c=3, lengths=LENGTHS, channel_axis=1, pad=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, t = len(lengths), max(lengths)
+    x = torch.randn(n, c, t, generator=g, dtype=D) * 2 + 1
+    mask = normlab.lengths_to_mask(torch.tensor(lengths), t)
+    x = torch.where(mask[:, None, :], x, torch.full_like(x, pad))
+    if channel_axis == -1:
+        x = x.transpose(1, 2).contiguous()
+    return x, mask
+
+
+def test_lengths_to_mask():
+    m = normlab.lengths_to_mask(torch.tensor([2, 0, 3]), 4)
+    assert m.tolist() == [[True, True, False, False], [False] * 4, [True, True, True, False]]
+    with pytest.raises(ValueError, match="max_len=2 is shorter than the longest length 3"):
+        normlab.lengths_to_mask([1, 3], 2)
+    with pytest.raises(ValueError, match="lengths must be a 1D integer tensor"):
+        normlab.lengths_to_mask(torch.tensor([1.5]))
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_masked_batch_norm_equals_batch_norm_on_real_positions(channel_axis):
+    x, mask = _padded(channel_axis=channel_axis, pad=float("nan"))  # padding never matters
+    m = nl.BatchNorm1d(3, channel_axis=channel_axis, momentum=0.3, dtype=D)
+    ref = torch.nn.BatchNorm1d(3, momentum=0.3, dtype=D)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
+        m.bias.copy_(torch.tensor([1.0, -1.0, 0.0]))
+    ref.load_state_dict(m.state_dict())
+    xs = x.clone().requires_grad_()
+    y = m(xs, mask=mask)
+    xl = xs if channel_axis == -1 else xs.transpose(1, 2)  # N, L, C
+    real = xl.detach()[mask].clone().requires_grad_()  # M, C: only the real positions
+    want = ref(real)
+    yl = y if channel_axis == -1 else y.transpose(1, 2)
+    torch.testing.assert_close(yl[mask], want)
+    assert (yl[~mask] == 0).all()
+    dy = torch.randn(y.shape, dtype=D)
+    y.backward(dy)
+    dyl = dy if channel_axis == -1 else dy.transpose(1, 2)
+    want.backward(dyl[mask])
+    gl = xs.grad if channel_axis == -1 else xs.grad.transpose(1, 2)
+    torch.testing.assert_close(gl[mask], real.grad)
+    assert (gl[~mask] == 0).all()
+    torch.testing.assert_close(m.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(m.bias.grad, ref.bias.grad)
+    torch.testing.assert_close(m.running_mean, ref.running_mean)
+    torch.testing.assert_close(m.running_var, ref.running_var)
+    m.eval()
+    ref.eval()
+    ye = m(x, mask=mask)
+    yel = ye if channel_axis == -1 else ye.transpose(1, 2)
+    torch.testing.assert_close(yel[mask], ref(real.detach()))
+
+
+@pytest.mark.parametrize("kind", ["instance", "group", "layer", "rms"])
+def test_masked_per_sample_norms_equal_the_cut_sequences(kind):
+    c = 4
+    x, mask = _padded(c=c, pad=1e6)
+    t = x.shape[2]
+    w = torch.linspace(0.5, 2, c * t, dtype=D).reshape(c, t)
+    b = torch.linspace(-1, 1, c * t, dtype=D).reshape(c, t)
+    xs = x.clone().requires_grad_()
+
+    def run(inp, msk, length):
+        if kind == "instance":
+            return F.instance_norm(inp, weight=w[:, 0], bias=b[:, 0], mask=msk)
+        if kind == "group":
+            return F.group_norm(inp, 2, w[:, 0], b[:, 0], mask=msk)
+        if kind == "layer":  # the block (C, L) starting at axis 1: covers the positions
+            return F.layer_norm(inp, (c, length), w[:, :length], b[:, :length],
+                                channel_axis=1, mask=msk)
+        return F.rms_norm(inp, (c, length), w[:, :length], 1e-6, channel_axis=1, mask=msk)
+
+    y = run(xs, mask, t)
+    dy = torch.randn(x.shape, dtype=D)
+    y.backward(dy)
+    for i, n in enumerate(LENGTHS):
+        if kind == "instance" and n == 1:  # one element per group normalizes to 0: the bias
+            torch.testing.assert_close(y[i, :, 0], b[:, 0])
+            continue
+        cut = x[i:i + 1, :, :n].clone().requires_grad_()
+        want = run(cut, None, n)
+        torch.testing.assert_close(y[i:i + 1, :, :n], want)
+        assert (y[i, :, n:] == 0).all()
+        want.backward(dy[i:i + 1, :, :n])
+        torch.testing.assert_close(xs.grad[i:i + 1, :, :n], cut.grad)
+        assert (xs.grad[i, :, n:] == 0).all()
+
+
+def test_all_padding_sequence_gives_zeros_and_leaves_running_stats():
+    x, mask = _padded(lengths=[3, 0, 4], pad=float("nan"))
+    m = nl.InstanceNorm1d(3, track_running_stats=True, affine=True)
+    m.double()
+    y = m(x, mask=mask)
+    assert torch.isfinite(y).all() and (y[1] == 0).all()
+    bn = nl.BatchNorm1d(3).double()
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    y = bn(x, mask=torch.zeros_like(mask))
+    assert (y == 0).all()
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    inst = nl.InstanceNorm1d(3, track_running_stats=True).double()
+    inst(x, mask=torch.zeros_like(mask))
+    assert torch.equal(inst.running_mean, torch.zeros(3, dtype=D))
+
+
+def test_masked_instance_running_stats_average_real_sequences():
+    x, mask = _padded(pad=float("nan"))
+    m = nl.InstanceNorm1d(3, track_running_stats=True, momentum=1.0).double()
+    m(x, mask=mask)
+    # momentum 1: the running stats are the average over the sequences with >= 2 real values
+    stats = [torch.var_mean(x[i, :, :n], 1, correction=1) for i, n in enumerate(LENGTHS)
+             if n > 1]
+    torch.testing.assert_close(m.running_mean, torch.stack([s[1] for s in stats]).mean(0))
+    torch.testing.assert_close(m.running_var, torch.stack([s[0] for s in stats]).mean(0))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, m: F.batch_norm(x, None, None, training=True, mask=m, activation="silu"),
+    lambda x, m: F.group_norm(x, 3, mask=m),
+    lambda x, m: F.layer_norm(x, (3, 7), channel_axis=1, mask=m),
+], ids=["batch", "group", "layer"])
+def test_masked_gradcheck_and_gradgradcheck(fn):
+    x, mask = _padded(lengths=[4, 2, 7])
+    x = x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: fn(t, mask), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: fn(t, mask), (x,))
+
+
+def test_bad_masks():
+    x, mask = _padded()
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor .* got torch.int64"):
+        F.batch_norm(x, None, None, training=True, mask=mask.long())
+    with pytest.raises(ValueError, match=r"mask must have the input's shape without its "
+                                         r"channel axis \(4, 7\), got \(4, 6\)"):
+        F.group_norm(x, 3, mask=mask[:, :6])
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor"):
+        nl.LayerNorm(7)(x, mask=[[True]])
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when "
+                                         "training, .* with 1 real position"):
+        one = torch.zeros_like(mask)
+        one[0, 0] = True
+        F.batch_norm(x, None, None, training=True, mask=one)
