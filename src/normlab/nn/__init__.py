@@ -12,6 +12,12 @@ from normlab.nn.batchnorm import (
     InstanceNorm3d,
 )
 from normlab.nn.normalization import AdaptiveInstanceNorm, GroupNorm, LayerNorm, RMSNorm
+from normlab.nn.recurrent import (
+    BatchNormLSTMCell,
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    Recurrent,
+)
 from normlab.nn.remedies import (
     BatchRenorm,
     BatchRenorm1d,
@@ -27,7 +33,8 @@ from normlab.nn.remedies import (
     SyncBatchNorm,
 )
 
-__all__ = ["AdaptiveInstanceNorm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+__all__ = ["AdaptiveInstanceNorm", "BatchNorm", "BatchNormLSTMCell", "LayerNormGRUCell",
+           "LayerNormLSTMCell", "Recurrent", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
            "BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "FrozenBatchNorm",
            "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "GhostBatchNorm",
            "GhostBatchNorm1d", "GhostBatchNorm2d", "GroupNorm", "InstanceNorm", "InstanceNorm1d",
