@@ -94,3 +94,19 @@ def ddp_worker(rank, world, init_file, out_dir, sizes, steps):
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def lab_train_worker(rank, world, init_file, out_dir, cfgs):
+    from normlab.lab.train import train_run
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=60))
+    try:
+        results = [train_run(cfg) for cfg in cfgs]
+        if rank == 0:
+            torch.save(results, os.path.join(out_dir, "rank0.pt"))
+        else:
+            torch.save([], os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

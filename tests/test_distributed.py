@@ -3,6 +3,7 @@ bounded in time), against single-process batch norm on the concatenated batch, i
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -109,3 +110,41 @@ def test_single_process_and_eval_need_no_process_group():
     m.eval()
     ref.eval()
     torch.testing.assert_close(m(x), ref(x))
+
+
+def test_lab_runs_data_parallel_like_one_process(tmp_path):
+    """The lab's data-parallel training (2 processes, synchronized batch norm, DDP) follows
+    the single-process run step by step, to float32 rounding."""
+    from normlab.lab.claims import BASE
+    from normlab.lab.train import train_run
+
+    cfgs = [{**BASE, "norm": norm, "steps": 6, "eval_every": 2, "seed": 0, "claim": "t",
+             "arm": norm, "x": None} for norm in ("batch", "ghost:4", "group")]
+    ranks = _spawn(dist_worker.lab_train_worker, 2, tmp_path, cfgs)
+    for cfg, dp in zip(cfgs, ranks[0], strict=True):
+        single = train_run(cfg)
+        assert dp["processes"] == 2 and single["processes"] == 1
+        for a, b in zip(dp["evals"], single["evals"], strict=True):
+            for key in ("test_acc", "train_acc"):
+                assert a[key] == pytest.approx(b[key], abs=2e-3), (cfg["norm"], key)
+            if a["train_loss"] is not None:
+                assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_lab_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+
+    from normlab.results import read_rows
+
+    out = tmp_path / "dp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", "-m", "normlab", "lab", "--only", "placement",
+                        "--quick", "--seeds", "1", "--no-progress", "--out", str(out)],
+                       capture_output=True, text=True, timeout=TIMEOUT_S,
+                       env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows, bad = read_rows(out / "results.jsonl")
+    assert bad == 0 and len(rows) == 2  # written once, by process 0
+    assert all(row["config"]["processes"] == 2 and row["processes"] == 2 for row in rows)
+    assert (out / "index.html").is_file() and r.stdout.count("report:") == 1

@@ -59,7 +59,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     "classic claim from the rows, and write a report folder: index.html, "
                     "results.jsonl (one row per finished run, appended as it finishes), "
                     "summary.json, claims.json, config.json. Rerunning into the same folder "
-                    "resumes: finished runs are not repeated.",
+                    "resumes: finished runs are not repeated. Under torchrun (e.g. torchrun "
+                    "--standalone --nproc_per_node=2 -m normlab lab) every run is trained "
+                    "data-parallel over the processes with synchronized batch norm.",
         epilog="Overrides of the shared fixed settings, checked against their defaults' types: "
                + ", ".join(f"--{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
                            for k, v in BASE.items())
@@ -118,8 +120,19 @@ def _print_summary(summary: dict) -> None:
 
 
 def _run_lab(args, extra: list[str]) -> int:
+    from normlab import distributed
     from normlab.lab.study import LabError, parse_overrides, run_lab
     from normlab.report import render_report
+
+    distributed.init_from_torchrun()  # data-parallel under torchrun; nothing otherwise
+    try:
+        return _run_lab_in(args, extra, LabError, parse_overrides, run_lab, render_report)
+    finally:
+        distributed.finish()
+
+
+def _run_lab_in(args, extra, LabError, parse_overrides, run_lab, render_report) -> int:
+    from normlab import distributed
 
     try:
         overrides = parse_overrides(extra)
@@ -136,6 +149,8 @@ def _run_lab(args, extra: list[str]) -> int:
               " - rerun the same command to resume", file=sys.stderr)
         return 130
     counts = result["counts"]
+    if distributed.rank() != 0:
+        return 0
     if counts["skipped_lines"]:
         print(f"normlab lab: warning: skipped {counts['skipped_lines']} unreadable line(s) in "
               f"{args.out}/results.jsonl (a run cut short); those runs were redone",

@@ -4,6 +4,8 @@ Every run has a key: a hash of its resolved config. A rerun into the same folder
 key already in ``results.jsonl``, so an interrupted study (Ctrl-C, kill, crash) loses at most
 the runs that were in flight, and a changed config re-runs only the runs whose config changed.
 Rows are written by this (parent) process only, one line each, flushed to disk as they come.
+Under ``torchrun`` the processes run every run together, data-parallel (``lab.train``), and
+process 0 writes the rows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from normlab import distributed
 from normlab.results import append_row, environment, read_rows
 
 __all__ = ["Progress", "run_key", "run_all"]
@@ -89,20 +92,24 @@ def run_all(plan: list[dict], results_path: Path, *, workers: int, progress: boo
     KeyboardInterrupt the finished rows are already on disk; pending runs are cancelled and
     the interrupt propagates.
     """
-    existing, bad = read_rows(results_path)
+    lead = distributed.rank() == 0
+    existing, bad = read_rows(results_path) if lead else ([], 0)
     done = {r.get("key") for r in existing if r.get("kind") == "run"}
     todo = [cfg for cfg in plan if run_key(cfg) not in done]
     todo.sort(key=_cost, reverse=True)  # longest first balances the workers
-    bar = Progress(sum(_cost(c) for c in todo), len(todo), stream, progress)
+    # under torchrun every process runs the same runs in the same order (data-parallel)
+    todo, bad = distributed.broadcast_object((todo, bad))
+    bar = Progress(sum(_cost(c) for c in todo), len(todo), stream, progress and lead)
     env = environment()
 
     def record(cfg: dict, out: dict) -> None:
-        row = {"kind": "run", "key": run_key(cfg), "claim": cfg["claim"], "config": cfg,
-               **out, "env": env, "time": time.time()}
-        append_row(results_path, row)
+        if lead:
+            row = {"kind": "run", "key": run_key(cfg), "claim": cfg["claim"], "config": cfg,
+                   **out, "env": env, "time": time.time()}
+            append_row(results_path, row)
         bar.update(_cost(cfg))
 
-    if workers <= 1 or len(todo) <= 1:
+    if distributed.data_parallel() or workers <= 1 or len(todo) <= 1:
         _init_worker()
         for cfg in todo:
             record(cfg, _work(cfg))

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from normlab import distributed
 from normlab.lab import claims as claims_mod
 from normlab.lab.runner import run_all, run_key
 from normlab.results import read_rows
@@ -84,6 +85,10 @@ def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
     base = claims_mod.resolve_base(overrides)
     plans = {c["id"]: claims_mod.expand(c, seeds=p["seeds"], steps_scale=p["steps_scale"],
                                         full=p["full"], base=base) for c in chosen}
+    if distributed.data_parallel():  # a data-parallel run is its own run (its own key)
+        for runs in plans.values():
+            for cfg in runs:
+                cfg["processes"] = distributed.world_size()
     settings = {"preset": preset, **p, "only": list(only) if only else None,
                 "overrides": overrides or {}, "base": base}
     return chosen, plans, settings
@@ -117,19 +122,36 @@ def _check_writable(out: Path) -> None:
 
 def run_lab(out, *, preset="default", only=None, seeds=None, workers=None, overrides=None,
             progress=True, stream=None) -> dict:
-    """Run the study into ``out`` and return ``{"summary", "counts", "settings"}``."""
+    """Run the study into ``out`` and return ``{"summary", "counts", "settings"}``.
+
+    Inside an initialized process group (``normlab lab`` under ``torchrun``) every process
+    runs each run together, data-parallel; process 0 writes the files (the others' summary is
+    None)."""
     out = Path(out)
     chosen, plans, settings = plan_study(preset, only, seeds, overrides)
-    _check_writable(out)
+    lead = distributed.rank() == 0
+    ok = None
+    if lead:
+        try:
+            _check_writable(out)
+        except LabError as exc:
+            ok = str(exc)
+    ok = distributed.broadcast_object(ok)
+    if ok is not None:
+        raise LabError(ok)
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
     settings["workers"] = workers
+    settings["processes"] = distributed.world_size()
     specs = [_claim_spec(c, plans[c["id"]]) for c in chosen]
-    (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
-    (out / "claims.json").write_text(json.dumps({"claims": specs}, indent=2))
+    if lead:
+        (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+        (out / "claims.json").write_text(json.dumps({"claims": specs}, indent=2))
     plan = [cfg for c in chosen for cfg in plans[c["id"]]]
     counts = run_all(plan, out / "results.jsonl", workers=workers, progress=progress,
                      stream=stream)
-    rows, _ = read_rows(out / "results.jsonl")
-    summary = summarize(specs, rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = None
+    if lead:
+        rows, _ = read_rows(out / "results.jsonl")
+        summary = summarize(specs, rows)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"summary": summary, "counts": counts, "settings": settings}

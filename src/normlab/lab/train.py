@@ -10,8 +10,10 @@ import math
 import time
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from normlab import distributed
 from normlab.lab import data as datasets
 from normlab.lab.models import CNN, MLP, hidden_inputs
 
@@ -58,6 +60,21 @@ def train_run(cfg: dict) -> dict:
     torch.manual_seed(cfg["seed"])
     ds = datasets.load(cfg["data"], 0)
     model = build_model(cfg, ds)
+    world, rank = distributed.world_size(), distributed.rank()
+    # data-parallel (under torchrun): each process trains on its slice of every batch, batch
+    # norm synchronized, gradients averaged by DDP: the same training as one process. A batch
+    # smaller than the number of processes runs whole on every process.
+    dp = world > 1 and cfg["batch_size"] >= world
+    if dp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from normlab.surgery import convert_sync_batchnorm
+
+        # buffers are averaged over the processes after each step (below) instead of copied
+        # from process 0: a ghost-batch layer's running statistics then move by the average
+        # over all the groups of the batch, as in one process
+        model = DistributedDataParallel(convert_sync_batchnorm(model), broadcast_buffers=False)
+        float_buffers = [b for b in model.buffers() if b.is_floating_point()]
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     gen = torch.Generator().manual_seed(10_000 + cfg["seed"])
     n, bs = ds.x_train.shape[0], cfg["batch_size"]
@@ -91,15 +108,28 @@ def train_run(cfg: dict) -> dict:
             perm, pos = torch.randperm(n, generator=gen), 0
         idx = perm[pos:pos + bs]
         pos += bs
+        if dp:
+            idx = idx.tensor_split(world)[rank]
         try:
-            loss = nn.functional.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx])
+            loss = nn.functional.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx],
+                                               reduction="sum" if dp else "mean")
         except ValueError as exc:  # the normalization refused this batch
             status, error = "error", str(exc)
             break
+        if dp:  # DDP averages over processes: this share of the batch mean, times the world
+            loss = loss * (world / bs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_value = loss.item()
+        if dp:  # the batch's mean loss, identical on every process (they stop together)
+            total = loss.detach() / world
+            dist.all_reduce(total)
+            loss_value = total.item()
+            for b in float_buffers:
+                dist.all_reduce(b)
+                b.div_(world)
+        else:
+            loss_value = loss.item()
         if not math.isfinite(loss_value):
             status = "diverged"
             evaluate(step, loss_value)
@@ -110,4 +140,4 @@ def train_run(cfg: dict) -> dict:
     final = dict(evals[-1]) if evals else {}
     final.pop("probe", None)
     return {"status": status, "error": error, "evals": evals, "final": final,
-            "train_seconds": train_seconds}
+            "train_seconds": train_seconds, "processes": world if dp else 1}

@@ -297,13 +297,20 @@ def _batch_norms(model: nn.Module, exclude=()):
             and not isinstance(m, exclude)]
 
 
+_PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                      nl.BatchNorm, nl.BatchNorm1d, nl.BatchNorm2d, nl.BatchNorm3d)
+
+
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
-    """A copy of ``model`` with every batch norm (torch.nn's, normlab's, with or without a
+    """A copy of ``model`` with every plain batch norm (torch.nn's, normlab's, with or without a
     fused activation) replaced by :class:`normlab.nn.SyncBatchNorm` with the same state, on
-    ``process_group``: works on any torch.distributed backend (gloo on CPU included)."""
+    ``process_group``: works on any torch.distributed backend (gloo on CPU included). Batch
+    norm's variants with other statistics (renorm, ghost, frozen, or any subclass) are left
+    as they are."""
     new = copy.deepcopy(model)
-    todo = _batch_norms(new, exclude=(nl.SyncBatchNorm,))
-    if not todo and isinstance(new, (nn.modules.batchnorm._BatchNorm, nl.BatchNorm)):
+    todo = [(p, m) for p, m in new.named_modules()
+            if p and type(m) in _PLAIN_BATCH_NORMS]
+    if not todo and type(new) in _PLAIN_BATCH_NORMS:
         todo = [("", new)]
     for path, m in todo:
         sync = nl.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine,
