@@ -10,6 +10,7 @@ import normlab.functional as F
 from tests import oracle
 
 BACKENDS = ["native", "reference"]
+DY_SEED = 1  # the upstream gradient is seeded too: every run checks the same numbers
 
 # (id, kind, input shape, options); options: channel_axis, groups, ns (normalized_shape)
 CASES = [
@@ -119,14 +120,18 @@ def check_against_oracle(kind, shape, opts, dtype, backend, *, residual=False, a
     oracle.close(y, yo, dtype, scale)
     if not check_grads:
         return
-    dy = torch.randn(shape, dtype=torch.float64)
+    dy = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(DY_SEED))
     y.backward(dy.to(dtype))
     yo.backward(dy)
     for got, want in ((xs, xo), (ws, wo), (bs, bo), (ss, so), (rs, ro)):
         if got is not None:
-            # reductions over many elements: parameter gradients get a looser absolute bound
+            # a parameter gradient sums n rounded terms: its error grows like sqrt(n); torch's
+            # native bfloat16 CPU kernels keep partial sums in bfloat16 (error ~ n * 2^-8)
             n = max(1, x.numel() // max(got.numel(), 1))
-            oracle.close(got.grad, want.grad, dtype, scale * (1 if n < 64 else n ** 0.5 / 4))
+            grow = max(1.0, n ** 0.5 / 4)
+            if got is not xs and dtype == torch.bfloat16 and backend == "native":
+                grow = max(grow, n * 2.0 ** -8 / oracle.TOL[dtype][1])
+            oracle.close(got.grad, want.grad, dtype, scale * grow)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
