@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import normlab
@@ -85,6 +86,28 @@ def _build_parser() -> argparse.ArgumentParser:
                                         "write DIR/summary.json and DIR/index.html.")
     report.add_argument("dir", help="a folder written by `normlab lab`")
 
+    style = sub.add_parser(
+        "style", help="AdaIN style transfer of an image, offline",
+        description="Stylize CONTENT with the colours and textures of STYLE by adaptive "
+                    "instance normalization (Huang & Belongie 2017), optimizing the image "
+                    "against an encoder's features on CPU. The encoder has random weights by "
+                    "default (nothing is downloaded); --encoder loads a torchvision VGG-19 "
+                    "state dict for the usual quality. Writes OUT and OUT's name with -strip "
+                    "(content | style | result).")
+    style.add_argument("content", nargs="?", help="content image file")
+    style.add_argument("style", nargs="?", help="style image file")
+    style.add_argument("--out", required=True, help="output PNG file")
+    style.add_argument("--demo", action="store_true",
+                       help="use scikit-image's bundled astronaut (content) and "
+                            "immunohistochemistry (style) images when none are given")
+    style.add_argument("--size", type=_positive_int, default=256,
+                       help="longer side in pixels (default: %(default)s)")
+    style.add_argument("--steps", type=_positive_int, default=150,
+                       help="optimization steps (default: %(default)s)")
+    style.add_argument("--encoder", help="a torchvision VGG-19 state dict file (.pth)")
+    style.add_argument("--seed", type=int, default=0,
+                       help="seed of the random encoder (default: %(default)s)")
+
     from normlab.spec import KINDS
 
     explain = sub.add_parser(
@@ -163,6 +186,53 @@ def _run_lab_in(args, extra, LabError, parse_overrides, run_lab, render_report) 
     return 0
 
 
+def _run_style(args, parser) -> int:
+    from pathlib import Path
+
+    from normlab.lab.runner import Progress
+    from normlab.style import (
+        StyleError,
+        demo_image,
+        load_encoder,
+        load_image,
+        random_encoder,
+        save_image,
+        strip,
+        stylize,
+    )
+
+    if (args.content is None) != (args.style is None):
+        parser.error("give both CONTENT and STYLE, or neither with --demo")
+    if args.content is None and not args.demo:
+        parser.error("CONTENT and STYLE are required (or --demo)")
+    out = Path(args.out)
+    strip_path = out.with_name(out.stem + "-strip" + (out.suffix or ".png"))
+    try:
+        if out.suffix.lower() not in (".png", ""):
+            raise StyleError(f"--out {out}: expected a .png file")
+        if not out.parent.exists() or not os.access(out.parent if str(out.parent) else ".",
+                                                    os.W_OK):
+            raise StyleError(f"--out {out}: the folder {out.parent} does not exist or is not "
+                             "writable")
+        if args.content is None:
+            content = demo_image("astronaut", args.size)
+            style_img = demo_image("immunohistochemistry", args.size)
+        else:
+            content = load_image(args.content, args.size)
+            style_img = load_image(args.style, args.size)
+        encoder = load_encoder(args.encoder) if args.encoder else random_encoder(args.seed)
+    except StyleError as exc:
+        print(f"normlab style: error: {exc}", file=sys.stderr)
+        return 2
+    bar = Progress(args.steps, args.steps, unit="steps")
+    result = stylize(content, style_img, encoder, steps=args.steps,
+                     progress=lambda step, loss: bar.update(1))
+    save_image(result, out if out.suffix else out.with_suffix(".png"))
+    save_image(strip(content, style_img, result), strip_path)
+    print(f"stylized image: {out}\nstrip (content | style | result): {strip_path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -187,6 +257,8 @@ def main(argv=None) -> int:
         _print_summary(summary)
         print(f"report: {args.dir}/index.html")
         return 0
+    if args.command == "style":
+        return _run_style(args, parser)
     if args.command == "explain":
         from normlab.report import describe, draw
 

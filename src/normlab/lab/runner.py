@@ -33,7 +33,7 @@ def run_key(cfg: dict) -> str:
 
 def _cost(cfg: dict) -> float:
     """Rough relative cost of a run, for ordering (longest first) and the ETA."""
-    per_step = 3.0 if cfg["model"] == "cnn" else 1.0
+    per_step = {"cnn": 3.0, "stylizer": 40.0}.get(cfg["model"], 1.0)
     return cfg["steps"] * per_step * max(1.0, cfg["batch_size"] / 64) ** 0.5
 
 
@@ -56,8 +56,10 @@ def _work(cfg: dict) -> dict:
 class Progress:
     """A one-line progress bar with ETA on stderr (a line per 10% when not a terminal)."""
 
-    def __init__(self, total_cost: float, n_runs: int, stream=None, enabled: bool = True):
+    def __init__(self, total_cost: float, n_runs: int, stream=None, enabled: bool = True,
+                 unit: str = "runs"):
         self.total, self.n, self.done_cost, self.done = total_cost, n_runs, 0.0, 0
+        self.unit = unit
         self.stream = stream or sys.stderr
         self.enabled = enabled and n_runs > 0
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -73,7 +75,7 @@ class Progress:
         frac = self.done_cost / self.total if self.total else 1.0
         eta = elapsed / frac - elapsed if frac > 0 else 0.0
         bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        line = (f"[{bar}] {self.done}/{self.n} runs  {elapsed:5.0f}s elapsed  "
+        line = (f"[{bar}] {self.done}/{self.n} {self.unit}  {elapsed:5.0f}s elapsed  "
                 f"ETA {eta:4.0f}s")
         if self.tty:
             self.stream.write("\r" + line + ("\n" if self.done == self.n else ""))

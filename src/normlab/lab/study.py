@@ -75,13 +75,13 @@ def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
         if seeds < 1:
             raise LabError(f"--seeds must be a positive integer, got {seeds}")
         p["seeds"] = seeds
-    chosen = list(claims_mod.CLAIMS)
+    chosen = [c for c in claims_mod.CLAIMS if preset in c.get("presets", (preset,))]
     if only:
         unknown = [i for i in only if i not in CLAIM_IDS]
         if unknown:
             raise LabError(f"unknown claim id {', '.join(unknown)}; ids are "
                            f"{', '.join(CLAIM_IDS)}")
-        chosen = [c for c in chosen if c["id"] in only]
+        chosen = [c for c in claims_mod.CLAIMS if c["id"] in only]
     base = claims_mod.resolve_base(overrides)
     plans = {c["id"]: claims_mod.expand(c, seeds=p["seeds"], steps_scale=p["steps_scale"],
                                         full=p["full"], base=base) for c in chosen}
@@ -95,7 +95,7 @@ def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
 
 
 def _claim_spec(claim: dict, runs: list[dict]) -> dict:
-    spec = {k: v for k, v in claim.items() if k != "build"}
+    spec = {k: v for k, v in claim.items() if k not in ("build", "presets")}
     spec["run_keys"] = [run_key(c) for c in runs]
     return spec
 

@@ -57,6 +57,12 @@ def train_run(cfg: dict) -> dict:
     one value per channel; ``error`` holds the message).
     """
     torch.set_num_threads(1)
+    if cfg["model"] == "stylizer":  # the style-contrast claim: a generator, not a classifier
+        from normlab.style.feedforward import train_stylizer
+
+        t0 = time.perf_counter()
+        out = train_stylizer(cfg["norm"], cfg["seed"], steps=cfg["steps"])
+        return {**out, "train_seconds": time.perf_counter() - t0, "processes": 1}
     torch.manual_seed(cfg["seed"])
     ds = datasets.load(cfg["data"], 0)
     model = build_model(cfg, ds)

@@ -208,8 +208,28 @@ def _fig_probe(claim, rows):
     return fig
 
 
+def _fig_images(claim, rows):
+    from PIL import Image
+
+    plt = _plt()
+    arms = _by_arm(rows)
+    names = [("content", "content"), ("low_contrast_content", "content at 30% contrast"),
+             ("output", "stylized"), ("output_low_contrast", "stylized (30% contrast)")]
+    fig, axes = plt.subplots(len(arms), 4, figsize=(8, 2.2 * len(arms)), squeeze=False)
+    for i, (arm, rs) in enumerate(arms.items()):
+        images = next((r["images"] for r in rs if r.get("images")), {})
+        for j, (key, title) in enumerate(names):
+            ax = axes[i][j]
+            ax.axis("off")
+            if key in images:
+                ax.imshow(Image.open(io.BytesIO(base64.b64decode(images[key]))))
+            ax.set_title(f"{arm}: {title}" if j >= 2 else title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 _FIGURES = {"curve": _fig_curve, "sweep": _fig_sweep, "bars": _fig_bars,
-            "shifts": _fig_shifts, "probe": _fig_probe}
+            "shifts": _fig_shifts, "probe": _fig_probe, "images": _fig_images}
 
 
 # --------------------------------------------------------------------------------------------
