@@ -157,3 +157,19 @@ def test_bad_masks():
         one = torch.zeros_like(mask)
         one[0, 0] = True
         F.batch_norm(x, None, None, training=True, mask=one)
+
+
+def test_masked_adain_equals_adain_on_the_real_positions():
+    g = torch.Generator().manual_seed(3)
+    content = torch.randn(2, 3, 8, generator=g, dtype=D) * 2 + 1
+    style = torch.randn(2, 3, 6, generator=g, dtype=D) * 0.5 - 2
+    cmask = normlab.lengths_to_mask(torch.tensor([8, 5]), 8)
+    smask = normlab.lengths_to_mask(torch.tensor([3, 6]), 6)
+    content = torch.where(cmask[:, None], content, float("nan"))  # padding is never read
+    style = torch.where(smask[:, None], style, float("inf"))
+    y = nl.AdaptiveInstanceNorm(3).double()(content, style, content_mask=cmask,
+                                            style_mask=smask)
+    for i, (nc, ns) in enumerate(((8, 3), (5, 6))):
+        want = F.adaptive_instance_norm(content[i:i + 1, :, :nc], style[i:i + 1, :, :ns])
+        torch.testing.assert_close(y[i:i + 1, :, :nc], want)
+        assert (y[i, :, nc:] == 0).all()

@@ -425,11 +425,14 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, channel_axis=-1,
 
 
 def adaptive_instance_norm(content, style, eps=1e-5, *, channel_axis=1, residual=None,
-                           activation=None, backend=None):
+                           activation=None, backend=None, content_mask=None, style_mask=None):
     """AdaIN (Huang & Belongie 2017): ``sigma(style) * (content - mu(content)) / sigma(content)
     + mu(style)``, statistics per sample and channel over positions, ``sigma = sqrt(var + eps)``
     with the biased variance. ``style`` has the content's rank and channel count, and either
-    the content's batch size or 1 (one style for the whole batch); its positions may differ."""
+    the content's batch size or 1 (one style for the whole batch); its positions may differ.
+    ``content_mask``/``style_mask`` (bool, each input's shape without the channel axis) keep
+    padded positions out of both inputs' statistics; the output is zero at padded content
+    positions."""
     _check_common(content, eps, channel_axis, residual, activation, backend, 3,
                   "adaptive_instance_norm")
     _check_float_tensor(style, "style")
@@ -448,5 +451,8 @@ def adaptive_instance_norm(content, style, eps=1e-5, *, channel_axis=1, residual
         if t.numel() > 0 and t.numel() == t.shape[0] * c:
             raise ValueError(f"Expected more than 1 spatial element in {name}, got size "
                              f"{list(t.shape)}")
+    _check_mask(content_mask, content, channel_axis)
+    _check_mask(style_mask, style, channel_axis)
     return ops.adaptive_instance_norm(content, style, float(eps), channel_axis=channel_axis,
-                                      residual=residual, activation=activation, backend=backend)
+                                      residual=residual, activation=activation, backend=backend,
+                                      content_mask=content_mask, style_mask=style_mask)

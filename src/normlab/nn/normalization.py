@@ -160,12 +160,13 @@ class AdaptiveInstanceNorm(nn.Module):
         F.validate_options(channel_axis=channel_axis, activation=activation, backend=backend)
         self.channel_axis, self.activation, self.backend = channel_axis, activation, backend
 
-    def forward(self, content, style, residual=None):
+    def forward(self, content, style, residual=None, content_mask=None, style_mask=None):
         F.check_num_features(content, self.num_features, self.channel_axis,
                              "AdaptiveInstanceNorm")
         return F.adaptive_instance_norm(content, style, self.eps,
                                         channel_axis=self.channel_axis, residual=residual,
-                                        activation=self.activation, backend=self.backend)
+                                        activation=self.activation, backend=self.backend,
+                                        content_mask=content_mask, style_mask=style_mask)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}" + _extras(self, 1)

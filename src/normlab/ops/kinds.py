@@ -210,13 +210,38 @@ def rms_norm(x, normalized_shape, weight, eps, *, channel_axis=-1, residual=None
     return y
 
 
+def _masked_mean_std(t, plan, mask, eps):
+    """Per-(sample, channel) mean and sqrt(var + eps) over the real positions of ``t``."""
+    sdt = stat_dtype(t.dtype)
+    m = mask.expand(t.shape)
+    ts = torch.where(m, t.to(sdt), 0.0)
+    count = m.sum(plan.reduce_dims, keepdim=True, dtype=sdt).clamp_min(1.0)
+    mean = ts.sum(plan.reduce_dims, keepdim=True) / count
+    dev = torch.where(m, ts - mean, 0.0)
+    var = (dev * dev).sum(plan.reduce_dims, keepdim=True) / count
+    return mean, torch.sqrt(var + eps)
+
+
 def adaptive_instance_norm(content, style, eps, *, channel_axis=1, residual=None,
-                           activation=None, backend=None):
+                           activation=None, backend=None, content_mask=None, style_mask=None):
     """sigma(style) * (content - mu(content)) / sigma(content) + mu(style), per sample and
     channel over positions; sigma = sqrt(biased variance + eps), for content and style alike.
     Gradients flow to the style through its statistics (ordinary autograd ops)."""
     plan = spec.plan("adain", tuple(content.shape), channel_axis=channel_axis)
     style_plan = spec.plan("adain", tuple(style.shape), channel_axis=channel_axis)
+    if content_mask is not None or style_mask is not None:
+        if style_mask is None:
+            style_mask = torch.ones(1, dtype=torch.bool, device=style.device)
+        else:
+            style_mask = _mask_for(style, style_mask, channel_axis)
+        s_mean, s_std = _masked_mean_std(style, style_plan, style_mask, eps)
+        if content_mask is None:
+            cm = torch.ones(1, dtype=torch.bool, device=content.device)
+        else:
+            cm = _mask_for(content, content_mask, channel_axis)
+        y, _, _, _ = masked_forward(content, plan, cm, eps=eps, weight=s_std, bias=s_mean,
+                                    residual=residual, activation=activation)
+        return y
     sdt = stat_dtype(content.dtype)
     s_var, s_mean = torch.var_mean(style.to(sdt), style_plan.reduce_dims, correction=0,
                                    keepdim=True)  # N,C,1.. (or N,1..,C)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import normlab.functional as F
+from normlab import nn as nl
 
 __all__ = ["DEMO_PAIRS", "Encoder", "StyleError", "demo_image", "load_encoder", "load_image",
            "save_image", "strip", "stylize"]
@@ -206,7 +206,8 @@ def stylize(content: torch.Tensor, style: torch.Tensor, encoder: Encoder, *, ste
     with torch.no_grad():
         c_feats = encoder(content)
         s_feats = encoder(style)
-        target = F.adaptive_instance_norm(c_feats[-1], s_feats[-1])  # AdaIN(f(c), f(s))
+        adain = nl.AdaptiveInstanceNorm(c_feats[-1].shape[1])
+        target = adain(c_feats[-1], s_feats[-1])  # AdaIN(f(c), f(s))
     img = content.clone().requires_grad_()
     opt = torch.optim.Adam([img], lr=lr)
     for step in range(1, steps + 1):
