@@ -75,13 +75,11 @@ class _CellBase(nn.Module):
         return s + (", bias=False" if self.bias_ih is None else "")
 
 
-class LayerNormLSTMCell(_CellBase):
-    """An LSTM cell with layer normalization (Ba et al. 2016, eq. 20-22):
-    ``gates = LN(W_ih x) + LN(W_hh h) + b``; ``c' = sigma(f) c + sigma(i) tanh(g)``;
-    ``h' = sigma(o) tanh(LN(c'))``. Gate order i, f, g, o as torch.nn.LSTMCell.
-    ``forward(input, (h, c)) -> (h', c')``."""
+class _LayerNormCell(_CellBase):
+    """Layer normalization of the input and recurrent gate projections (each over all its
+    gates), optionally of the cell state; ``norm=False`` leaves the plain torch.nn cell."""
 
-    gates = 4
+    cell_norm = False
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  norm=True, eps=1e-5):
@@ -89,22 +87,37 @@ class LayerNormLSTMCell(_CellBase):
         self.norm = bool(norm)
         f = {"device": device, "dtype": dtype}
         if self.norm:
-            self.ln_ih = LayerNorm(4 * self.hidden_size, eps, **f)
-            self.ln_hh = LayerNorm(4 * self.hidden_size, eps, **f)
-            self.ln_c = LayerNorm(self.hidden_size, eps, **f)
+            self.ln_ih = LayerNorm(self.gates * self.hidden_size, eps, **f)
+            self.ln_hh = LayerNorm(self.gates * self.hidden_size, eps, **f)
+            if self.cell_norm:
+                self.ln_c = LayerNorm(self.hidden_size, eps, **f)
         _init_uniform(self, self.hidden_size)
 
     def project_input(self, input):
         wi = super().project_input(input)
         return self.ln_ih(wi) if self.norm else wi
 
+    def _recurrent_term(self, h):
+        wh = torch.nn.functional.linear(h, self.weight_hh)
+        return self.ln_hh(wh) if self.norm else wh
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.norm else ", norm=False")
+
+
+class LayerNormLSTMCell(_LayerNormCell):
+    """An LSTM cell with layer normalization (Ba et al. 2016, eq. 20-22):
+    ``gates = LN(W_ih x) + LN(W_hh h) + b``; ``c' = sigma(f) c + sigma(i) tanh(g)``;
+    ``h' = sigma(o) tanh(LN(c'))``. Gate order i, f, g, o as torch.nn.LSTMCell.
+    ``forward(input, (h, c)) -> (h', c')``."""
+
+    gates = 4
+    cell_norm = True
+
     def step(self, wi, hx=None):
         """One step from the projected input ``wi`` (see :meth:`project_input`)."""
         h, c = hx if hx is not None else (self._zeros(wi), self._zeros(wi))
-        wh = torch.nn.functional.linear(h, self.weight_hh)
-        if self.norm:
-            wh = self.ln_hh(wh)
-        z = wi + wh
+        z = wi + self._recurrent_term(h)
         if self.bias_ih is not None:
             z = z + self.bias_ih + self.bias_hh
         i, f, g, o = z.chunk(4, dim=1)
@@ -112,11 +125,8 @@ class LayerNormLSTMCell(_CellBase):
         h2 = torch.sigmoid(o) * torch.tanh(self.ln_c(c2) if self.norm else c2)
         return h2, c2
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.norm else ", norm=False")
 
-
-class LayerNormGRUCell(_CellBase):
+class LayerNormGRUCell(_LayerNormCell):
     """A GRU cell with layer normalization of the input and recurrent projections (each over
     its three gates): ``r, z = sigma(LN(W_ih x)_rz + LN(W_hh h)_rz + b)``,
     ``n = tanh(LN(W_ih x)_n + b_in + r (LN(W_hh h)_n + b_hn))``, ``h' = (1 - z) n + z h``.
@@ -124,26 +134,10 @@ class LayerNormGRUCell(_CellBase):
 
     gates = 3
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 norm=True, eps=1e-5):
-        super().__init__(input_size, hidden_size, bias, device, dtype)
-        self.norm = bool(norm)
-        f = {"device": device, "dtype": dtype}
-        if self.norm:
-            self.ln_ih = LayerNorm(3 * self.hidden_size, eps, **f)
-            self.ln_hh = LayerNorm(3 * self.hidden_size, eps, **f)
-        _init_uniform(self, self.hidden_size)
-
-    def project_input(self, input):
-        wi = super().project_input(input)
-        return self.ln_ih(wi) if self.norm else wi
-
     def step(self, wi, hx=None):
         """One step from the projected input ``wi`` (see :meth:`project_input`)."""
         h = hx if hx is not None else self._zeros(wi)
-        wh = torch.nn.functional.linear(h, self.weight_hh)
-        if self.norm:
-            wh = self.ln_hh(wh)
+        wh = self._recurrent_term(h)
         if self.bias_ih is not None:
             wi, wh = wi + self.bias_ih, wh + self.bias_hh
         ir, iz, in_ = wi.chunk(3, dim=1)
@@ -152,9 +146,6 @@ class LayerNormGRUCell(_CellBase):
         z = torch.sigmoid(iz + hz)
         n = torch.tanh(in_ + r * hn)
         return (1 - z) * n + z * h
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.norm else ", norm=False")
 
 
 class _StepBatchNorm(nn.Module):

@@ -57,6 +57,22 @@ def activation_grad(z: torch.Tensor, activation: str | None) -> torch.Tensor | N
     raise ValueError(f"activation must be one of None, {ACTIVATIONS}, got {activation!r}")
 
 
+def _affine(xhat, weight, bias, sdt):
+    z = xhat
+    if weight is not None:
+        z = z * weight.to(sdt)
+    if bias is not None:
+        z = z + bias.to(sdt)
+    return z
+
+
+def _like_input(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` in the input's memory format (channels_last stays channels_last)."""
+    if t.stride() != x.stride() and x.numel() > 0:
+        return torch.empty_like(x).copy_(t)
+    return t
+
+
 def forward(
     x: torch.Tensor,
     plan: Plan,
@@ -95,16 +111,10 @@ def forward(
         var = (xc * xc).mean(plan.reduce_dims, keepdim=True)  # two-pass variance, stats_shape
         rstd = torch.rsqrt(var + eps)
         xhat = (xc * rstd).reshape(x.shape)
-    z = xhat
-    if weight is not None:
-        z = z * weight.to(sdt)
-    if bias is not None:
-        z = z + bias.to(sdt)
+    z = _affine(xhat, weight, bias, sdt)
     if residual is not None:
         z = z + residual.to(sdt)
-    y = apply_activation(z, activation).to(x.dtype)
-    if y.stride() != x.stride() and x.numel() > 0:
-        y = torch.empty_like(x).copy_(y)  # keep the input's memory format (channels_last)
+    y = _like_input(apply_activation(z, activation).to(x.dtype), x)
     # recompute xhat in backward from (x, mean, rstd): saves one activation-sized buffer;
     # keep z only when the activation needs it
     cache = dict(x=x, plan=plan, mean=mean, var=var, rstd=rstd, weight=weight, bias=bias,
@@ -149,10 +159,7 @@ def backward(dy: torch.Tensor, cache: dict):
         if plan.centered:
             dxv = dxv - gv.mean(plan.reduce_dims, keepdim=True)
         dx = (dxv * rstd).reshape(x.shape)
-    dx = dx.to(x.dtype)
-    if dx.stride() != x.stride() and x.numel() > 0:
-        dx = torch.empty_like(x).copy_(dx)
-    return dx, dweight, dbias, dresidual
+    return _like_input(dx.to(x.dtype), x), dweight, dbias, dresidual
 
 
 def masked_forward(
@@ -196,14 +203,8 @@ def masked_forward(
         xc = torch.where(mv, xv - mean, 0.0)
         var = (xc * xc).sum(plan.reduce_dims, keepdim=True) / safe  # two-pass variance
         xhat = (xc * torch.rsqrt(var + eps)).reshape(x.shape)
-    z = xhat
-    if weight is not None:
-        z = z * weight.to(sdt)
-    if bias is not None:
-        z = z + bias.to(sdt)
+    z = _affine(xhat, weight, bias, sdt)
     if residual is not None:
         z = z + torch.where(m, residual.to(sdt), 0.0)
-    y = torch.where(m, apply_activation(z, activation), 0.0).to(x.dtype)
-    if y.stride() != x.stride() and x.numel() > 0:
-        y = torch.empty_like(x).copy_(y)
+    y = _like_input(torch.where(m, apply_activation(z, activation), 0.0).to(x.dtype), x)
     return y, mean, var, count
