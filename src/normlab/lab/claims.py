@@ -40,7 +40,7 @@ BASE = {
 
 PRESETS = {
     "default": {"seeds": 3, "steps_scale": 1.0, "full": False},
-    "quick": {"seeds": 2, "steps_scale": 0.25, "full": False},
+    "quick": {"seeds": 2, "steps_scale": 0.15, "full": False},
     "full": {"seeds": 5, "steps_scale": 2.0, "full": True},
 }
 
