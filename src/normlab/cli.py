@@ -38,7 +38,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "rows to a JSONL file and print a table. For stable figures run it under "
                     "jemalloc (LD_PRELOAD), e.g. ../shared/tools/jemalloc-run normlab bench.")
     bench.add_argument("--quick", action="store_true",
-                       help="smaller shapes and fewer repetitions (about 15 s)")
+                       help="smaller shapes and fewer repetitions (about 10 s)")
     bench.add_argument("--out", default="normlab-bench.jsonl",
                        help="JSONL file the rows are appended to (default: %(default)s)")
     bench.add_argument("--reps", type=_positive_int, default=None,

@@ -6,7 +6,7 @@ says, as data, how the rows decide the verdict (``normlab.results.stats``): the 
 claimed better, the baseline arm, and whether higher or lower is better. The report reads the
 same spec from ``claims.json`` and never imports this module.
 
-Presets: ``default`` (3 seeds, about a minute and a half on 2 cores), ``quick`` (2 seeds,
+Presets: ``default`` (3 seeds, about 100 s on 2 cores), ``quick`` (2 seeds,
 shorter training: a smoke run), ``full`` (5 seeds, longer training, wider grids). A claim
 with ``presets`` runs only in those presets, or when ``--only`` names it.
 """
