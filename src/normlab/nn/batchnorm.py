@@ -108,6 +108,15 @@ class _NormBase(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
+def check_batch_input(module, input) -> None:
+    """The rank check of a 1d/2d/3d class (``module._dims``; None: any rank >= 2) and the
+    channel count, with the module's name in the messages."""
+    name = type(module).__name__
+    if module._dims is not None:
+        F.check_input_dim(input, module._dims, name)
+    F.check_num_features(input, module.num_features, module.channel_axis, name)
+
+
 class BatchNorm(_NormBase):
     """Batch norm over an (N, C, ...) input of any rank >= 2 (or (N, ..., C) with
     ``channel_axis=-1``): statistics per channel over the batch and all positions.
@@ -122,9 +131,7 @@ class BatchNorm(_NormBase):
     def forward(self, input, residual=None, mask=None):
         """``mask``: bool, the input's shape without the channel axis, True at real positions
         (see ``normlab.functional``)."""
-        if self._dims is not None:
-            F.check_input_dim(input, self._dims, type(self).__name__)
-        F.check_num_features(input, self.num_features, self.channel_axis, type(self).__name__)
+        check_batch_input(self, input)
         factor = self._factor(input)
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_buffers = not self.training or self.track_running_stats

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from normlab import functional as F
-from normlab.nn.batchnorm import BatchNorm
+from normlab.nn.batchnorm import BatchNorm, check_batch_input
 
 __all__ = ["BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "FrozenBatchNorm",
            "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "GhostBatchNorm",
@@ -48,9 +48,7 @@ class BatchRenorm(BatchNorm):
         return 1.0 + (self.r_max - 1.0) * t, self.d_max * t
 
     def forward(self, input, residual=None):
-        if self._dims is not None:
-            F.check_input_dim(input, self._dims, type(self).__name__)
-        F.check_num_features(input, self.num_features, self.channel_axis, type(self).__name__)
+        check_batch_input(self, input)
         r_max, d_max = self.current_limits()
         factor = self._factor(input)
         return F.batch_renorm(input, self.running_mean, self.running_var, self.weight,
@@ -93,9 +91,7 @@ class GhostBatchNorm(BatchNorm):
     def forward(self, input, residual=None):
         if not self.training or input.shape[0] <= self.virtual_batch_size:
             return super().forward(input, residual)
-        if self._dims is not None:
-            F.check_input_dim(input, self._dims, type(self).__name__)
-        F.check_num_features(input, self.num_features, self.channel_axis, type(self).__name__)
+        check_batch_input(self, input)
         chunks = input.split(self.virtual_batch_size)
         res = (None,) * len(chunks) if residual is None else residual.split(
             self.virtual_batch_size)
@@ -142,9 +138,7 @@ class FrozenBatchNorm(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, input, residual=None):
-        if self._dims is not None:
-            F.check_input_dim(input, self._dims, type(self).__name__)
-        F.check_num_features(input, self.num_features, self.channel_axis, type(self).__name__)
+        check_batch_input(self, input)
         return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
                             False, 0.0, self.eps, channel_axis=self.channel_axis,
                             residual=residual, activation=self.activation)
