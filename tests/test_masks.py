@@ -173,3 +173,64 @@ def test_masked_adain_equals_adain_on_the_real_positions():
         want = F.adaptive_instance_norm(content[i:i + 1, :, :nc], style[i:i + 1, :, :ns])
         torch.testing.assert_close(y[i:i + 1, :, :nc], want)
         assert (y[i, :, nc:] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["batch", "instance", "group"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channel_axis=-1"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_fast_masked_path_equals_the_where_path(kind, layout, dtype):
+    """Finite padding takes the multiply-by-mask Function; NaN padding forces the ``torch.where``
+    reference path. Both must give the same outputs and gradients on a 4-D input with a 2-D
+    positions mask (awkward sizes: 6 channels in 3 groups, 5 x 3 positions)."""
+    g = torch.Generator().manual_seed(1)
+    n, c, h, w = 3, 6, 5, 3
+    x = torch.randn(n, c, h, w, generator=g, dtype=D) * 3 + 2
+    mask = torch.rand(n, h, w, generator=g) > 0.4
+    mask[0, 0, 0] = mask[0, 1, 1] = True
+    axis = 1
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "channel_axis=-1":
+        x, axis = x.permute(0, 2, 3, 1).contiguous(), -1
+    wt = torch.randn(c, generator=g, dtype=D)
+    bs = torch.randn(c, generator=g, dtype=D)
+    dy = torch.randn(x.shape, generator=g, dtype=D).to(dtype)
+    real = mask.unsqueeze(axis % 4).expand(x.shape)
+
+    def run(pad):
+        xi = torch.where(real, x, torch.full_like(x, pad)).to(dtype).requires_grad_()
+        if layout == "channels_last":
+            xi = xi.detach().to(memory_format=torch.channels_last).requires_grad_()
+        wi, bi = wt.clone().requires_grad_(), bs.clone().requires_grad_()
+        if kind == "batch":
+            y = F.batch_norm(xi, None, None, wi, bi, training=True, channel_axis=axis, mask=mask)
+        elif kind == "instance":
+            y = F.instance_norm(xi, weight=wi, bias=bi, channel_axis=axis, mask=mask)
+        else:
+            y = F.group_norm(xi, 3, wi, bi, channel_axis=axis, mask=mask)
+        y.backward(dy)
+        return y, xi.grad, wi.grad, bi.grad
+
+    fast, slow = run(1e3), run(float("nan"))
+    tol = {torch.float64: {}, torch.float32: dict(rtol=1e-5, atol=1e-5),
+           torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
+    assert fast[0].stride() == x.stride() and fast[0].dtype == dtype
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, **tol)
+    assert (fast[0][~real] == 0).all() and (fast[1][~real] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["instance", "group"])
+def test_fast_masked_path_double_backward(kind):
+    x, mask = _padded(c=4, lengths=[4, 2, 7])
+    x = x.requires_grad_()
+    w = torch.randn(4, dtype=D, requires_grad=True)
+    if kind == "instance":
+        def fn(t, wt):
+            return F.instance_norm(t, weight=wt, mask=mask)
+    else:
+        def fn(t, wt):
+            return F.group_norm(t, 2, wt, mask=mask)
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))

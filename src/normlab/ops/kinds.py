@@ -14,8 +14,9 @@ import torch
 
 from normlab import spec
 from normlab.ops import native
+from normlab.ops.masked import FAST_KINDS, masked_norm
 from normlab.ops.reference_op import reference_norm
-from normlab.reference import masked_forward, stat_dtype
+from normlab.reference import apply_activation, like_input, masked_forward, stat_dtype
 
 __all__ = ["BACKENDS", "adaptive_instance_norm", "batch_norm", "group_norm", "instance_norm",
            "layer_norm", "resolve_backend", "rms_norm"]
@@ -52,7 +53,18 @@ def _mask_for(x: torch.Tensor, mask: torch.Tensor, channel_axis: int) -> torch.T
 
 def _masked(kind, x, mask, weight, bias, eps, channel_axis, residual, activation, **plan_kw):
     plan = spec.plan(kind, tuple(x.shape), channel_axis=channel_axis, **plan_kw)
-    return plan, masked_forward(x, plan, _mask_for(x, mask, channel_axis), eps=eps,
+    m = _mask_for(x, mask, channel_axis)
+    if kind in FAST_KINDS and x.dim() > 2 and not torch.compiler.is_compiling():
+        out = masked_norm(x, plan, m, eps=eps, weight=weight, bias=bias,
+                          channel_last=channel_axis % x.dim() == x.dim() - 1,
+                          groups=plan_kw.get("num_groups", 1))
+        if out is not None:
+            y, mean, var, count = out
+            if residual is not None:
+                y = y + torch.where(m, residual, 0.0)
+            y = like_input(apply_activation(y, activation), x)
+            return plan, (y, mean, var, count)
+    return plan, masked_forward(x, plan, m, eps=eps,
                                 weight=_affine(weight, plan), bias=_affine(bias, plan),
                                 residual=residual, activation=activation)
 

@@ -6,9 +6,10 @@ from normlab.reference.core import (
     apply_activation,
     backward,
     forward,
+    like_input,
     masked_forward,
     stat_dtype,
 )
 
 __all__ = ["ACTIVATIONS", "activation_grad", "apply_activation", "backward", "forward",
-           "masked_forward", "stat_dtype"]
+           "like_input", "masked_forward", "stat_dtype"]

@@ -66,7 +66,7 @@ def _affine(xhat, weight, bias, sdt):
     return z
 
 
-def _like_input(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def like_input(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``t`` in the input's memory format (channels_last stays channels_last)."""
     if t.stride() != x.stride() and x.numel() > 0:
         return torch.empty_like(x).copy_(t)
@@ -114,7 +114,7 @@ def forward(
     z = _affine(xhat, weight, bias, sdt)
     if residual is not None:
         z = z + residual.to(sdt)
-    y = _like_input(apply_activation(z, activation).to(x.dtype), x)
+    y = like_input(apply_activation(z, activation).to(x.dtype), x)
     # recompute xhat in backward from (x, mean, rstd): saves one activation-sized buffer;
     # keep z only when the activation needs it
     cache = dict(x=x, plan=plan, mean=mean, var=var, rstd=rstd, weight=weight, bias=bias,
@@ -159,7 +159,7 @@ def backward(dy: torch.Tensor, cache: dict):
         if plan.centered:
             dxv = dxv - gv.mean(plan.reduce_dims, keepdim=True)
         dx = (dxv * rstd).reshape(x.shape)
-    return _like_input(dx.to(x.dtype), x), dweight, dbias, dresidual
+    return like_input(dx.to(x.dtype), x), dweight, dbias, dresidual
 
 
 def masked_forward(
@@ -206,5 +206,5 @@ def masked_forward(
     z = _affine(xhat, weight, bias, sdt)
     if residual is not None:
         z = z + torch.where(m, residual.to(sdt), 0.0)
-    y = _like_input(torch.where(m, apply_activation(z, activation), 0.0).to(x.dtype), x)
+    y = like_input(torch.where(m, apply_activation(z, activation), 0.0).to(x.dtype), x)
     return y, mean, var, count
