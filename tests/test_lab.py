@@ -402,3 +402,75 @@ def test_style_contrast_measurement_on_a_tiny_configuration():
     assert batch["final"]["contrast_change"] > 10 * inst["final"]["contrast_change"]
     assert set(inst["images"]) == {"content", "low_contrast_content", "output",
                                    "output_low_contrast"}
+
+
+# --------------------------------------------------------------------------------------------
+# sequences
+
+
+@pytest.mark.slow
+def test_sequence_data_resampled_padded_and_deterministic():
+    d = data.sequences(((8, 12), (36, 40)), ((60, 80),))
+    assert d is data.sequences(((8, 12), (36, 40)), ((60, 80),))  # cached: same arguments
+    lengths = d.len_train
+    assert d.x_train.shape == (4000, int(lengths.max()), 1)
+    assert ((lengths >= 8) & (lengths <= 12) | (lengths >= 36) & (lengths <= 40)).all()
+    assert 0.3 < (lengths <= 12).float().mean() < 0.7  # half from each span
+    pad = torch.arange(d.x_train.shape[1])[None, :] >= lengths[:, None]
+    assert (d.x_train[..., 0][pad] == 0).all()
+    # the resampled signal keeps the original's end points
+    base = data.load("mnist1d", 0)
+    i = 5
+    assert d.x_train[i, 0, 0] == pytest.approx(float(base.x_train[i, 0, 0]), abs=1e-6)
+    assert d.x_train[i, lengths[i] - 1, 0] == pytest.approx(float(base.x_train[i, 0, -1]),
+                                                            abs=1e-6)
+    x_long, y_long, len_long = d.extra["long"]
+    assert len_long.min() >= 60 and torch.equal(y_long, d.y_test)
+
+
+def test_masked_sequence_cnn_does_not_depend_on_padding():
+    from normlab.lab.models import SeqCNN
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([3, 9, 5, 9])
+    x = torch.randn(4, 9, 1) * (torch.arange(9)[None, :, None] < lengths[:, None, None])
+    outs = {}
+    for masked in (True, False):
+        model = SeqCNN(1, 4, channels=(6, 6), kernel_size=3, mask_norm=masked)
+        model(x, lengths).sum().backward()  # one training step's statistics
+        model.eval()
+        with torch.no_grad():
+            padded = model(x, lengths)[0]
+            alone = model(x[:1, :3], lengths[:1])[0]  # the first sequence without padding
+        outs[masked] = (padded, alone)
+    torch.testing.assert_close(outs[True][0], outs[True][1])
+    assert not torch.allclose(outs[False][0], outs[False][1], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["none", "layer", "batch"])
+def test_recurrent_lab_runs(norm):
+    cfg = {**BASE, "data": "mnist1d_seq", "model": "rnn", "norm": norm, "optimizer": "adam",
+           "lr": 0.003, "batch_size": 8, "steps": 4, "eval_every": 2, "rnn_hidden": 8,
+           "long_lengths": [[50, 60]], "seed": 0, "claim": "x", "arm": norm, "x": None}
+    out = train_run(cfg)
+    assert out["status"] == "ok"
+    assert {"test_acc", "test_acc_long", "train_acc"} <= set(out["final"])
+    one = train_run({**cfg, "batch_size": 1})
+    if norm == "batch":
+        assert one["status"] == "error" and "more than 1 value" in one["error"]
+    else:
+        assert one["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_padding_claim_measures_changed_predictions():
+    cfg = {**BASE, "data": "mnist1d_seq", "model": "seqcnn", "norm": "batch",
+           "seq_lengths": [[8, 12], [36, 40]], "channels": [8, 8], "batch_size": 16,
+           "steps": 10, "eval_every": 10, "eval_unpadded": True, "seed": 0, "claim": "x",
+           "arm": "a", "x": None}
+    masked = train_run({**cfg, "mask_norm": True})["final"]
+    unmasked = train_run({**cfg, "mask_norm": False})["final"]
+    assert masked["changed_unpadded"] == 0.0
+    assert masked["test_acc_unpadded"] == pytest.approx(masked["test_acc"], abs=1e-6)
+    assert unmasked["changed_unpadded"] > 0.0

@@ -98,3 +98,39 @@ def test_batch_norm_lstm_per_step_statistics():
     cell.train()
     runner(torch.randn(4, 2, 3), torch.tensor([2, 1, 1, 1]))  # one real sequence at step 1
     assert torch.equal(cell.bn_c.running_mean[1], before[1])  # no statistics from 1 sequence
+
+
+def test_batch_norm_lstm_trains_over_steps_with_full_batches():
+    # every sequence real at every step takes the unmasked kernels; the per-step running rows
+    # are updated in place while autograd holds the statistics of earlier steps
+    torch.manual_seed(0)
+    runner = nl.Recurrent(nl.BatchNormLSTMCell(3, 4, max_steps=5))
+    for _ in range(2):
+        out, (h, _) = runner(torch.randn(6, 5, 3), torch.full((6,), 5))
+        h.sum().backward()
+    assert runner.cell.weight_hh.grad is not None
+    rm = runner.cell.bn_ih.running_mean
+    assert not torch.equal(rm[0], torch.zeros_like(rm[0]))
+
+
+def test_batch_norm_lstm_refuses_one_sequence_in_training():
+    runner = nl.Recurrent(nl.BatchNormLSTMCell(3, 4, max_steps=5))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        runner(torch.randn(1, 4, 3), torch.tensor([4]))
+    runner.eval()
+    out, _ = runner(torch.randn(1, 4, 3), torch.tensor([4]))  # eval: running statistics
+    assert torch.isfinite(out).all()
+
+
+def test_unmasked_statistics_count_the_finished_sequences():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2)
+    lengths = torch.tensor([3, 1, 1, 3])
+    masked = nl.Recurrent(nl.BatchNormLSTMCell(2, 3, max_steps=3))
+    unmasked = nl.Recurrent(nl.BatchNormLSTMCell(2, 3, max_steps=3), mask_statistics=False)
+    unmasked.load_state_dict(masked.state_dict())
+    a, _ = masked(x, lengths)
+    b, _ = unmasked(x, lengths)
+    torch.testing.assert_close(a[:, 0], b[:, 0])  # step 0: every sequence is real
+    assert not torch.allclose(a[0, 2], b[0, 2])  # step 2: two finished sequences counted
+    assert (b[1, 1:] == 0).all()  # finished sequences still output zeros

@@ -29,13 +29,20 @@ BASE = {
     "activation": "relu",
     "placement": "before",  # norm before the activation, as the BN paper places it
     "dropout": 0.0,
+    "optimizer": "sgd",  # sgd | adam
     "lr": 0.05,
-    "momentum": 0.9,
+    "momentum": 0.9,  # sgd only
     "batch_size": 64,
     "steps": 400,
     "eval_every": 25,
     "probe": False,
     "test_shifts": [],
+    # sequence models (model rnn | seqcnn on data mnist1d_seq)
+    "rnn_hidden": 32,
+    "seq_lengths": [[20, 40]],  # spans the train/test lengths are drawn from
+    "long_lengths": [],  # spans of the extra 'long' test set (none when empty)
+    "mask_norm": True,  # seqcnn: pass the padding mask to the norms
+    "eval_unpadded": False,  # also test every sequence alone at its own length
 }
 
 PRESETS = {
@@ -142,6 +149,37 @@ def _activations(full):
             for k in ("none", "batch")]
 
 
+_SEQ = {"data": "mnist1d_seq", "optimizer": "adam", "lr": 0.003}
+
+
+def _recurrent(full):
+    # Ba et al. 2016 / Cooijmans et al. 2016: an LSTM over MNIST-1D read as sequences of 20-40
+    # steps (each signal resampled to its length), plain vs layer-normalized vs batch-
+    # normalized with statistics per time step; also tested on the same test signals
+    # resampled to 60-80 steps, longer than any training sequence (batch norm then reuses the
+    # last trained step's statistics).
+    return [{"arm": k, "x": None, "model": "rnn", "norm": k, **_SEQ, "batch_size": 64,
+             "steps": 300, "eval_every": 50, "long_lengths": [[60, 80]]}
+            for k in ("none", "layer", "batch")]
+
+
+def _online_recurrent(full):
+    # The batch-size-one claim for the recurrent model: a stream of single sequences.
+    return [{"arm": k, "x": None, "model": "rnn", "norm": k, **_SEQ, "batch_size": 1,
+             "steps": 600, "eval_every": 100} for k in ("layer", "batch", "none")]
+
+
+def _padding(full):
+    # One conv net (3 same-padded conv layers of 32, batch norm, mean over the real positions)
+    # trained on batches of 16 sequences of very different lengths (8-12 or 36-40 steps,
+    # zero-padded to the batch): batch norm with the padding mask vs without it. Then every
+    # test sequence is served alone at its own length; how many predictions change?
+    return [{"arm": name, "x": None, "model": "seqcnn", "norm": "batch", "mask_norm": masked,
+             "data": "mnist1d_seq", "seq_lengths": [[8, 12], [36, 40]], "channels": [32] * 3,
+             "batch_size": 16, "steps": 300, "eval_every": 50, "eval_unpadded": True}
+            for name, masked in (("masked", True), ("unmasked", False))]
+
+
 CLAIMS = [
     {"id": "faster-training", "title": "Batch norm trains faster",
      "build": _faster_training,
@@ -246,6 +284,52 @@ CLAIMS = [
               "coffee and rocket towards the immunohistochemistry style (AdaIN statistics loss "
               "on a random encoder plus a content loss); measured on the unseen chelsea image: "
               "relative L2 change of the output when its contrast drops to 30%."},
+    {"id": "padding-contamination", "title": "Unmasked batch norm makes predictions depend on "
+     "the padding",
+     "build": _padding,
+     "effect": {"metric": "final:changed_unpadded", "arm": "masked", "baseline": "unmasked",
+                "better": "lower", "unit": "(fraction of test predictions)"},
+     "figure": {"type": "bars", "key": "changed_unpadded",
+                "ylabel": "predictions changed when served unpadded"},
+     "paper": "PyTorch issues #70529 and #81985 (open): torch.nn's batch, instance and group "
+              "norm have no mask, so padded positions enter the statistics; masked "
+              "normalization is the fix proposed there (no published measurement).",
+     "setup": "MNIST-1D as sequences resampled to 8-12 or 36-40 steps (half each), zero-padded "
+              "per batch of 16; 1D CNN (3 same-padded conv layers of 32, kernel 5, batch norm, "
+              "ReLU), mean over the real positions, linear head; SGD lr 0.05 momentum 0.9, 300 "
+              "steps. Batch norm with the padding mask vs the same model without it. Measured: "
+              "the fraction of test sequences whose predicted class changes when each is run "
+              "alone at its own length instead of padded in a batch (eval mode)."},
+    {"id": "recurrent-nets", "title": "Layer norm suits recurrent nets; per-step batch norm "
+     "fails on sequences longer than any seen in training",
+     "presets": ("full",),  # LSTMs step by step in Python: a few minutes; --full or --only
+     "build": _recurrent,
+     "effect": {"metric": "final:test_acc_long", "arm": "layer", "baseline": "batch",
+                "better": "higher", "unit": "accuracy"},
+     "figure": {"type": "curve", "key": "test_acc", "ylabel": "test accuracy (20-40 steps)"},
+     "paper": "Ba et al. 2016 (layer norm): faster convergence of LSTMs, and batch norm needs "
+              "statistics per time step, a problem when a test sequence is longer than the "
+              "training ones; Cooijmans et al. 2016 (recurrent batch norm) reuse the last "
+              "step's statistics beyond the training length.",
+     "setup": "MNIST-1D as sequences of 1 value per step, each signal resampled to 20-40 steps "
+              "(padded, with lengths); per-step embedding (Linear 1->16, tanh), one LSTM layer "
+              "of 32, linear readout of the last real step's state; Adam lr 0.003, batch 64, "
+              "300 steps. Plain LSTM cell vs layer-normalized (Ba et al.) vs batch-normalized "
+              "per time step (Cooijmans et al., 40 steps of statistics). Verdict: accuracy on "
+              "the test signals resampled to 60-80 steps."},
+    {"id": "online-recurrent", "title": "With one sequence per step batch norm cannot train an "
+     "LSTM, layer norm can",
+     "presets": ("full",),
+     "build": _online_recurrent,
+     "effect": {"metric": "final:test_acc", "arm": "layer", "baseline": "batch",
+                "better": "higher", "unit": "accuracy"},
+     "figure": {"type": "bars", "key": "test_acc", "ylabel": "final test accuracy"},
+     "paper": "Ba et al. 2016 (layer norm): batch norm depends on the mini-batch and is hard "
+              "to apply to recurrent nets and online learning; layer norm does not.",
+     "setup": "The recurrent-nets model trained on a stream of single sequences (batch size "
+              "1), Adam lr 0.003, 600 steps: batch norm per time step refuses one value per "
+              "channel (the run stops with that error; its accuracy is the untrained model's); "
+              "layer-normalized and plain LSTM cells."},
     {"id": "activation-drift", "title": "Batch norm stabilizes the distribution of a unit's "
      "input",
      "build": _activations,

@@ -8,6 +8,11 @@
   background colour drawn from the seed, 3 x 8 x 8 in [0, 1].
 * ``tabular``: scikit-learn's bundled breast-cancer table (569 x 30, 2 classes), the N x W
   case, standardized with the training split's statistics.
+* ``mnist1d_seq`` (:func:`sequences`): MNIST-1D read as sequences of one feature per step and
+  of variable length: each signal is resampled (linear interpolation, a change of speed that
+  keeps the digit's shape) to its own length, then padded with zeros to the longest one; the
+  lengths are kept beside the data. Extra test sets (e.g. ``long``: the test signals resampled
+  to lengths longer than any training sequence) are in ``Dataset.extra``.
 
 Each loader returns a ``Dataset`` of float32/int64 tensors; the same ``seed`` gives the same
 data and split. The lab keeps the data fixed (seed 0) and varies the training seed.
@@ -16,12 +21,12 @@ data and split. The lab keeps the data fixed (seed 0) and varies the training se
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "Dataset", "load", "shifted"]
+__all__ = ["DATASETS", "Dataset", "load", "sequences", "shifted"]
 
 
 @dataclass
@@ -32,6 +37,11 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    # sequence data: the real length of every padded sequence (None: fixed-size inputs)
+    len_train: torch.Tensor | None = None
+    len_test: torch.Tensor | None = None
+    # extra test sets: name -> (x, y, lengths or None)
+    extra: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -100,6 +110,48 @@ def _tabular(seed: int) -> Dataset:
 
 DATASETS = {"mnist1d": _mnist1d, "digits": _digits, "digits_rgb": _digits_rgb,
             "tabular": _tabular}
+
+
+def _draw_lengths(n: int, spans, rng) -> np.ndarray:
+    """One length per sequence: uniform on one of ``spans`` ((lo, hi) inclusive), the span
+    itself drawn uniformly."""
+    spans = [tuple(int(v) for v in s) for s in spans]
+    which = rng.integers(len(spans), size=n)
+    lo = np.array([spans[k][0] for k in which])
+    hi = np.array([spans[k][1] for k in which])
+    return rng.integers(lo, hi + 1)
+
+
+def _resample(x: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L) signals -> (N, max(lengths), 1) zero-padded sequences, row i resampled to
+    ``lengths[i]`` points."""
+    n, size = x.shape
+    t_max = int(lengths.max())
+    out = np.zeros((n, t_max, 1), dtype=np.float32)
+    src = np.linspace(0.0, 1.0, size)
+    for i, length in enumerate(lengths):
+        out[i, :length, 0] = np.interp(np.linspace(0.0, 1.0, int(length)), src, x[i])
+    return torch.from_numpy(out), torch.from_numpy(lengths.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=8)
+def sequences(train_lengths: tuple = ((20, 40),), long_lengths: tuple | None = None,
+              seed: int = 0) -> Dataset:
+    """MNIST-1D as variable-length sequences (see the module docstring). ``train_lengths``:
+    spans the train and test lengths are drawn from; ``long_lengths``: spans for the extra
+    ``long`` test set (the same test signals, resampled longer). Deterministic in its
+    arguments."""
+    base = _mnist1d(seed)
+    rng = np.random.default_rng(2000 + seed)
+    x, xt = base.x_train[:, 0].numpy(), base.x_test[:, 0].numpy()
+    x_train, len_train = _resample(x, _draw_lengths(len(x), train_lengths, rng))
+    x_test, len_test = _resample(xt, _draw_lengths(len(xt), train_lengths, rng))
+    extra = {}
+    if long_lengths:
+        x_long, len_long = _resample(xt, _draw_lengths(len(xt), long_lengths, rng))
+        extra["long"] = (x_long, base.y_test, len_long)
+    return Dataset("mnist1d_seq", x_train, base.y_train, x_test, base.y_test, 10,
+                   len_train=len_train, len_test=len_test, extra=extra)
 
 
 def load(name: str, seed: int = 0) -> Dataset:

@@ -27,7 +27,7 @@ import normlab.functional as F
 from normlab import nn as nl
 from normlab.registry import create_norm_layer
 
-__all__ = ["CNN", "MLP", "GhostBatchNorm", "make_norm"]
+__all__ = ["CNN", "MLP", "GhostBatchNorm", "SeqCNN", "SeqRNN", "make_norm"]
 
 _ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
@@ -182,6 +182,74 @@ class CNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x).flatten(1))
+
+
+class SeqRNN(nn.Module):
+    """A recurrent classifier over padded sequences (N, T, F) with lengths: a per-step
+    embedding (Linear -> tanh), one LSTM layer run by :class:`normlab.nn.Recurrent` (a
+    sequence's state stops at its last real step), then a linear readout of the final hidden
+    state.
+
+    ``norm``: ``none`` (the plain LSTM cell, = ``torch.nn.LSTMCell``), ``layer`` (Ba et al.
+    2016), ``batch`` (Cooijmans et al. 2016: statistics per time step for the first
+    ``max_steps`` steps, the last step's beyond; finished sequences left out of a step's
+    statistics), ``batch-unmasked`` (the same, but every sequence of the batch, finished or
+    not, counts in every step's statistics: what batch norm does without a mask).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 32, norm="none",
+                 max_steps: int = 40, embed: int = 16):
+        super().__init__()
+        # a learned nonlinear embedding of each step's features: layer-normalizing W_ih x of a
+        # single scalar feature would keep only its sign (W_ih x is then rank one)
+        self.embed = nn.Sequential(nn.Linear(in_features, embed), nn.Tanh())
+        if norm == "none":
+            cell = nl.LayerNormLSTMCell(embed, hidden, norm=False)
+        elif norm == "layer":
+            cell = nl.LayerNormLSTMCell(embed, hidden)
+        elif norm in ("batch", "batch-unmasked"):
+            cell = nl.BatchNormLSTMCell(embed, hidden, max_steps)
+        else:
+            raise ValueError(f"norm for the recurrent model must be none, layer, batch or "
+                             f"batch-unmasked, got {norm!r}")
+        self.rnn = nl.Recurrent(cell, mask_statistics=norm != "batch-unmasked")
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x, lengths):
+        _, state = self.rnn(self.embed(x), lengths)
+        return self.head(state[0])
+
+
+class SeqCNN(nn.Module):
+    """[Conv1d (same padding) -> Norm -> Act] x len(channels) -> mean over the real positions
+    -> Linear, on padded (N, T, F) sequences with lengths. The padded positions of the input
+    are zeros; ``mask_norm`` passes the padding mask to the norms (statistics over the real
+    positions only, padded outputs zero) or not (torch.nn's behaviour: the padding counts)."""
+
+    def __init__(self, in_features: int, num_classes: int, channels=(16, 16, 16), norm="batch",
+                 activation="relu", kernel_size=5, mask_norm=True):
+        super().__init__()
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        width = in_features
+        for c in channels:
+            self.convs.append(nn.Conv1d(width, c, kernel_size, padding=kernel_size // 2))
+            self.norms.append(make_norm(norm, c, conv=True))
+            width = c
+        self.act = _ACTS[activation]()
+        self.mask_norm = mask_norm
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x, lengths):
+        mask = F.lengths_to_mask(lengths, x.shape[1])  # N, T
+        h = x.transpose(1, 2)  # N, F, T
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = conv(h)
+            h = norm(h, mask=mask) if self.mask_norm else norm(h)
+            h = self.act(h)
+        m = mask.unsqueeze(1).to(h.dtype)
+        pooled = (h * m).sum(2) / m.sum(2).clamp_min(1.0)
+        return self.head(pooled)
 
 
 def hidden_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

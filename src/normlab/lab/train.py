@@ -15,7 +15,7 @@ from torch import nn
 
 from normlab import distributed
 from normlab.lab import data as datasets
-from normlab.lab.models import CNN, MLP, hidden_inputs
+from normlab.lab.models import CNN, MLP, SeqCNN, SeqRNN, hidden_inputs
 
 __all__ = ["build_model", "train_run"]
 
@@ -33,15 +33,52 @@ def build_model(cfg: dict, ds: datasets.Dataset) -> nn.Module:
                    channels=tuple(cfg["channels"]), norm=cfg["norm"],
                    activation=cfg["activation"], kernel_size=cfg["kernel_size"],
                    stride=cfg["stride"], placement=cfg["placement"])
-    raise ValueError(f"model must be mlp or cnn, got {kind!r}")
+    if kind == "rnn":
+        return SeqRNN(ds.input_shape[-1], ds.num_classes, hidden=cfg["rnn_hidden"],
+                      norm=cfg["norm"], max_steps=ds.input_shape[0])
+    if kind == "seqcnn":
+        return SeqCNN(ds.input_shape[-1], ds.num_classes, channels=tuple(cfg["channels"]),
+                      norm=cfg["norm"], activation=cfg["activation"],
+                      kernel_size=cfg["kernel_size"], mask_norm=cfg["mask_norm"])
+    raise ValueError(f"model must be mlp, cnn, rnn or seqcnn, got {kind!r}")
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def load_data(cfg: dict) -> datasets.Dataset:
+    """The run's data set: fixed (seed 0) for every run of a claim."""
+    if cfg["data"] == "mnist1d_seq":
+        spans = tuple(tuple(s) for s in cfg["seq_lengths"])
+        long = tuple(tuple(s) for s in cfg["long_lengths"]) or None
+        return datasets.sequences(spans, long)
+    return datasets.load(cfg["data"], 0)
+
+
+def _forward(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None):
+    return model(x) if lengths is None else model(x, lengths)
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              lengths: torch.Tensor | None = None) -> tuple[float, float]:
     with torch.no_grad():
-        logits = model(x)
+        logits = _forward(model, x, lengths)
         loss = nn.functional.cross_entropy(logits, y).item()
         acc = (logits.argmax(1) == y).float().mean().item()
     return acc, loss
+
+
+def _unpadded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              lengths: torch.Tensor) -> tuple[float, float]:
+    """Every sequence cut to its real length (the sequences of each length form one batch
+    without padding: what serving one request at a time computes) -> (accuracy, fraction of
+    predictions that differ from the padded evaluation's)."""
+    correct = changed = 0
+    with torch.no_grad():
+        padded = model(x, lengths).argmax(1)
+        for length in lengths.unique().tolist():
+            idx = (lengths == length).nonzero().squeeze(1)
+            pred = model(x[idx, :length], lengths[idx]).argmax(1)
+            correct += int((pred == y[idx]).sum())
+            changed += int((pred != padded[idx]).sum())
+    return correct / len(y), changed / len(y)
 
 
 def _percentiles(t: torch.Tensor) -> list[float]:
@@ -64,7 +101,7 @@ def train_run(cfg: dict) -> dict:
         out = train_stylizer(cfg["norm"], cfg["seed"], steps=cfg["steps"])
         return {**out, "train_seconds": time.perf_counter() - t0, "processes": 1}
     torch.manual_seed(cfg["seed"])
-    ds = datasets.load(cfg["data"], 0)
+    ds = load_data(cfg)
     model = build_model(cfg, ds)
     world, rank = distributed.world_size(), distributed.rank()
     # data-parallel (under torchrun): each process trains on its slice of every batch, batch
@@ -81,7 +118,10 @@ def train_run(cfg: dict) -> dict:
         # over all the groups of the batch, as in one process
         model = DistributedDataParallel(convert_sync_batchnorm(model), broadcast_buffers=False)
         float_buffers = [b for b in model.buffers() if b.is_floating_point()]
-    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    if cfg["optimizer"] == "adam":  # the recurrent claims (plain SGD trains LSTMs slowly)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     gen = torch.Generator().manual_seed(10_000 + cfg["seed"])
     n, bs = ds.x_train.shape[0], cfg["batch_size"]
     train_eval = torch.randperm(n, generator=torch.Generator().manual_seed(7))[:1000]
@@ -92,10 +132,16 @@ def train_run(cfg: dict) -> dict:
 
     def evaluate(step: int, loss: float | None) -> None:
         model.eval()
-        test_acc, test_loss = _accuracy(model, ds.x_test, ds.y_test)
-        train_acc, _ = _accuracy(model, ds.x_train[train_eval], ds.y_train[train_eval])
+        test_acc, test_loss = _accuracy(model, ds.x_test, ds.y_test, ds.len_test)
+        train_acc, _ = _accuracy(model, ds.x_train[train_eval], ds.y_train[train_eval],
+                                 None if ds.len_train is None else ds.len_train[train_eval])
         e = {"step": step, "train_loss": loss, "test_loss": test_loss, "test_acc": test_acc,
              "train_acc": train_acc}
+        for name, (xe, ye, le) in ds.extra.items():  # e.g. longer test sequences
+            e[f"test_acc_{name}"] = _accuracy(model, xe, ye, le)[0]
+        if cfg["eval_unpadded"]:  # each test sequence at its own length, no padding
+            e["test_acc_unpadded"], e["changed_unpadded"] = _unpadded(
+                model, ds.x_test, ds.y_test, ds.len_test)
         for s in shifts:
             e[f"test_acc_{s}"] = _accuracy(model, datasets.shifted(ds.x_test, s), ds.y_test)[0]
         if cfg.get("probe"):
@@ -117,7 +163,9 @@ def train_run(cfg: dict) -> dict:
         if dp:
             idx = idx.tensor_split(world)[rank]
         try:
-            loss = nn.functional.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx],
+            lengths = None if ds.len_train is None else ds.len_train[idx]
+            loss = nn.functional.cross_entropy(_forward(model, ds.x_train[idx], lengths),
+                                               ds.y_train[idx],
                                                reduction="sum" if dp else "mean")
         except ValueError as exc:  # the normalization refused this batch
             status, error = "error", str(exc)

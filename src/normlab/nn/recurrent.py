@@ -165,11 +165,24 @@ class _StepBatchNorm(nn.Module):
 
     def forward(self, x, t: int, mask=None):
         s = min(t, self.max_steps - 1)  # beyond the trained steps: the last step's statistics
-        real = x.shape[0] if mask is None else int(mask.sum())
-        # a step with fewer than 2 real sequences has no batch statistics: use the running ones
-        training = self.training and real > 1
-        return F.batch_norm(x, self.running_mean[s], self.running_var[s], self.weight,
-                            self.bias, training, self.momentum, self.eps, mask=mask)
+        # a step where the mask leaves fewer than 2 real sequences of a batch has no batch
+        # statistics: it uses the running ones. A batch of one sequence is refused in training
+        # (batch norm's own error), as torch.nn.BatchNorm1d refuses it.
+        if mask is not None and x.shape[0] > 1:
+            real = int(mask.sum())
+            if real == x.shape[0]:
+                mask = None  # every sequence is real at this step: the unmasked kernels
+        training = self.training and (mask is None or x.shape[0] < 2 or real > 1)
+        # the step's rows as separate tensors: autograd may save them, and the rows of one
+        # buffer share a version counter that the other steps' updates would bump
+        rm, rv = self.running_mean[s].clone(), self.running_var[s].clone()
+        y = F.batch_norm(x, rm, rv, self.weight, self.bias, training, self.momentum, self.eps,
+                         mask=mask)
+        if training:
+            with torch.no_grad():
+                self.running_mean[s].copy_(rm)
+                self.running_var[s].copy_(rv)
+        return y
 
 
 class BatchNormLSTMCell(_CellBase):
@@ -214,11 +227,16 @@ class Recurrent(nn.Module):
     """Run a cell over a padded batch ``(N, T, input_size)`` (``batch_first``) with
     ``lengths`` (N,): returns ``(outputs (N, T, H), state)`` where a sequence's state is the
     one after its last real step and outputs at padded steps are zero. Works with the cells
-    here and with ``torch.nn.LSTMCell`` / ``GRUCell``."""
+    here and with ``torch.nn.LSTMCell`` / ``GRUCell``.
 
-    def __init__(self, cell: nn.Module):
+    ``mask_statistics=False`` (for comparison only) lets a :class:`BatchNormLSTMCell` count the
+    finished sequences of the batch in every step's statistics, as a batch norm without a mask
+    does; their states still stop at their last real step."""
+
+    def __init__(self, cell: nn.Module, *, mask_statistics: bool = True):
         super().__init__()
         self.cell = cell
+        self.mask_statistics = mask_statistics
 
     def forward(self, input, lengths=None, hx=None):
         F.check_input_dim(input, (3,), "Recurrent")
@@ -237,7 +255,8 @@ class Recurrent(nn.Module):
         for t in range(t_max):
             v = valid[:, t]
             if isinstance(self.cell, BatchNormLSTMCell):
-                new = self.cell.step(wi_all[:, t], state, t, v)
+                new = self.cell.step(wi_all[:, t], state, t,
+                                     v if self.mask_statistics else None)
             elif ours:
                 new = self.cell.step(wi_all[:, t], state)
             else:
