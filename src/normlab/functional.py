@@ -13,9 +13,13 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
   input an (N, L) mask; for layer/rms norm with ``channel_axis=-1`` the last dim is the
   channel axis), True at real positions. Padded positions contribute nothing to the
   statistics or the running statistics, their output and gradient are zero, and their values
-  never matter. Masked calls run on the reference math (``backend`` is not consulted).
-* ``backend``: ``None`` (choose per call: torch's native kernels where their semantics match,
-  the fastest correct path on CPU), ``"native"`` or ``"reference"`` (the closed-form math).
+  never matter. Masked calls run on normlab's masked math (``backend`` is not consulted).
+* ``backend``: ``None`` (choose per call: the Triton kernels for CUDA tensors when Triton is
+  installed, otherwise torch's native kernels where their semantics match, the fastest correct
+  path on CPU), ``"native"``, ``"reference"`` (the closed-form math) or ``"triton"`` (the fused
+  kernels; needs Triton and a CUDA tensor, or ``TRITON_INTERPRET=1`` set before Triton is
+  imported, which runs them on CPU slowly, for tests). The Triton path computes training
+  statistics; eval-mode running statistics, AdaIN and the remedies take the native path.
 
 Bad input raises ``TypeError`` (not a tensor, not floating point) or ``ValueError`` (everything
 else), naming the argument, what was expected and what was given.
@@ -168,6 +172,11 @@ def check_num_features(input, num_features: int, channel_axis: int, layer: str) 
 def _check_common(input, eps, channel_axis, residual, activation, backend, min_dim, fn):
     _check_float_tensor(input, "input")
     validate_options(channel_axis=channel_axis, activation=activation, backend=backend)
+    if backend == "triton" and not ops.triton_usable(input):
+        why = ("Triton is not installed" if not ops.triton_available()
+               else f"got a {input.device.type} tensor and TRITON_INTERPRET is not 1")
+        raise ValueError(f"backend 'triton' needs Triton and a CUDA tensor (or "
+                         f"TRITON_INTERPRET=1 set before Triton is imported); {why}")
     if input.dim() < min_dim:
         raise ValueError(f"{fn}: expected an input with at least {min_dim} dims, got a "
                          f"{input.dim()}D input of shape {_shape(input)}")

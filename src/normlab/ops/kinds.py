@@ -1,9 +1,11 @@
 """One op per kind: chooses the backend for this call and keeps the running statistics.
 
 Inputs arrive validated (``normlab.functional`` checks them); nothing here raises for bad input.
-Backends: ``"native"`` (torch's kernels, see ``native.py``) and ``"reference"`` (the closed-form
-autograd Function). ``backend=None`` picks per call: ``"native"`` today on every device, the
-fastest correct path on CPU; the Triton kernels will take CUDA tensors when they land.
+Backends: ``"native"`` (torch's kernels, see ``native.py``), ``"reference"`` (the closed-form
+autograd Function) and ``"triton"`` (``triton_op.py``: the fused kernels, training statistics;
+eval-mode running statistics and layouts the kernels do not read in place take the native
+path). ``backend=None`` picks per call: ``"triton"`` for CUDA tensors when Triton is installed,
+``"native"`` otherwise (the fastest correct path on CPU).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import functools
 import torch
 
 from normlab import spec
-from normlab.ops import native
+from normlab.ops import native, triton_op
 from normlab.ops.masked import FAST_KINDS, masked_norm
 from normlab.ops.reference_op import reference_norm
 from normlab.reference import apply_activation, like_input, masked_forward, stat_dtype
@@ -21,12 +23,21 @@ from normlab.reference import apply_activation, like_input, masked_forward, stat
 __all__ = ["BACKENDS", "adaptive_instance_norm", "batch_norm", "group_norm", "instance_norm",
            "layer_norm", "resolve_backend", "rms_norm"]
 
-BACKENDS = ("native", "reference")
+BACKENDS = ("native", "reference", "triton")
 
 
 def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
     """The backend a call with ``backend`` on ``x`` runs on."""
-    return "native" if backend is None else backend
+    if backend is None:
+        return "triton" if x.is_cuda and triton_op.available() else "native"
+    return backend
+
+
+def _triton(kind, x, backend, **kw):
+    """``(y, mean, var)`` from the Triton kernels when this call runs on them, else None."""
+    if x.numel() == 0 or resolve_backend(backend, x) != "triton":
+        return None
+    return triton_op.triton_norm(kind, x, **kw)
 
 
 def _affine(t: torch.Tensor | None, plan: spec.Plan):
@@ -117,6 +128,16 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     empty = x.numel() == 0
     if training and empty:  # an empty batch leaves the running statistics unchanged
         running_mean = running_var = None
+    fused = _triton("batch", x, backend, eps=eps, weight=weight, bias=bias, residual=residual,
+                    activation=activation, channel_axis=channel_axis) if training else None
+    if fused is not None:
+        y, mean, var = fused
+        c = x.shape[channel_axis]
+        _update_running(running_mean, running_var, mean.reshape(1, c), var.reshape(1, c),
+                        x.numel() // c, momentum)
+        return y
+    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
+        backend = "native"
     if resolve_backend(backend, x) == "native":
         y = native.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
                               eps, channel_axis)
@@ -153,6 +174,15 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
         running_mean = running_var = None
     plan = spec.plan("instance", tuple(x.shape), channel_axis=channel_axis)
     n, c = x.shape[0], x.shape[channel_axis]
+    fused = _triton("instance", x, backend, eps=eps, weight=weight, bias=bias,
+                    residual=residual, activation=activation, channel_axis=channel_axis)
+    if fused is not None:
+        y, mean, var = fused
+        _update_running(running_mean, running_var, mean.reshape(n, c), var.reshape(n, c),
+                        plan.group_size, momentum)
+        return y
+    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
+        backend = "native"
     if resolve_backend(backend, x) == "native" and _closed_form_backward_is_faster(x, channel_axis):
         y, mean, var = reference_norm(
             x, plan, eps=eps, weight=_affine(weight, plan), bias=_affine(bias, plan),
@@ -183,6 +213,12 @@ def group_norm(x, num_groups, weight, bias, eps, *, channel_axis=1, residual=Non
     if mask is not None:
         return _masked("group", x, mask, weight, bias, eps, channel_axis, residual, activation,
                        num_groups=num_groups)[1][0]
+    fused = _triton("group", x, backend, eps=eps, weight=weight, bias=bias, residual=residual,
+                    activation=activation, channel_axis=channel_axis, num_groups=num_groups)
+    if fused is not None:
+        return fused[0]
+    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
+        backend = "native"
     if resolve_backend(backend, x) == "native":
         y = native.group_norm(x, num_groups, weight, bias, eps, channel_axis)
         return native.epilogue(y, residual, activation)
@@ -197,6 +233,13 @@ def layer_norm(x, normalized_shape, weight, bias, eps, *, channel_axis=-1, resid
     if mask is not None:
         return _masked("layer", x, mask, weight, bias, eps, channel_axis, residual, activation,
                        normalized_ndim=len(normalized_shape))[1][0]
+    fused = _triton("layer", x, backend, eps=eps, weight=weight, bias=bias, residual=residual,
+                    activation=activation, channel_axis=channel_axis,
+                    normalized_ndim=len(normalized_shape))
+    if fused is not None:
+        return fused[0]
+    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
+        backend = "native"
     if resolve_backend(backend, x) == "native":
         y = native.layer_norm(x, normalized_shape, weight, bias, eps, channel_axis)
         return native.epilogue(y, residual, activation)
@@ -212,6 +255,13 @@ def rms_norm(x, normalized_shape, weight, eps, *, channel_axis=-1, residual=None
     if mask is not None:
         return _masked("rms", x, mask, weight, None, eps, channel_axis, residual, activation,
                        normalized_ndim=len(normalized_shape))[1][0]
+    fused = _triton("rms", x, backend, eps=eps, weight=weight, residual=residual,
+                    activation=activation, channel_axis=channel_axis,
+                    normalized_ndim=len(normalized_shape))
+    if fused is not None:
+        return fused[0]
+    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
+        backend = "native"
     if resolve_backend(backend, x) == "native":
         y = native.rms_norm(x, normalized_shape, weight, eps, channel_axis)
         return native.epilogue(y, residual, activation)
@@ -258,7 +308,7 @@ def adaptive_instance_norm(content, style, eps, *, channel_axis=1, residual=None
     s_var, s_mean = torch.var_mean(style.to(sdt), style_plan.reduce_dims, correction=0,
                                    keepdim=True)  # N,C,1.. (or N,1..,C)
     s_std = torch.sqrt(s_var + eps)
-    if resolve_backend(backend, content) == "native":
+    if resolve_backend(backend, content) in ("native", "triton"):  # no AdaIN kernel
         xhat = native.instance_norm(content, None, None, eps, channel_axis)
         y = (xhat.to(sdt) * s_std + s_mean).to(content.dtype)
         return native.epilogue(y, residual, activation)
