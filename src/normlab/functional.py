@@ -13,13 +13,15 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
   input an (N, L) mask; for layer/rms norm with ``channel_axis=-1`` the last dim is the
   channel axis), True at real positions. Padded positions contribute nothing to the
   statistics or the running statistics, their output and gradient are zero, and their values
-  never matter. Masked calls run on normlab's masked math (``backend`` is not consulted).
+  never matter. Masked batch, instance and group norm run in the Triton kernels on the
+  triton backend (the mask fused); every other masked call runs normlab's masked math.
 * ``backend``: ``None`` (choose per call: the Triton kernels for CUDA tensors when Triton is
   installed, otherwise torch's native kernels where their semantics match, the fastest correct
   path on CPU), ``"native"``, ``"reference"`` (the closed-form math) or ``"triton"`` (the fused
   kernels; needs Triton and a CUDA tensor, or ``TRITON_INTERPRET=1`` set before Triton is
   imported, which runs them on CPU slowly, for tests). The Triton path computes training
-  statistics; eval-mode running statistics, AdaIN and the remedies take the native path.
+  statistics; eval-mode running statistics, AdaIN, masked layer/rms norm and the remedies
+  take the native path.
 
 Bad input raises ``TypeError`` (not a tensor, not floating point) or ``ValueError`` (everything
 else), naming the argument, what was expected and what was given.

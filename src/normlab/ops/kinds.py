@@ -37,7 +37,8 @@ def _triton(kind, x, backend, **kw):
     """``(y, mean, var)`` from the Triton kernels when this call runs on them, else None."""
     if x.numel() == 0 or resolve_backend(backend, x) != "triton":
         return None
-    return triton_op.triton_norm(kind, x, **kw)
+    out = triton_op.triton_norm(kind, x, **kw)
+    return None if out is None else out[:3]
 
 
 def _affine(t: torch.Tensor | None, plan: spec.Plan):
@@ -62,9 +63,16 @@ def _mask_for(x: torch.Tensor, mask: torch.Tensor, channel_axis: int) -> torch.T
     return mask.unsqueeze(channel_axis % x.dim())
 
 
-def _masked(kind, x, mask, weight, bias, eps, channel_axis, residual, activation, **plan_kw):
+def _masked(kind, x, mask, weight, bias, eps, channel_axis, residual, activation,
+            backend=None, **plan_kw):
     plan = spec.plan(kind, tuple(x.shape), channel_axis=channel_axis, **plan_kw)
     m = _mask_for(x, mask, channel_axis)
+    if x.numel() > 0 and resolve_backend(backend, x) == "triton":  # the mask fused
+        out = triton_op.triton_norm(kind, x, eps=eps, weight=weight, bias=bias,
+                                    residual=residual, activation=activation,
+                                    channel_axis=channel_axis, mask=mask, **plan_kw)
+        if out is not None:
+            return plan, out
     if kind in FAST_KINDS and x.dim() > 2 and not torch.compiler.is_compiling():
         out = masked_norm(x, plan, m, eps=eps, weight=weight, bias=bias,
                           channel_last=channel_axis % x.dim() == x.dim() - 1,
@@ -122,7 +130,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
                 running_var=running_var.reshape(plan.affine_shape))
             return y
         plan, (y, mean, var, count) = _masked("batch", x, mask, weight, bias, eps,
-                                              channel_axis, residual, activation)
+                                              channel_axis, residual, activation, backend)
         _update_running_masked(running_mean, running_var, mean, var, count, 1, c, momentum)
         return y
     empty = x.numel() == 0
@@ -166,7 +174,7 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
                           backend=backend, mask=mask)
     if mask is not None:
         plan, (y, mean, var, count) = _masked("instance", x, mask, weight, bias, eps,
-                                              channel_axis, residual, activation)
+                                              channel_axis, residual, activation, backend)
         _update_running_masked(running_mean, running_var, mean, var, count, x.shape[0],
                                x.shape[channel_axis], momentum)
         return y
@@ -212,7 +220,7 @@ def group_norm(x, num_groups, weight, bias, eps, *, channel_axis=1, residual=Non
                activation=None, backend=None, mask=None):
     if mask is not None:
         return _masked("group", x, mask, weight, bias, eps, channel_axis, residual, activation,
-                       num_groups=num_groups)[1][0]
+                       backend, num_groups=num_groups)[1][0]
     fused = _triton("group", x, backend, eps=eps, weight=weight, bias=bias, residual=residual,
                     activation=activation, channel_axis=channel_axis, num_groups=num_groups)
     if fused is not None:

@@ -96,11 +96,12 @@ def _row_fwd(
     W, B,  # affine (indexed as in the module docstring) or dummies
     R,  # residual, same layout as X, or a dummy
     MEAN, RSTD,  # (NB * D1,): group (b, d1) at b * D1 + d1; read in MODE 2
-    PSUM, PM2,  # (S, NB * D1) partial sums and centred second moments (MODE 1)
-    D0, D1, D2, RS, MOD_B, SB, S0, S1, S2, eps,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, CENTERED: tl.constexpr,
-    ACT: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr, SINGLE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    PSUM, PM2, PCNT,  # (S, NB * D1) partial sums, centred second moments, counts (MODE 1)
+    MASK, CNT,  # padding mask (uint8, 1 = real) or a dummy; (NB * D1,) real elements per group
+    D0, D1, D2, RS, MOD_B, SB, S0, S1, S2, MB_DIV, MB_MUL, M0, M2, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, HAS_M: tl.constexpr,
+    CENTERED: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr,
+    SINGLE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
@@ -114,13 +115,19 @@ def _row_fwd(
     r_lo = split * RS  # this program's rows of the group: [r_lo, r_hi)
     r_hi = tl.minimum(r_lo + RS, D0)
     wbase = (b % MOD_B) * SB + d1 * S1
+    mbase = (b // MB_DIV) * MB_MUL
     if SINGLE:  # the whole group in one tile, loaded once
         r = rows.to(tl.int64)
         c = cols
-        m = (r[:, None] < D0) & (c[None, :] < D2)
+        m = _real(MASK, (r[:, None] < D0) & (c[None, :] < D2),
+                  mbase + r[:, None] * M0 + c[None, :] * M2, HAS_M)
         off = base + r[:, None] * rstride + c[None, :]
         x = tl.load(X + off, mask=m, other=0.0).to(ACC)
         n = (D0 * D2).to(ACC)
+        if HAS_M:
+            n = tl.sum(tl.sum(m.to(ACC), axis=1), axis=0)
+        tl.store(CNT + pid, n)
+        n = tl.maximum(n, 1.0)
         mean = 0.0
         if CENTERED:
             mean = tl.sum(tl.sum(x, axis=1), axis=0) / n
@@ -136,13 +143,29 @@ def _row_fwd(
             z = z + tl.load(B + widx, mask=m, other=0.0).to(ACC)
         if HAS_R:
             z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
-        tl.store(Y + off, _act(z, ACT).to(Y.dtype.element_ty), mask=m)
+        tl.store(Y + off, tl.where(m, _act(z, ACT), 0.0).to(Y.dtype.element_ty),
+                 mask=(r[:, None] < D0) & (c[None, :] < D2))
     else:
         if MODE == 2:
             mean = tl.load(MEAN + pid)
             rstd = tl.load(RSTD + pid)
         else:
             n = ((r_hi - r_lo) * D2).to(ACC)
+            if HAS_M:
+                accn = tl.zeros([BLOCK_R, BLOCK_C], ACC)
+                for r0 in range(r_lo, r_hi, BLOCK_R):
+                    r = r0 + rows
+                    for c0 in range(0, D2, BLOCK_C):
+                        c = c0 + cols
+                        m = _real(MASK, (r[:, None] < r_hi) & (c[None, :] < D2),
+                                  mbase + r[:, None] * M0 + c[None, :] * M2, HAS_M)
+                        accn += m.to(ACC)
+                n = tl.sum(tl.sum(accn, axis=1), axis=0)
+            if MODE == 1:
+                tl.store(PCNT + split * groups + pid, n)
+            else:
+                tl.store(CNT + pid, n)
+            n = tl.maximum(n, 1.0)
             mean = 0.0
             if CENTERED:
                 acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
@@ -150,7 +173,8 @@ def _row_fwd(
                     r = r0 + rows
                     for c0 in range(0, D2, BLOCK_C):
                         c = c0 + cols
-                        m = (r[:, None] < r_hi) & (c[None, :] < D2)
+                        m = _real(MASK, (r[:, None] < r_hi) & (c[None, :] < D2),
+                                  mbase + r[:, None] * M0 + c[None, :] * M2, HAS_M)
                         off = base + r[:, None] * rstride + c[None, :]
                         acc += tl.load(X + off, mask=m, other=0.0).to(ACC)
                 mean = tl.sum(tl.sum(acc, axis=1), axis=0) / n
@@ -159,7 +183,8 @@ def _row_fwd(
                 r = r0 + rows
                 for c0 in range(0, D2, BLOCK_C):
                     c = c0 + cols
-                    m = (r[:, None] < r_hi) & (c[None, :] < D2)
+                    m = _real(MASK, (r[:, None] < r_hi) & (c[None, :] < D2),
+                              mbase + r[:, None] * M0 + c[None, :] * M2, HAS_M)
                     off = base + r[:, None] * rstride + c[None, :]
                     xc = tl.where(m, tl.load(X + off, mask=m, other=0.0).to(ACC) - mean, 0.0)
                     acc2 += xc * xc
@@ -176,7 +201,8 @@ def _row_fwd(
                 r = r0 + rows
                 for c0 in range(0, D2, BLOCK_C):
                     c = c0 + cols
-                    m = (r[:, None] < r_hi) & (c[None, :] < D2)
+                    inside = (r[:, None] < r_hi) & (c[None, :] < D2)
+                    m = _real(MASK, inside, mbase + r[:, None] * M0 + c[None, :] * M2, HAS_M)
                     off = base + r[:, None] * rstride + c[None, :]
                     z = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean) * rstd
                     widx = wbase + r[:, None] * S0 + c[None, :] * S2
@@ -186,11 +212,22 @@ def _row_fwd(
                         z = z + tl.load(B + widx, mask=m, other=0.0).to(ACC)
                     if HAS_R:
                         z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
-                    tl.store(Y + off, _act(z, ACT).to(Y.dtype.element_ty), mask=m)
+                    tl.store(Y + off, tl.where(m, _act(z, ACT), 0.0).to(Y.dtype.element_ty),
+                             mask=inside)
 
 
 @triton.jit
-def _row_grad_tile(X, DY, DR, W, B, R, DW, DB, off, widx, m, r, c, r_hi, D2, S0, S2, wbase,
+def _real(MASK, inside, midx, HAS_M: tl.constexpr):
+    """The tile's elements that are inside the group and, with a padding mask, real."""
+    if HAS_M:
+        return inside & (tl.load(MASK + midx, mask=inside, other=0) != 0)
+    else:
+        return inside
+
+
+@triton.jit
+def _row_grad_tile(X, DY, DR, W, B, R, DW, DB, off, widx, m, inside, r, c, r_hi, D2, S0, S2,
+                   wbase,
                    mean, rstd, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
                    ACT: tl.constexpr, ACC: tl.constexpr, WRED: tl.constexpr,
                    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -209,8 +246,8 @@ def _row_grad_tile(X, DY, DR, W, B, R, DW, DB, off, widx, m, r, c, r_hi, D2, S0,
         if HAS_R:
             z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
         dz = dz * _act_grad(z, ACT)
-    if STORE_DR:
-        tl.store(DR + off, dz.to(DR.dtype.element_ty), mask=m)
+    if STORE_DR:  # zero at padding (dz was loaded as 0 there)
+        tl.store(DR + off, dz.to(DR.dtype.element_ty), mask=inside)
     if WRED == 0:
         if NEED_DW:
             tl.atomic_add(DW + wbase + c * S2, tl.sum(dz * xhat, axis=0), mask=c < D2)
@@ -232,10 +269,11 @@ def _row_bwd(
     MEAN, RSTD,  # (NB * D1,)
     DW, DB,  # accumulators shaped like the affine parameters (ACC dtype)
     PG, PGX,  # (S, NB * D1): partial sums of g and g * xhat (MODE 1; MODE 2 reads row 0)
-    D0, D1, D2, RS, MOD_B, SB, S0, S1, S2,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, CENTERED: tl.constexpr,
-    ACT: tl.constexpr, WRED: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-    ACC: tl.constexpr, MODE: tl.constexpr, SINGLE: tl.constexpr,
+    MASK, CNT,  # padding mask or a dummy; (NB * D1,) real elements per group (from forward)
+    D0, D1, D2, RS, MOD_B, SB, S0, S1, S2, MB_DIV, MB_MUL, M0, M2,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, HAS_M: tl.constexpr,
+    CENTERED: tl.constexpr, ACT: tl.constexpr, WRED: tl.constexpr, NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # WRED says which tile axis the affine index does not depend on: 0 -> it depends on the
@@ -250,21 +288,23 @@ def _row_bwd(
     rstride = D1 * D2
     rows = tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
-    n = (D0 * D2).to(ACC)
+    n = tl.maximum(tl.load(CNT + pid), 1.0)
     mean = tl.load(MEAN + pid)
     rstd = tl.load(RSTD + pid)
     wbase = (b % MOD_B) * SB + d1 * S1
+    mbase = (b // MB_DIV) * MB_MUL
     r_lo = split * RS
     r_hi = tl.minimum(r_lo + RS, D0)
     if SINGLE:
         r = rows.to(tl.int64)
         c = cols
-        m = (r[:, None] < D0) & (c[None, :] < D2)
+        inside = (r[:, None] < D0) & (c[None, :] < D2)
+        m = _real(MASK, inside, mbase + r[:, None] * M0 + c[None, :] * M2, HAS_M)
         off = base + r[:, None] * rstride + c[None, :]
         widx = wbase + r[:, None] * S0 + c[None, :] * S2
-        xhat, dz, w = _row_grad_tile(X, DY, DR, W, B, R, DW, DB, off, widx, m, r, c, D0, D2,
-                                     S0, S2, wbase, mean, rstd, HAS_W, HAS_B, HAS_R, ACT, ACC,
-                                     WRED, NEED_DW, NEED_DB, BLOCK_R, BLOCK_C, HAS_R)
+        xhat, dz, w = _row_grad_tile(X, DY, DR, W, B, R, DW, DB, off, widx, m, inside, r, c,
+                                     D0, D2, S0, S2, wbase, mean, rstd, HAS_W, HAS_B, HAS_R,
+                                     ACT, ACC, WRED, NEED_DW, NEED_DB, BLOCK_R, BLOCK_C, HAS_R)
         if WRED == 2:
             if NEED_DW:
                 tl.atomic_add(DW + wbase, tl.sum(tl.sum(dz * xhat, axis=1), axis=0))
@@ -275,8 +315,8 @@ def _row_bwd(
         mgx = tl.sum(tl.sum(g * xhat, axis=1), axis=0) / n
         if not CENTERED:
             mg = 0.0
-        dx = rstd * (g - mg - xhat * mgx)
-        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+        dx = tl.where(m, rstd * (g - mg - xhat * mgx), 0.0)
+        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=inside)
     else:
         if MODE == 2:
             mg = tl.load(PG + pid) / n
@@ -290,12 +330,13 @@ def _row_bwd(
                 r = r0 + rows
                 for c0 in range(0, D2, BLOCK_C):
                     c = c0 + cols
-                    m = (r[:, None] < r_hi) & (c[None, :] < D2)
+                    inside = (r[:, None] < r_hi) & (c[None, :] < D2)
+                    m = _real(MASK, inside, mbase + r[:, None] * M0 + c[None, :] * M2, HAS_M)
                     off = base + r[:, None] * rstride + c[None, :]
                     widx = wbase + r[:, None] * S0 + c[None, :] * S2
                     xhat, dz, w = _row_grad_tile(
-                        X, DY, DR, W, B, R, DW, DB, off, widx, m, r, c, r_hi, D2, S0, S2,
-                        wbase, mean, rstd, HAS_W, HAS_B, HAS_R, ACT, ACC, WRED, NEED_DW,
+                        X, DY, DR, W, B, R, DW, DB, off, widx, m, inside, r, c, r_hi, D2, S0,
+                        S2, wbase, mean, rstd, HAS_W, HAS_B, HAS_R, ACT, ACC, WRED, NEED_DW,
                         NEED_DB, BLOCK_R, BLOCK_C, HAS_R)
                     g = dz * w
                     acc_g += g
@@ -322,15 +363,16 @@ def _row_bwd(
                 r = r0 + rows
                 for c0 in range(0, D2, BLOCK_C):
                     c = c0 + cols
-                    m = (r[:, None] < r_hi) & (c[None, :] < D2)
+                    inside = (r[:, None] < r_hi) & (c[None, :] < D2)
+                    m = _real(MASK, inside, mbase + r[:, None] * M0 + c[None, :] * M2, HAS_M)
                     off = base + r[:, None] * rstride + c[None, :]
                     widx = wbase + r[:, None] * S0 + c[None, :] * S2
                     xhat, dz, w = _row_grad_tile(
-                        X, DY, DR, W, B, R, DW, DB, off, widx, m, r, c, r_hi, D2, S0, S2,
-                        wbase, mean, rstd, HAS_W, HAS_B, HAS_R, ACT, ACC, 3, False, False,
+                        X, DY, DR, W, B, R, DW, DB, off, widx, m, inside, r, c, r_hi, D2, S0,
+                        S2, wbase, mean, rstd, HAS_W, HAS_B, HAS_R, ACT, ACC, 3, False, False,
                         BLOCK_R, BLOCK_C, False)
-                    dx = rstd * (dz * w - mg - xhat * mgx)
-                    tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+                    dx = tl.where(m, rstd * (dz * w - mg - xhat * mgx), 0.0)
+                    tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -338,10 +380,11 @@ def _col_fwd(
     X, Y,  # (NB, D0, D1) in memory (D2 == 1): group (b, d1) is a strided column
     W, B, R,  # affine per d1 (channel), residual like X
     MEAN, RSTD,  # (NB * D1,)
-    PSUM, PM2,  # (S, NB * D1) partials (MODE 1)
-    D0, D1, RS, eps,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, CENTERED: tl.constexpr,
-    ACT: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr,
+    PSUM, PM2, PCNT,  # (S, NB * D1) partials (MODE 1)
+    MASK, CNT,  # padding mask or a dummy; (NB * D1,) real elements per group
+    D0, D1, RS, MB_DIV, MB_MUL, M0, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, HAS_M: tl.constexpr,
+    CENTERED: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -355,33 +398,41 @@ def _col_fwd(
     r_lo = split * RS
     r_hi = tl.minimum(r_lo + RS, D0)
     sidx = b * D1 + col
+    mbase = (b // MB_DIV) * MB_MUL
+    pstride = (tl.num_programs(0).to(tl.int64) // nblk) * D1  # one split's row of partials
     if MODE == 2:
         mean = tl.load(MEAN + sidx, mask=cm, other=0.0)
         rstd = tl.load(RSTD + sidx, mask=cm, other=0.0)
     else:
-        n = (r_hi - r_lo).to(ACC)
-        mean = tl.zeros([BLOCK_C], ACC)
-        if CENTERED:
-            acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
-            for r0 in range(r_lo, r_hi, BLOCK_R):
-                r = r0 + rows
-                m = (r[:, None] < r_hi) & cm[None, :]
+        accn = tl.zeros([BLOCK_R, BLOCK_C], ACC)
+        acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
+        for r0 in range(r_lo, r_hi, BLOCK_R):
+            r = r0 + rows
+            m = _real(MASK, (r[:, None] < r_hi) & cm[None, :],
+                      mbase + r[:, None] * M0 + col[None, :] * 0, HAS_M)
+            accn += m.to(ACC)
+            if CENTERED:
                 acc += tl.load(X + base + r[:, None] * D1 + col[None, :], mask=m,
                                other=0.0).to(ACC)
-            mean = tl.sum(acc, axis=0) / n
+        n = tl.sum(accn, axis=0)
+        if MODE == 1:
+            tl.store(PCNT + split * pstride + sidx, n, mask=cm)
+        else:
+            tl.store(CNT + sidx, n, mask=cm)
+        n = tl.maximum(n, 1.0)
+        mean = tl.sum(acc, axis=0) / n
         acc2 = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for r0 in range(r_lo, r_hi, BLOCK_R):
             r = r0 + rows
-            m = (r[:, None] < r_hi) & cm[None, :]
+            m = _real(MASK, (r[:, None] < r_hi) & cm[None, :],
+                      mbase + r[:, None] * M0 + col[None, :] * 0, HAS_M)
             x = tl.load(X + base + r[:, None] * D1 + col[None, :], mask=m, other=0.0)
             xc = tl.where(m, x.to(ACC) - mean[None, :], 0.0)
             acc2 += xc * xc
         m2 = tl.sum(acc2, axis=0)
         if MODE == 1:
-            tl.store(PSUM + split * (tl.num_programs(0).to(tl.int64) // nblk) * D1 + sidx,
-                     mean * n, mask=cm)
-            tl.store(PM2 + split * (tl.num_programs(0).to(tl.int64) // nblk) * D1 + sidx, m2,
-                     mask=cm)
+            tl.store(PSUM + split * pstride + sidx, mean * n, mask=cm)
+            tl.store(PM2 + split * pstride + sidx, m2, mask=cm)
         rstd = 1.0 / tl.sqrt(m2 / n + eps)
         if MODE == 0:
             tl.store(MEAN + sidx, mean, mask=cm)
@@ -395,13 +446,15 @@ def _col_fwd(
             bias = tl.load(B + col, mask=cm, other=0.0).to(ACC)
         for r0 in range(r_lo, r_hi, BLOCK_R):
             r = r0 + rows
-            m = (r[:, None] < r_hi) & cm[None, :]
+            inside = (r[:, None] < r_hi) & cm[None, :]
+            m = _real(MASK, inside, mbase + r[:, None] * M0 + col[None, :] * 0, HAS_M)
             off = base + r[:, None] * D1 + col[None, :]
             x = tl.load(X + off, mask=m, other=0.0).to(ACC)
             z = (x - mean[None, :]) * (rstd * w)[None, :] + bias[None, :]
             if HAS_R:
                 z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
-            tl.store(Y + off, _act(z, ACT).to(Y.dtype.element_ty), mask=m)
+            tl.store(Y + off, tl.where(m, _act(z, ACT), 0.0).to(Y.dtype.element_ty),
+                     mask=inside)
 
 
 @triton.jit
@@ -411,10 +464,11 @@ def _col_bwd(
     MEAN, RSTD,  # (NB * D1,)
     DW, DB,  # (D1,) accumulators
     PG, PGX,  # (S, NB * D1): partial sums of dz and dz * xhat (MODE 1; MODE 2 reads row 0)
-    D0, D1, RS,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, CENTERED: tl.constexpr,
-    ACT: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, ACC: tl.constexpr,
-    MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    MASK, CNT,  # padding mask or a dummy; (NB * D1,) real elements per group
+    D0, D1, RS, MB_DIV, MB_MUL, M0,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, HAS_M: tl.constexpr,
+    CENTERED: tl.constexpr, ACT: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    ACC: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
@@ -427,7 +481,8 @@ def _col_bwd(
     r_lo = split * RS
     r_hi = tl.minimum(r_lo + RS, D0)
     sidx = b * D1 + col
-    n = D0.to(ACC)
+    mbase = (b // MB_DIV) * MB_MUL
+    n = tl.maximum(tl.load(CNT + sidx, mask=cm, other=1.0), 1.0)
     mean = tl.load(MEAN + sidx, mask=cm, other=0.0)
     rstd = tl.load(RSTD + sidx, mask=cm, other=0.0)
     w = tl.full([BLOCK_C], 1.0, ACC)
@@ -444,7 +499,8 @@ def _col_bwd(
         acc_dzx = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for r0 in range(r_lo, r_hi, BLOCK_R):
             r = r0 + rows
-            m = (r[:, None] < r_hi) & cm[None, :]
+            inside = (r[:, None] < r_hi) & cm[None, :]
+            m = _real(MASK, inside, mbase + r[:, None] * M0 + col[None, :] * 0, HAS_M)
             off = base + r[:, None] * D1 + col[None, :]
             xhat = tl.where(m, (tl.load(X + off, mask=m, other=0.0).to(ACC)
                                 - mean[None, :]) * rstd[None, :], 0.0)
@@ -454,8 +510,8 @@ def _col_bwd(
                 if HAS_R:
                     z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
                 dz = dz * _act_grad(z, ACT)
-            if HAS_R:
-                tl.store(DR + off, dz.to(DR.dtype.element_ty), mask=m)
+            if HAS_R:  # zero at padding (dz was loaded as 0 there)
+                tl.store(DR + off, dz.to(DR.dtype.element_ty), mask=inside)
             acc_dz += dz
             acc_dzx += dz * xhat
         s_dz = tl.sum(acc_dz, axis=0)  # per column: sum dz, and sum dz * xhat
@@ -476,18 +532,20 @@ def _col_bwd(
             mg = tl.zeros([BLOCK_C], ACC)
         for r0 in range(r_lo, r_hi, BLOCK_R):
             r = r0 + rows
-            m = (r[:, None] < r_hi) & cm[None, :]
+            inside = (r[:, None] < r_hi) & cm[None, :]
+            m = _real(MASK, inside, mbase + r[:, None] * M0 + col[None, :] * 0, HAS_M)
             off = base + r[:, None] * D1 + col[None, :]
-            xhat = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean[None, :]) \
-                * rstd[None, :]
+            xhat = tl.where(m, (tl.load(X + off, mask=m, other=0.0).to(ACC)
+                                - mean[None, :]) * rstd[None, :], 0.0)
             dz = tl.load(DY + off, mask=m, other=0.0).to(ACC)
             if ACT != 0:
                 z = xhat * w[None, :] + bias[None, :]
                 if HAS_R:
                     z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
                 dz = dz * _act_grad(z, ACT)
-            dx = rstd[None, :] * (dz * w[None, :] - mg[None, :] - xhat * mgx[None, :])
-            tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+            dx = tl.where(m, rstd[None, :] * (dz * w[None, :] - mg[None, :]
+                                              - xhat * mgx[None, :]), 0.0)
+            tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=inside)
 
 
 def _acc(x: torch.Tensor) -> torch.dtype:
@@ -536,53 +594,63 @@ def _grid(family, nb, d1, bc, splits):
     return (nb * d1 if family == ROW else nb * triton.cdiv(d1, bc), splits)
 
 
-def forward(x, weight, bias, residual, *, family, dims, affine, centered, eps, activation):
-    """-> (y, mean, rstd). ``x`` (and ``residual``) dense in the order of ``dims`` =
-    (NB, D0, D1, D2); ``affine`` = (MOD_B, SB, S0, S1, S2); y has x's strides."""
+def forward(x, weight, bias, residual, mask, *, family, dims, affine, mask_index, centered,
+            eps, activation):
+    """-> (y, mean, rstd, count). ``x`` (and ``residual``) dense in the order of ``dims`` =
+    (NB, D0, D1, D2); ``affine`` = (MOD_B, SB, S0, S1, S2); ``mask`` (uint8, 1 = real) or None,
+    indexed by ``mask_index`` = (MB_DIV, MB_MUL, M0, M2): ``(b // MB_DIV) * MB_MUL + d0 * M0 +
+    d2 * M2``; y has x's strides, zero at padding; count = real elements per group."""
     nb, d0, d1, d2 = (int(v) for v in dims)
     y = _empty_like(x)
     acc = _acc(x)
     mean = _empty(nb * d1, dtype=acc, device=x.device)
     rstd = _empty_like(mean)
+    cnt = _empty_like(mean)
     if x.numel() == 0:
-        return y, mean.fill_(0.0), rstd.fill_(0.0)
+        return y, mean.fill_(0.0), rstd.fill_(0.0), cnt.fill_(0.0)
     dummy = mean
     w = weight if weight is not None else dummy
     b = bias if bias is not None else dummy
     r = residual if residual is not None else dummy
+    msk = mask if mask is not None else dummy
+    mb_div, mb_mul, m0, m2 = mask_index
     br, bc, single, splits, rows = _plan(family, d0, d1, d2, nb)
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None,
-                 CENTERED=centered, ACT=ACTIVATIONS[activation], ACC=_tl_acc(x), BLOCK_R=br,
-                 BLOCK_C=bc)
+                 HAS_M=mask is not None, CENTERED=centered, ACT=ACTIVATIONS[activation],
+                 ACC=_tl_acc(x), BLOCK_R=br, BLOCK_C=bc)
     if family == ROW:
-        def launch(mode, grid, psum, pm2):
-            _row_fwd[grid](x, y, w, b, r, mean, rstd, psum, pm2, d0, d1, d2, rows, *affine,
-                           float(eps), MODE=mode, SINGLE=single, **flags)
+        def launch(mode, grid, psum, pm2, pcnt):
+            _row_fwd[grid](x, y, w, b, r, mean, rstd, psum, pm2, pcnt, msk, cnt, d0, d1, d2,
+                           rows, *affine, mb_div, mb_mul, m0, m2, float(eps), MODE=mode,
+                           SINGLE=single, **flags)
     else:
-        def launch(mode, grid, psum, pm2):
-            _col_fwd[grid](x, y, w, b, r, mean, rstd, psum, pm2, d0, d1, rows, float(eps),
-                           MODE=mode, **flags)
+        def launch(mode, grid, psum, pm2, pcnt):
+            _col_fwd[grid](x, y, w, b, r, mean, rstd, psum, pm2, pcnt, msk, cnt, d0, d1, rows,
+                           mb_div, mb_mul, m0, float(eps), MODE=mode, **flags)
     if splits == 1:
-        launch(0, _grid(family, nb, d1, bc, 1), dummy, dummy)
-        return y, mean, rstd
+        launch(0, _grid(family, nb, d1, bc, 1), dummy, dummy, dummy)
+        return y, mean, rstd, cnt
     psum = _empty(splits, nb * d1, dtype=acc, device=x.device)
     pm2 = _empty_like(psum)
-    launch(1, _grid(family, nb, d1, bc, splits), psum, pm2)
-    # merge the splits (Chan et al.): counts per split, then mean and centred second moment
-    per = torch.full((splits, 1), float(rows * d2), dtype=acc, device=x.device)
-    per[-1] = float((d0 - rows * (splits - 1)) * d2)
-    total = float(d0 * d2)
-    mu = psum.sum(0) / total
-    m2 = (pm2 + per * (psum / per - mu) ** 2).sum(0)
+    pcnt = _empty_like(psum)
+    launch(1, _grid(family, nb, d1, bc, splits), psum, pm2, pcnt)
+    # merge the splits (Chan et al.): counts, mean and centred second moment per group
+    total = pcnt.sum(0)
+    safe = total.clamp_min(1.0)
+    mu = psum.sum(0) / safe
+    part_mean = psum / pcnt.clamp_min(1.0)
+    m2_all = (pm2 + pcnt * (part_mean - mu) ** 2).sum(0)
+    cnt.copy_(total)
     mean.copy_(mu)
-    rstd.copy_(torch.rsqrt(m2 / total + eps))
-    launch(2, _grid(family, nb, d1, bc, splits), psum, pm2)
-    return y, mean, rstd
+    rstd.copy_(torch.rsqrt(m2_all / safe + eps))
+    launch(2, _grid(family, nb, d1, bc, splits), psum, pm2, pcnt)
+    return y, mean, rstd, cnt
 
 
-def backward(dy, x, weight, bias, residual, mean, rstd, *, family, dims, affine, centered,
-             activation, need_dw, need_db):
-    """-> (dx, dweight (float32/64, or None), dbias (or None), dresidual or None)."""
+def backward(dy, x, weight, bias, residual, mask, mean, rstd, cnt, *, family, dims, affine,
+             mask_index, centered, activation, need_dw, need_db):
+    """-> (dx, dweight (float32/64, or None), dbias (or None), dresidual or None); dx and
+    dresidual are zero at padding."""
     nb, d0, d1, d2 = (int(v) for v in dims)
     dx = _empty_like(x)
     dr = _empty_like(x) if residual is not None else None
@@ -594,15 +662,18 @@ def backward(dy, x, weight, bias, residual, mean, rstd, *, family, dims, affine,
     if x.numel() == 0:
         return dx, dw, db, dr
     dummy = mean
+    mb_div, mb_mul, m0, m2 = mask_index
     br, bc, single, splits, rows = _plan(family, d0, d1, d2, nb)
     pg = _empty(splits, nb * d1, dtype=acc, device=x.device) if splits > 1 else dummy
     pgx = _empty_like(pg) if splits > 1 else dummy
     args = [weight if weight is not None else dummy, bias if bias is not None else dummy,
             residual if residual is not None else dummy, mean, rstd,
-            dw if dw is not None else dummy, db if db is not None else dummy, pg, pgx]
+            dw if dw is not None else dummy, db if db is not None else dummy, pg, pgx,
+            mask if mask is not None else dummy, cnt]
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None,
-                 CENTERED=centered, ACT=ACTIVATIONS[activation], NEED_DW=dw is not None,
-                 NEED_DB=db is not None, ACC=_tl_acc(x), BLOCK_R=br, BLOCK_C=bc)
+                 HAS_M=mask is not None, CENTERED=centered, ACT=ACTIVATIONS[activation],
+                 NEED_DW=dw is not None, NEED_DB=db is not None, ACC=_tl_acc(x), BLOCK_R=br,
+                 BLOCK_C=bc)
     dr_arg = dr if dr is not None else dx
     if family == ROW:
         _mod_b, _sb, s0, _s1, s2 = affine
@@ -615,15 +686,16 @@ def backward(dy, x, weight, bias, residual, mean, rstd, *, family, dims, affine,
             if not need_dw_db:
                 f.update(NEED_DW=False, NEED_DB=False)
             _row_bwd[_grid(family, nb, d1, bc, splits)](
-                x, dy, dx, dr_arg, *args, d0, d1, d2, rows, *affine, WRED=wred, MODE=mode,
-                SINGLE=single, **f)
+                x, dy, dx, dr_arg, *args, d0, d1, d2, rows, *affine, mb_div, mb_mul, m0, m2,
+                WRED=wred, MODE=mode, SINGLE=single, **f)
     else:
         def launch(mode, need_dw_db=True):
             f = dict(flags)
             if not need_dw_db:
                 f.update(NEED_DW=False, NEED_DB=False)
             _col_bwd[_grid(family, nb, d1, bc, splits)](x, dy, dx, dr_arg, *args, d0, d1,
-                                                        rows, MODE=mode, **f)
+                                                        rows, mb_div, mb_mul, m0, MODE=mode,
+                                                        **f)
     if splits == 1:
         launch(0)
         return dx, dw, db, dr
