@@ -103,20 +103,7 @@ def _case(kind, layout, shape, dtype, device):
         return F.rms_norm(t, (c,), w, 1e-6, backend="triton")
 
     def theirs(t):
-        if axis == -1 and kind not in ("layer", "rms"):
-            return theirs_cf(t.movedim(-1, 1)).movedim(1, -1)
-        return theirs_cf(t)
-
-    def theirs_cf(t):
-        if kind == "batch":
-            return TF.batch_norm(t, None, None, w, b, training=True)
-        if kind == "instance":
-            return TF.instance_norm(t, weight=w, bias=b)
-        if kind == "group":
-            return TF.group_norm(t, GROUPS, w, b)
-        if kind == "layer":
-            return TF.layer_norm(t, (c,), w, b)
-        return TF.rms_norm(t, (c,), w, 1e-6)
+        return _ref(kind, layout, t, w, b)
 
     liger = None
     if kind in ("layer", "rms") and device == "cuda":

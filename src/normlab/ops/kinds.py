@@ -33,6 +33,12 @@ def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
     return backend
 
 
+def _without_triton(backend, x):
+    """The backend for a call the kernels did not take (eval mode, an empty batch, a layout
+    they do not read in place): native where triton was chosen."""
+    return "native" if resolve_backend(backend, x) == "triton" else backend
+
+
 def _triton(kind, x, backend, **kw):
     """``(y, mean, var)`` from the Triton kernels when this call runs on them, else None."""
     if x.numel() == 0 or resolve_backend(backend, x) != "triton":
@@ -144,8 +150,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         _update_running(running_mean, running_var, mean.reshape(1, c), var.reshape(1, c),
                         x.numel() // c, momentum)
         return y
-    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
-        backend = "native"
+    backend = _without_triton(backend, x)
     if resolve_backend(backend, x) == "native":
         y = native.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
                               eps, channel_axis)
@@ -189,8 +194,7 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
         _update_running(running_mean, running_var, mean.reshape(n, c), var.reshape(n, c),
                         plan.group_size, momentum)
         return y
-    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
-        backend = "native"
+    backend = _without_triton(backend, x)
     if resolve_backend(backend, x) == "native" and _closed_form_backward_is_faster(x, channel_axis):
         y, mean, var = reference_norm(
             x, plan, eps=eps, weight=_affine(weight, plan), bias=_affine(bias, plan),
@@ -225,8 +229,7 @@ def group_norm(x, num_groups, weight, bias, eps, *, channel_axis=1, residual=Non
                     activation=activation, channel_axis=channel_axis, num_groups=num_groups)
     if fused is not None:
         return fused[0]
-    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
-        backend = "native"
+    backend = _without_triton(backend, x)
     if resolve_backend(backend, x) == "native":
         y = native.group_norm(x, num_groups, weight, bias, eps, channel_axis)
         return native.epilogue(y, residual, activation)
@@ -246,8 +249,7 @@ def layer_norm(x, normalized_shape, weight, bias, eps, *, channel_axis=-1, resid
                     normalized_ndim=len(normalized_shape))
     if fused is not None:
         return fused[0]
-    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
-        backend = "native"
+    backend = _without_triton(backend, x)
     if resolve_backend(backend, x) == "native":
         y = native.layer_norm(x, normalized_shape, weight, bias, eps, channel_axis)
         return native.epilogue(y, residual, activation)
@@ -268,8 +270,7 @@ def rms_norm(x, normalized_shape, weight, eps, *, channel_axis=-1, residual=None
                     normalized_ndim=len(normalized_shape))
     if fused is not None:
         return fused[0]
-    if resolve_backend(backend, x) == "triton":  # eval, empty, or a layout the kernels skip
-        backend = "native"
+    backend = _without_triton(backend, x)
     if resolve_backend(backend, x) == "native":
         y = native.rms_norm(x, normalized_shape, weight, eps, channel_axis)
         return native.epilogue(y, residual, activation)

@@ -458,6 +458,21 @@ def _col_fwd(
 
 
 @triton.jit
+def _col_grad_tile(X, DY, R, off, m, mean, rstd, w, bias, HAS_R: tl.constexpr,
+                   ACT: tl.constexpr, ACC: tl.constexpr):
+    """One column tile's xhat and dz = dy * act'(z), both zero outside the real elements."""
+    xhat = tl.where(m, (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean[None, :])
+                    * rstd[None, :], 0.0)
+    dz = tl.load(DY + off, mask=m, other=0.0).to(ACC)
+    if ACT != 0:
+        z = xhat * w[None, :] + bias[None, :]
+        if HAS_R:
+            z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
+        dz = dz * _act_grad(z, ACT)
+    return xhat, dz
+
+
+@triton.jit
 def _col_bwd(
     X, DY, DX, DR,  # (NB, D0, D1) in memory
     W, B, R,
@@ -502,14 +517,7 @@ def _col_bwd(
             inside = (r[:, None] < r_hi) & cm[None, :]
             m = _real(MASK, inside, mbase + r[:, None] * M0 + col[None, :] * 0, HAS_M)
             off = base + r[:, None] * D1 + col[None, :]
-            xhat = tl.where(m, (tl.load(X + off, mask=m, other=0.0).to(ACC)
-                                - mean[None, :]) * rstd[None, :], 0.0)
-            dz = tl.load(DY + off, mask=m, other=0.0).to(ACC)
-            if ACT != 0:
-                z = xhat * w[None, :] + bias[None, :]
-                if HAS_R:
-                    z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
-                dz = dz * _act_grad(z, ACT)
+            xhat, dz = _col_grad_tile(X, DY, R, off, m, mean, rstd, w, bias, HAS_R, ACT, ACC)
             if HAS_R:  # zero at padding (dz was loaded as 0 there)
                 tl.store(DR + off, dz.to(DR.dtype.element_ty), mask=inside)
             acc_dz += dz
@@ -535,14 +543,7 @@ def _col_bwd(
             inside = (r[:, None] < r_hi) & cm[None, :]
             m = _real(MASK, inside, mbase + r[:, None] * M0 + col[None, :] * 0, HAS_M)
             off = base + r[:, None] * D1 + col[None, :]
-            xhat = tl.where(m, (tl.load(X + off, mask=m, other=0.0).to(ACC)
-                                - mean[None, :]) * rstd[None, :], 0.0)
-            dz = tl.load(DY + off, mask=m, other=0.0).to(ACC)
-            if ACT != 0:
-                z = xhat * w[None, :] + bias[None, :]
-                if HAS_R:
-                    z = z + tl.load(R + off, mask=m, other=0.0).to(ACC)
-                dz = dz * _act_grad(z, ACT)
+            xhat, dz = _col_grad_tile(X, DY, R, off, m, mean, rstd, w, bias, HAS_R, ACT, ACC)
             dx = tl.where(m, rstd[None, :] * (dz * w[None, :] - mg[None, :]
                                               - xhat * mgx[None, :]), 0.0)
             tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=inside)
