@@ -6,7 +6,8 @@
 Designed for one 10-minute call on a lent device (``$OUT`` is the default output folder):
 
 1. checks: every kind x layout x dtype on small awkward shapes against torch.nn in float64
-   (output and every gradient); a failing case is reported and left out of the timings;
+   (output and every gradient), and a layer norm over more than 2^31 elements (64-bit
+   offsets); a failing case is reported and left out of the timings;
 2. the copy baseline: a device-to-device copy of the same bytes, timed in the same run;
 3. for each kind x layout x dtype on inputs of >= 256 MB (well above the 50-60 MB L2):
    forward, and backward (dx, dgamma, dbeta together, timed from a retained graph), for
@@ -197,6 +198,18 @@ def main() -> int:
 
     fails, lines = check(device, dtypes)
     print("\n".join(lines), flush=True)
+    if device == "cuda":  # 64-bit offsets: a tensor of more than 2^31 elements
+        big = torch.randn(32769, 65536, device=device, dtype=torch.bfloat16)
+        got = F.layer_norm(big, (65536,), backend="triton")[-4:].float()
+        want = TF.layer_norm(big[-4:].float(), (65536,))
+        err = float((got - want).abs().max())
+        ok = err < 6e-2
+        print(f"check layer norm over {big.numel()} elements (> 2^31), last rows: "
+              f"{'ok' if ok else 'FAIL'} max error {err:.1e}", flush=True)
+        if not ok:
+            fails.append(("layer", "rows > 2^31", torch.bfloat16))
+        del big, got
+        torch.cuda.empty_cache()
 
     elems = {torch.float32: 64 * 2 ** 20, torch.bfloat16: 128 * 2 ** 20}  # 256 MiB each
     if args.smoke:
