@@ -71,7 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="report folder (default: %(default)s)")
     preset = lab.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 seeds, 15%% of the steps (< 30 s)")
+                        help="smoke run: 2 seeds, 15%% of the steps (~35 s on 2 cores)")
     preset.add_argument("--full", action="store_true",
                         help="5 seeds, twice the steps, wider grids")
     lab.add_argument("--only", metavar="ID,...",
