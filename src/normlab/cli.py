@@ -73,7 +73,9 @@ def _build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--quick", action="store_true",
                         help="smoke run: 2 seeds, 15%% of the steps (~35 s on 2 cores)")
     preset.add_argument("--full", action="store_true",
-                        help="5 seeds, twice the steps, wider grids")
+                        help="5 seeds, twice the steps, wider grids, and the slow claims "
+                             "(style-contrast, recurrent-nets, online-recurrent): ~16 min on 2 "
+                             "cores")
     lab.add_argument("--only", metavar="ID,...",
                      help=f"only these claims: {', '.join(CLAIM_IDS)}")
     lab.add_argument("--seeds", type=_positive_int, help="seeds per arm (default: by preset)")
