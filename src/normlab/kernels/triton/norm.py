@@ -90,6 +90,38 @@ def _act_grad(z, ACT: tl.constexpr):
 
 
 @triton.jit
+def _row_program(D0, D1, D2, RS, MOD_B, SB, S1, MB_DIV, MB_MUL):
+    """This row program's group (b, d1) and rows [r_lo, r_hi): its id, split, the number of
+    groups, the group's base offset and row stride, and the affine and mask index bases."""
+    pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    groups = tl.num_programs(0).to(tl.int64)
+    b = pid // D1
+    d1 = pid % D1
+    r_lo = split * RS
+    r_hi = tl.minimum(r_lo + RS, D0)
+    return (pid, split, groups, b * D0 * D1 * D2 + d1 * D2, D1 * D2, r_lo, r_hi,
+            (b % MOD_B) * SB + d1 * S1, (b // MB_DIV) * MB_MUL)
+
+
+@triton.jit
+def _col_program(D0, D1, RS, MB_DIV, MB_MUL, BLOCK_C: tl.constexpr):
+    """This column program's sample b, its BLOCK_C groups (columns) and rows [r_lo, r_hi): the
+    split, the columns and their bound, base offset, rows, statistics and mask index bases, and
+    the stride of one split's row of partial sums."""
+    pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    nblk = tl.cdiv(D1, BLOCK_C)
+    b = pid // nblk
+    col = (pid % nblk) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r_lo = split * RS
+    r_hi = tl.minimum(r_lo + RS, D0)
+    pstride = (tl.num_programs(0).to(tl.int64) // nblk) * D1
+    return (split, col, col < D1, b * D0 * D1, r_lo, r_hi, b * D1 + col,
+            (b // MB_DIV) * MB_MUL, pstride)
+
+
+@triton.jit
 def _row_fwd(
     X,  # input memory, viewed (NB, D0, D1, D2)
     Y,  # output, same layout as X
@@ -103,19 +135,10 @@ def _row_fwd(
     CENTERED: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr,
     SINGLE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    groups = tl.num_programs(0).to(tl.int64)
-    b = pid // D1
-    d1 = pid % D1
-    base = b * D0 * D1 * D2 + d1 * D2
-    rstride = D1 * D2
+    pid, split, groups, base, rstride, r_lo, r_hi, wbase, mbase = _row_program(
+        D0, D1, D2, RS, MOD_B, SB, S1, MB_DIV, MB_MUL)
     rows = tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
-    r_lo = split * RS  # this program's rows of the group: [r_lo, r_hi)
-    r_hi = tl.minimum(r_lo + RS, D0)
-    wbase = (b % MOD_B) * SB + d1 * S1
-    mbase = (b // MB_DIV) * MB_MUL
     if SINGLE:  # the whole group in one tile, loaded once
         r = rows.to(tl.int64)
         c = cols
@@ -279,22 +302,13 @@ def _row_bwd(
     # WRED says which tile axis the affine index does not depend on: 0 -> it depends on the
     # column only (sum the tile's rows), 1 -> on the row only (sum its columns), 2 -> neither
     # (one scalar per program, summed over its tiles).
-    pid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    groups = tl.num_programs(0).to(tl.int64)
-    b = pid // D1
-    d1 = pid % D1
-    base = b * D0 * D1 * D2 + d1 * D2
-    rstride = D1 * D2
+    pid, split, groups, base, rstride, r_lo, r_hi, wbase, mbase = _row_program(
+        D0, D1, D2, RS, MOD_B, SB, S1, MB_DIV, MB_MUL)
     rows = tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
     n = tl.maximum(tl.load(CNT + pid), 1.0)
     mean = tl.load(MEAN + pid)
     rstd = tl.load(RSTD + pid)
-    wbase = (b % MOD_B) * SB + d1 * S1
-    mbase = (b // MB_DIV) * MB_MUL
-    r_lo = split * RS
-    r_hi = tl.minimum(r_lo + RS, D0)
     if SINGLE:
         r = rows.to(tl.int64)
         c = cols
@@ -387,19 +401,9 @@ def _col_fwd(
     CENTERED: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    nblk = tl.cdiv(D1, BLOCK_C)
-    b = pid // nblk
-    col = (pid % nblk) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = col < D1
-    base = b * D0 * D1
+    split, col, cm, base, r_lo, r_hi, sidx, mbase, pstride = _col_program(
+        D0, D1, RS, MB_DIV, MB_MUL, BLOCK_C)
     rows = tl.arange(0, BLOCK_R)
-    r_lo = split * RS
-    r_hi = tl.minimum(r_lo + RS, D0)
-    sidx = b * D1 + col
-    mbase = (b // MB_DIV) * MB_MUL
-    pstride = (tl.num_programs(0).to(tl.int64) // nblk) * D1  # one split's row of partials
     if MODE == 2:
         mean = tl.load(MEAN + sidx, mask=cm, other=0.0)
         rstd = tl.load(RSTD + sidx, mask=cm, other=0.0)
@@ -485,18 +489,9 @@ def _col_bwd(
     CENTERED: tl.constexpr, ACT: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     ACC: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    nblk = tl.cdiv(D1, BLOCK_C)
-    b = pid // nblk
-    col = (pid % nblk) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = col < D1
-    base = b * D0 * D1
+    split, col, cm, base, r_lo, r_hi, sidx, mbase, pstride = _col_program(
+        D0, D1, RS, MB_DIV, MB_MUL, BLOCK_C)
     rows = tl.arange(0, BLOCK_R)
-    r_lo = split * RS
-    r_hi = tl.minimum(r_lo + RS, D0)
-    sidx = b * D1 + col
-    mbase = (b // MB_DIV) * MB_MUL
     n = tl.maximum(tl.load(CNT + sidx, mask=cm, other=1.0), 1.0)
     mean = tl.load(MEAN + sidx, mask=cm, other=0.0)
     rstd = tl.load(RSTD + sidx, mask=cm, other=0.0)
@@ -529,9 +524,8 @@ def _col_bwd(
         if NEED_DB:
             tl.atomic_add(DB + col, s_dz, mask=cm)
         if MODE == 1:
-            stride = (tl.num_programs(0).to(tl.int64) // nblk) * D1
-            tl.store(PG + split * stride + sidx, s_dz, mask=cm)
-            tl.store(PGX + split * stride + sidx, s_dzx, mask=cm)
+            tl.store(PG + split * pstride + sidx, s_dz, mask=cm)
+            tl.store(PGX + split * pstride + sidx, s_dzx, mask=cm)
     if MODE != 1:
         # the weight is constant over a column's group: mean(g) = w mean(dz), etc.
         mg = w * s_dz / n
