@@ -145,13 +145,13 @@ def test_masked_gradcheck_and_gradgradcheck(fn):
 
 def test_bad_masks():
     x, mask = _padded()
-    with pytest.raises(ValueError, match=r"mask must be a bool tensor .* got torch.int64"):
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor .* got torch.int64"):
         F.batch_norm(x, None, None, training=True, mask=mask.long())
     with pytest.raises(ValueError, match=r"mask must have the input's shape without its "
                                          r"channel axis \(4, 7\), got \(4, 6\)"):
         F.group_norm(x, 3, mask=mask[:, :6])
-    with pytest.raises(ValueError, match=r"mask must be a bool tensor"):
-        nl.LayerNorm(7)(x, mask=[[True]])
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor"):
+        nl.LayerNorm(7, dtype=D)(x, mask=[[True]])
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when "
                                          "training, .* with 1 real position"):
         one = torch.zeros_like(mask)
@@ -192,8 +192,9 @@ def test_fast_masked_path_equals_the_where_path(kind, layout, dtype):
         x = x.to(memory_format=torch.channels_last)
     elif layout == "channel_axis=-1":
         x, axis = x.permute(0, 2, 3, 1).contiguous(), -1
-    wt = torch.randn(c, generator=g, dtype=D)
-    bs = torch.randn(c, generator=g, dtype=D)
+    pdt = torch.float32 if dtype == torch.float16 else dtype  # torch's mixed-precision rule
+    wt = torch.randn(c, generator=g, dtype=D).to(pdt)
+    bs = torch.randn(c, generator=g, dtype=D).to(pdt)
     dy = torch.randn(x.shape, generator=g, dtype=D).to(dtype)
     real = mask.unsqueeze(axis % 4).expand(x.shape)
 

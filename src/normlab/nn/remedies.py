@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from normlab import functional as F
+from normlab.nn._script import NotScriptable
 from normlab.nn.batchnorm import BatchNorm, check_batch_input
 
 __all__ = ["BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "FrozenBatchNorm",
@@ -37,8 +38,7 @@ class BatchRenorm(BatchNorm):
         super().__init__(num_features, eps, momentum, affine, True, device, dtype, bias=bias,
                          channel_axis=channel_axis, activation=activation)
         self.r_max, self.d_max = F.validate_renorm_limits(r_max, d_max)
-        self.warmup_steps = 0 if warmup_steps == 0 else F.validate_positive_int(
-            warmup_steps, "warmup_steps")
+        self.warmup_steps = F.validate_nonnegative_int(warmup_steps, "warmup_steps")
 
     def current_limits(self) -> tuple[float, float]:
         """(r_max, d_max) at this point of the warm-up."""
@@ -110,7 +110,7 @@ class GhostBatchNorm2d(GhostBatchNorm):
     _dims = (4,)
 
 
-class FrozenBatchNorm(nn.Module):
+class FrozenBatchNorm(NotScriptable, nn.Module):
     """Batch norm with everything frozen: weight, bias, running_mean and running_var are
     buffers (no parameters), and the running statistics are used in training too —
     ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``. For fine-tuning
