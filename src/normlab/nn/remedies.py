@@ -8,6 +8,7 @@ num_batches_tracked), so a BatchNorm state dict loads into them and back.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from normlab import functional as F
@@ -179,8 +180,11 @@ class SyncBatchNorm(BatchNorm):
     def forward(self, input, residual=None):
         F.check_num_features(input, self.num_features, self.channel_axis, "SyncBatchNorm")
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            # every process counts the batch (an empty local batch is part of a global one)
+        distributed = dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size(self.process_group) > 1
+        if self.training and self.track_running_stats and (distributed or input.numel() > 0):
+            # every process counts the batch (an empty local batch is part of a global one);
+            # alone, an empty batch moves nothing and is not counted, as in BatchNorm
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
