@@ -126,10 +126,10 @@ def _update_running_masked(running_mean, running_var, mean, var, count, n, c, fa
         per_c = w.sum(0).clamp_min(1)
         new_mean = (mean * w).sum(0) / per_c
         new_var = (unbiased * w).sum(0) / per_c
-        rm = running_mean + (new_mean - running_mean) * factor
-        rv = running_var + (new_var - running_var) * factor
-        running_mean.copy_(torch.where(has, rm.to(running_mean.dtype), running_mean))
-        running_var.copy_(torch.where(has, rv.to(running_var.dtype), running_var))
+        rm = (1 - factor) * running_mean + factor * new_mean.to(running_mean.dtype)
+        rv = (1 - factor) * running_var + factor * new_var.to(running_var.dtype)
+        running_mean.copy_(torch.where(has, rm, running_mean))
+        running_var.copy_(torch.where(has, rv, running_var))
 
 
 def _closed_form_backward_is_faster(x, channel_axis) -> bool:
