@@ -145,13 +145,13 @@ def test_masked_gradcheck_and_gradgradcheck(fn):
 
 def test_bad_masks():
     x, mask = _padded()
-    with pytest.raises(ValueError, match=r"mask must be a bool tensor .* got torch.int64"):
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor .* got torch.int64"):
         F.batch_norm(x, None, None, training=True, mask=mask.long())
     with pytest.raises(ValueError, match=r"mask must have the input's shape without its "
                                          r"channel axis \(4, 7\), got \(4, 6\)"):
         F.group_norm(x, 3, mask=mask[:, :6])
-    with pytest.raises(ValueError, match=r"mask must be a bool tensor"):
-        nl.LayerNorm(7)(x, mask=[[True]])
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor"):
+        nl.LayerNorm(7, dtype=D)(x, mask=[[True]])
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when "
                                          "training, .* with 1 real position"):
         one = torch.zeros_like(mask)
@@ -192,8 +192,9 @@ def test_fast_masked_path_equals_the_where_path(kind, layout, dtype):
         x = x.to(memory_format=torch.channels_last)
     elif layout == "channel_axis=-1":
         x, axis = x.permute(0, 2, 3, 1).contiguous(), -1
-    wt = torch.randn(c, generator=g, dtype=D)
-    bs = torch.randn(c, generator=g, dtype=D)
+    pdt = torch.float32 if dtype == torch.float16 else dtype  # torch's mixed-precision rule
+    wt = torch.randn(c, generator=g, dtype=D).to(pdt)
+    bs = torch.randn(c, generator=g, dtype=D).to(pdt)
     dy = torch.randn(x.shape, generator=g, dtype=D).to(dtype)
     real = mask.unsqueeze(axis % 4).expand(x.shape)
 
@@ -234,3 +235,69 @@ def test_fast_masked_path_double_backward(kind):
             return F.group_norm(t, 2, wt, mask=mask)
     assert torch.autograd.gradcheck(fn, (x, w))
     assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+def _batches():
+    """Masked (N, 3, T) batches: partly padded, all padding, one with a single real value in
+    each sequence (instance norm has no statistics there), an empty one, partly padded again."""
+    g = torch.Generator().manual_seed(5)
+    out = []
+    for lengths in ([5, 2, 7, 1], [0, 0, 0], [1, 1], [], [3, 6], [4, 4, 4]):
+        n, t = len(lengths), 7
+        x = torch.randn(n, 3, t, generator=g, dtype=D) * (len(out) + 1) + len(out)
+        mask = normlab.lengths_to_mask(torch.tensor(lengths, dtype=torch.long), t)
+        out.append((torch.where(mask[:, None], x, float("nan")), mask, lengths))
+    return out
+
+
+def _run(module, compiled):
+    step = torch.compile(module, fullgraph=True, backend="eager") if compiled else module
+    for x, mask, _ in _batches():
+        step(x, mask=mask)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["eager", "compiled"])
+def test_masked_batch_norm_cumulative_average_counts_only_real_batches(compiled):
+    torch._dynamo.reset()
+    m = nl.BatchNorm1d(3, momentum=None, dtype=D)
+    _run(m, compiled)
+    ref = torch.nn.BatchNorm1d(3, momentum=None, dtype=D)
+    for x, mask, lengths in _batches():  # torch.nn on the real positions of the real batches
+        if sum(lengths) > 1:
+            ref(x.transpose(1, 2)[mask])
+    assert ref.num_batches_tracked.item() == 4
+    assert m.num_batches_tracked.item() == 4
+    torch.testing.assert_close(m.running_mean, ref.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["eager", "compiled"])
+def test_masked_instance_norm_cumulative_average_counts_only_real_batches(compiled):
+    torch._dynamo.reset()
+    m = nl.InstanceNorm1d(3, momentum=None, track_running_stats=True, dtype=D)
+    _run(m, compiled)
+    # by hand: per batch, the average over its sequences with >= 2 real values of their mean
+    # and unbiased variance; the running statistics are the plain average over those batches
+    means, vars_ = [], []
+    for x, _, lengths in _batches():
+        stats = [torch.var_mean(x[i, :, :n], 1, correction=1) for i, n in enumerate(lengths)
+                 if n > 1]
+        if stats:
+            vars_.append(torch.stack([s[0] for s in stats]).mean(0))
+            means.append(torch.stack([s[1] for s in stats]).mean(0))
+    assert len(means) == 3
+    assert m.num_batches_tracked.item() == 3
+    torch.testing.assert_close(m.running_mean, torch.stack(means).mean(0), rtol=1e-12,
+                               atol=1e-12)
+    torch.testing.assert_close(m.running_var, torch.stack(vars_).mean(0), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_refused_masked_batch_leaves_the_count():
+    m = nl.BatchNorm1d(3, momentum=None, dtype=D)
+    x, mask = _padded(lengths=[1, 0, 0])
+    with pytest.raises(ValueError, match="with 1 real position"):
+        m(x, mask=mask)
+    assert m.num_batches_tracked.item() == 0

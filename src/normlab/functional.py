@@ -23,8 +23,17 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
   statistics; eval-mode running statistics, AdaIN, masked layer/rms norm and the remedies
   take the native path.
 
-Bad input raises ``TypeError`` (not a tensor, not floating point) or ``ValueError`` (everything
-else), naming the argument, what was expected and what was given.
+Bad input raises ``TypeError`` (not a tensor, a tensor of the wrong dtype, an argument of the
+wrong Python type such as ``channel_axis=1.0``) or ``ValueError`` (a value out of range, a
+wrong shape, a tensor on another device), naming the argument, what was expected and what was
+given.
+
+Dtypes and devices: every tensor argument must be on the input's device. ``weight``, ``bias``,
+``running_mean`` and ``running_var`` must have the input's dtype, or float32 when the input is
+float16 or bfloat16 (torch.nn's mixed-precision rule; normlab also accepts them mixed, e.g. a
+float32 bias beside a bfloat16 weight, where torch raises); ``rms_norm``'s ``weight`` may have
+any floating dtype, as torch's (the output keeps the input's dtype). ``residual`` and AdaIN's
+``style`` must have the input's dtype exactly.
 
 Statistics are float32 for float16/bfloat16/float32 input and float64 for float64 input.
 An empty batch (N = 0) gives an empty output and leaves running statistics unchanged.
@@ -55,16 +64,19 @@ __all__ = [
     "lengths_to_mask",
     "normalize_shape",
     "rms_norm",
+    "script_error",
     "sync_batch_norm",
     "validate_eps",
     "validate_momentum",
     "validate_num_groups",
     "validate_options",
+    "validate_nonnegative_int",
     "validate_positive_int",
     "validate_renorm_limits",
 ]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,11 +97,27 @@ def _check_float_tensor(t, name: str) -> None:
                         f"float64), got {t.dtype}")
 
 
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def _check_real(value, name: str, want: str) -> None:
+    """TypeError unless ``value`` is a real number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {want}, got {_type_name(value)} {value!r}")
+
+
+def _check_int(value, name: str, want: str) -> None:
+    """TypeError unless ``value`` is an integer (not a bool, not a float such as 1.0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {want}, got {_type_name(value)} {value!r}")
+
+
 def validate_eps(eps) -> float:
     if type(eps) is float and 0.0 < eps < math.inf:  # fast path
         return eps
-    if (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps)
-            or eps <= 0):
+    _check_real(eps, "eps", "a positive finite number")
+    if not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be a positive finite number, got {eps!r}")
     return float(eps)
 
@@ -99,16 +127,17 @@ def validate_momentum(momentum, *, allow_none: bool = True):
         return None
     if type(momentum) is float and 0.0 <= momentum <= 1.0:  # fast path
         return momentum
-    if (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)
-            or not 0.0 <= momentum <= 1.0):
-        extra = " (or None for a cumulative moving average)" if allow_none else ""
+    extra = " (or None for a cumulative moving average)" if allow_none else ""
+    _check_real(momentum, "momentum", f"a number in [0, 1]{extra}")
+    if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be a number in [0, 1]{extra}, got {momentum!r}")
     return float(momentum)
 
 
 def validate_num_groups(num_groups, num_channels) -> None:
-    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) \
-            or num_groups <= 0:
+    if type(num_groups) is not int:
+        _check_int(num_groups, "num_groups", "a positive integer")
+    if num_groups <= 0:
         raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
     if num_channels % num_groups != 0:
         raise ValueError(f"num_groups must divide the number of channels: num_groups="
@@ -116,8 +145,18 @@ def validate_num_groups(num_groups, num_channels) -> None:
 
 
 def validate_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+    if type(value) is not int:
+        _check_int(value, name, "a positive integer")
+    if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def validate_nonnegative_int(value, name: str) -> int:
+    if type(value) is not int:
+        _check_int(value, name, "an integer >= 0")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
 
 
@@ -131,23 +170,36 @@ def normalize_shape(normalized_shape) -> tuple[int, ...]:
         normalized_shape = (normalized_shape,)
     if isinstance(normalized_shape, torch.Size):
         normalized_shape = tuple(normalized_shape)
-    if (not isinstance(normalized_shape, Sequence) or len(normalized_shape) == 0
-            or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0
+    want = "a positive integer or a non-empty sequence of positive integers"
+    if (not isinstance(normalized_shape, Sequence) or isinstance(normalized_shape, str)
+            or any(isinstance(n, bool) or not isinstance(n, numbers.Integral)
                    for n in normalized_shape)):
-        raise ValueError("normalized_shape must be a positive integer or a non-empty sequence of "
-                         f"positive integers, got {given!r}")
+        raise TypeError(f"normalized_shape must be {want}, got {_type_name(given)} {given!r}")
+    if len(normalized_shape) == 0 or any(n <= 0 for n in normalized_shape):
+        raise ValueError(f"normalized_shape must be {want}, got {given!r}")
     return tuple(int(n) for n in normalized_shape)
 
 
 def validate_options(*, channel_axis=1, activation=None, backend=None,
                      allowed_axes=(1, -1)) -> None:
     """Check the normlab-only options shared by every function and module."""
-    if isinstance(channel_axis, bool) or channel_axis not in allowed_axes:
+    if type(channel_axis) is not int:
+        _check_int(channel_axis, "channel_axis", f"one of {allowed_axes} (an int)")
+    if channel_axis not in allowed_axes:
         raise ValueError(f"channel_axis must be one of {allowed_axes}, got {channel_axis!r}")
-    if activation is not None and activation not in ACTIVATIONS:
+    if activation is not None and (type(activation) is not str or activation not in ACTIVATIONS):
         raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
-    if backend is not None and backend not in ops.BACKENDS:
+    if backend is not None and (type(backend) is not str or backend not in ops.BACKENDS):
         raise ValueError(f"backend must be None or one of {ops.BACKENDS}, got {backend!r}")
+
+
+def script_error(module) -> TypeError:
+    """The error ``torch.jit.script`` raises on a normlab module (``normlab.nn._script``)."""
+    return TypeError(f"{type(module).__name__}: normlab modules cannot be compiled by "
+                     "torch.jit.script (their input validation and per-call backend choice are "
+                     "Python that TorchScript does not support); use torch.compile(model) "
+                     "(fullgraph=True works), or torch.jit.trace(model, example_inputs) for a "
+                     "TorchScript graph")
 
 
 def check_input_dim(input, allowed: Sequence[int], layer: str) -> None:
@@ -189,52 +241,104 @@ def _check_common(input, eps, channel_axis, residual, activation, backend, min_d
         if residual.shape != input.shape:
             raise ValueError(f"residual must have the input's shape {_shape(input)}, got "
                              f"{_shape(residual)}")
+        _check_same_dtype_device(residual, "residual", input, "input")
 
 
-def _check_per_channel(t, name: str, c: int, channel_axis: int) -> None:
+def _check_same_dtype_device(t, name: str, like, like_name: str) -> None:
+    """``t`` must have the dtype and the device of ``like`` (exactly)."""
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} must have the {like_name}'s dtype {like.dtype}, got {t.dtype}")
+    _check_device(t, name, like, like_name)
+
+
+def _check_device(t, name: str, like, like_name: str = "input") -> None:
+    if t.device != like.device:
+        raise ValueError(f"{name} must be on the {like_name}'s device {like.device}, got "
+                         f"{t.device}")
+
+
+def _param_dtype_ok(t, input) -> bool:
+    return t.dtype == input.dtype or (t.dtype == torch.float32
+                                      and input.dtype in _HALF_DTYPES)
+
+
+def _check_param_dtype_device(t, name: str, input, any_dtype: bool = False) -> None:
+    """A parameter or statistic: the input's device; the input's dtype or float32 for a
+    float16/bfloat16 input (any floating dtype with ``any_dtype``)."""
+    if not any_dtype and not _param_dtype_ok(t, input):
+        half = " or torch.float32" if input.dtype in _HALF_DTYPES else ""
+        raise TypeError(f"{name} must have the input's dtype {input.dtype}{half}, got "
+                        f"{t.dtype}")
+    _check_device(t, name, input)
+
+
+def _check_per_channel(t, name: str, c: int, channel_axis: int, input) -> None:
     if t is None or (type(t) is torch.Tensor and t.dim() == 1 and t.shape[0] == c
-                     and t.is_floating_point()):
+                     and t.dtype is input.dtype and t.device == input.device):
         return  # fast path
     _check_float_tensor(t, name)
     if _shape(t) != (c,):
         raise ValueError(f"{name} must have shape ({c},) to match the input's {c} channels at "
                          f"channel_axis={channel_axis}, got shape {_shape(t)}")
+    _check_param_dtype_device(t, name, input)
 
 
-def _check_per_element(t, name: str, shape: tuple[int, ...]) -> None:
-    if t is None or (type(t) is torch.Tensor and t.shape == shape and t.is_floating_point()):
+def _check_per_element(t, name: str, shape: tuple[int, ...], input,
+                       any_dtype: bool = False) -> None:
+    if t is None or (type(t) is torch.Tensor and t.shape == shape and t.dtype is input.dtype
+                     and t.device == input.device):
         return  # fast path
     _check_float_tensor(t, name)
     if _shape(t) != shape:
         raise ValueError(f"{name} must have normalized_shape {shape}, got shape {_shape(t)}")
+    _check_param_dtype_device(t, name, input, any_dtype)
 
 
-def _check_running(running_mean, running_var, c, channel_axis, required: bool, why: str):
+def _check_num_batches_tracked(t, input, running_mean, momentum) -> None:
+    if t is None:
+        if momentum is None:
+            raise ValueError("momentum=None (the cumulative average) needs num_batches_tracked, "
+                             "the count of the batches averaged so far; got "
+                             "num_batches_tracked=None")
+        return
+    if not isinstance(t, torch.Tensor) or t.dim() != 0 or t.dtype != torch.int64:
+        got = (f"a {t.dim()}D {t.dtype} tensor" if isinstance(t, torch.Tensor)
+               else _type_name(t))
+        raise TypeError(f"num_batches_tracked must be a 0-dim int64 tensor, got {got}")
+    _check_device(t, "num_batches_tracked", input)
+    if running_mean is None:
+        raise ValueError("num_batches_tracked counts the batches that update running_mean and "
+                         "running_var; got it without them")
+
+
+def _check_running(running_mean, running_var, c, channel_axis, required: bool, why: str,
+                   input):
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None), "
                          f"got running_mean={'None' if running_mean is None else 'a tensor'}, "
                          f"running_var={'None' if running_var is None else 'a tensor'}")
     if required and running_mean is None:
         raise ValueError(f"running_mean and running_var are required when {why}")
-    _check_per_channel(running_mean, "running_mean", c, channel_axis)
-    _check_per_channel(running_var, "running_var", c, channel_axis)
+    _check_per_channel(running_mean, "running_mean", c, channel_axis, input)
+    _check_per_channel(running_var, "running_var", c, channel_axis, input)
 
 
-def _check_mask(mask, input, channel_axis) -> None:
+def _check_mask(mask, input, channel_axis, name: str = "mask") -> None:
     if mask is None:
         return
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+    if type(mask) is torch.Tensor and mask.dtype is torch.bool and mask.device == input.device \
+            and mask.dim() == input.dim() - 1:
+        pass  # the shape is checked below
+    elif not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask must be a bool tensor (True at real positions), got {got}")
+        raise TypeError(f"{name} must be a bool tensor (True at real positions), got {got}")
     c = channel_axis % input.dim()
     want = tuple(n for d, n in enumerate(input.shape) if d != c)
     if tuple(mask.shape) != want:
-        raise ValueError(f"mask must have the input's shape without its channel axis {want}, "
-                         f"got {tuple(mask.shape)} (input {_shape(input)}, channel_axis="
-                         f"{channel_axis})")
-    if mask.device != input.device:
-        raise ValueError(f"mask must be on the input's device {input.device}, got "
-                         f"{mask.device}")
+        raise ValueError(f"{name} must have the input's shape without its channel axis "
+                         f"{want}, got {tuple(mask.shape)} (input {_shape(input)}, "
+                         f"channel_axis={channel_axis})")
+    _check_device(mask, name, input)
 
 
 def lengths_to_mask(lengths, max_len: int | None = None) -> torch.Tensor:
@@ -251,7 +355,7 @@ def lengths_to_mask(lengths, max_len: int | None = None) -> torch.Tensor:
     longest = int(lengths.max()) if lengths.numel() else 0
     if max_len is None:
         max_len = longest
-    validate_positive_int(max_len, "max_len") if max_len else None
+    max_len = validate_nonnegative_int(max_len, "max_len")
     if longest > max_len:
         raise ValueError(f"max_len={max_len} is shorter than the longest length {longest}")
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
@@ -277,33 +381,51 @@ def _check_block(input, normalized_shape, channel_axis) -> None:
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, residual=None, activation=None,
-               backend=None, mask=None):
+               backend=None, mask=None, num_batches_tracked=None):
     """Batch norm: statistics per channel over the batch and all positions.
 
     In training the batch statistics are used and ``running_mean``/``running_var`` (if given)
     are updated in place: ``running = (1 - momentum) * running + momentum * batch`` with the
     unbiased batch variance. Out of training the running statistics are used.
+
+    ``num_batches_tracked`` (a 0-dim int64 tensor, with the running statistics): incremented
+    in place exactly when this call moves them (not for an empty batch, nor for a masked batch
+    with no real values); ``momentum=None`` then means the cumulative average, factor
+    ``1 / num_batches_tracked``, as torch.nn's modules with ``momentum=None``.
+
+    A masked batch with a single real value per channel is refused in training, as torch.nn
+    refuses one value per channel; under ``torch.compile`` the count of real values is not
+    known while tracing, so it is not checked there: that batch's statistics are left out of
+    the running ones (and it is not counted), as for an all-padding batch.
     """
     _check_common(input, eps, channel_axis, residual, activation, backend, 2, "batch_norm")
-    momentum = validate_momentum(momentum, allow_none=False)
+    momentum = validate_momentum(momentum)  # None: checked with num_batches_tracked
     c = input.shape[channel_axis]
-    _check_running(running_mean, running_var, c, channel_axis, not training, "training=False")
-    _check_per_channel(weight, "weight", c, channel_axis)
-    _check_per_channel(bias, "bias", c, channel_axis)
+    _check_running(running_mean, running_var, c, channel_axis, not training, "training=False",
+                   input)
+    _check_per_channel(weight, "weight", c, channel_axis, input)
+    _check_per_channel(bias, "bias", c, channel_axis, input)
     _check_mask(mask, input, channel_axis)
-    if training and (input.numel() == c if mask is None else int(mask.sum()) == 1):
+    _check_num_batches_tracked(num_batches_tracked, input, running_mean, momentum)
+    if training and mask is None and input.numel() == c:
         raise ValueError("Expected more than 1 value per channel when training, got input size "
-                         f"{list(input.shape)}"
-                         + ("" if mask is None else " with 1 real position"))
+                         f"{list(input.shape)}")
+    if training and mask is not None and not torch.compiler.is_compiling() \
+            and int(mask.sum()) == 1:
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{list(input.shape)} with 1 real position")
     return ops.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
                           momentum, float(eps), channel_axis=channel_axis, residual=residual,
-                          activation=activation, backend=backend, mask=mask)
+                          activation=activation, backend=backend, mask=mask,
+                          num_batches_tracked=num_batches_tracked)
 
 
 def validate_renorm_limits(r_max, d_max) -> tuple[float, float]:
-    if isinstance(r_max, bool) or not isinstance(r_max, numbers.Real) or not r_max >= 1:
+    _check_real(r_max, "r_max", "a number >= 1")
+    if not r_max >= 1:  # inf: no limit
         raise ValueError(f"r_max must be a number >= 1, got {r_max!r}")
-    if isinstance(d_max, bool) or not isinstance(d_max, numbers.Real) or not d_max >= 0:
+    _check_real(d_max, "d_max", "a number >= 0")
+    if not d_max >= 0:
         raise ValueError(f"d_max must be a number >= 0, got {d_max!r}")
     return float(r_max), float(d_max)
 
@@ -316,9 +438,9 @@ def _check_batch_norm_like(fn, input, running_mean, running_var, weight, bias, t
     c = input.shape[channel_axis]
     _check_running(running_mean, running_var, c, channel_axis, require_running or not training,
                    "training=False" if not training else f"{fn} trains (it corrects the batch "
-                   "statistics towards them)")
-    _check_per_channel(weight, "weight", c, channel_axis)
-    _check_per_channel(bias, "bias", c, channel_axis)
+                   "statistics towards them)", input)
+    _check_per_channel(weight, "weight", c, channel_axis, input)
+    _check_per_channel(bias, "bias", c, channel_axis, input)
     if local_batch and training and input.numel() == c:
         raise ValueError("Expected more than 1 value per channel when training, got input size "
                          f"{list(input.shape)}")
@@ -362,28 +484,32 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, tr
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1,
-                  residual=None, activation=None, backend=None, mask=None):
+                  residual=None, activation=None, backend=None, mask=None,
+                  num_batches_tracked=None):
     """Instance norm: statistics per sample and channel over all positions.
 
     With ``use_input_stats`` the sample's statistics are used and the running statistics (if
     given) are updated with their average over the batch; otherwise the running statistics are
-    used.
+    used. ``num_batches_tracked`` as in :func:`batch_norm` (a masked batch moves the running
+    statistics when some sample has 2 real positions).
     """
     _check_common(input, eps, channel_axis, residual, activation, backend, 3, "instance_norm")
-    momentum = validate_momentum(momentum, allow_none=False)
+    momentum = validate_momentum(momentum)  # None: checked with num_batches_tracked
     c = input.shape[channel_axis]
     _check_running(running_mean, running_var, c, channel_axis, not use_input_stats,
-                   "use_input_stats=False")
-    _check_per_channel(weight, "weight", c, channel_axis)
-    _check_per_channel(bias, "bias", c, channel_axis)
+                   "use_input_stats=False", input)
+    _check_per_channel(weight, "weight", c, channel_axis, input)
+    _check_per_channel(bias, "bias", c, channel_axis, input)
     _check_mask(mask, input, channel_axis)
+    _check_num_batches_tracked(num_batches_tracked, input, running_mean, momentum)
     if use_input_stats and input.numel() > 0 and input.numel() == input.shape[0] * c:
         raise ValueError("Expected more than 1 spatial element when training, got input size "
                          f"{list(input.shape)}")
     return ops.instance_norm(input, running_mean, running_var, weight, bias,
                              bool(use_input_stats), momentum, float(eps),
                              channel_axis=channel_axis, residual=residual,
-                             activation=activation, backend=backend, mask=mask)
+                             activation=activation, backend=backend, mask=mask,
+                             num_batches_tracked=num_batches_tracked)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1,
@@ -393,12 +519,9 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     _check_common(input, eps, channel_axis, residual, activation, backend, 2, "group_norm")
     c = input.shape[channel_axis]
     validate_num_groups(num_groups, c)
-    if input.numel() > 0 and input.numel() == input.shape[0] * num_groups:
-        raise ValueError("Expected more than 1 value per group (num_channels / num_groups x "
-                         f"positions), got input size {list(input.shape)} with num_groups="
-                         f"{num_groups}")
-    _check_per_channel(weight, "weight", c, channel_axis)
-    _check_per_channel(bias, "bias", c, channel_axis)
+    # one value per group is computed (its output is the bias), as torch.nn.GroupNorm does
+    _check_per_channel(weight, "weight", c, channel_axis, input)
+    _check_per_channel(bias, "bias", c, channel_axis, input)
     _check_mask(mask, input, channel_axis)
     return ops.group_norm(input, int(num_groups), weight, bias, float(eps),
                           channel_axis=channel_axis, residual=residual, activation=activation,
@@ -413,8 +536,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, cha
     _check_common(input, eps, channel_axis, residual, activation, backend, 1, "layer_norm")
     normalized_shape = normalize_shape(normalized_shape)
     _check_block(input, normalized_shape, channel_axis)
-    _check_per_element(weight, "weight", normalized_shape)
-    _check_per_element(bias, "bias", normalized_shape)
+    _check_per_element(weight, "weight", normalized_shape, input)
+    _check_per_element(bias, "bias", normalized_shape, input)
     _check_mask(mask, input, channel_axis)
     return ops.layer_norm(input, normalized_shape, weight, bias, float(eps),
                           channel_axis=channel_axis, residual=residual, activation=activation,
@@ -428,7 +551,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, channel_axis=-1,
     _check_common(input, eps, channel_axis, residual, activation, backend, 1, "rms_norm")
     normalized_shape = normalize_shape(normalized_shape)
     _check_block(input, normalized_shape, channel_axis)
-    _check_per_element(weight, "weight", normalized_shape)
+    _check_per_element(weight, "weight", normalized_shape, input, any_dtype=True)
     _check_mask(mask, input, channel_axis)
     eps = torch.finfo(input.dtype).eps if eps is None else float(eps)
     return ops.rms_norm(input, normalized_shape, weight, eps, channel_axis=channel_axis,
@@ -447,6 +570,7 @@ def adaptive_instance_norm(content, style, eps=1e-5, *, channel_axis=1, residual
     _check_common(content, eps, channel_axis, residual, activation, backend, 3,
                   "adaptive_instance_norm")
     _check_float_tensor(style, "style")
+    _check_same_dtype_device(style, "style", content, "content")
     if style.dim() != content.dim():
         raise ValueError(f"style must have the content's rank {content.dim()}D, got a "
                          f"{style.dim()}D style of shape {_shape(style)}")
@@ -462,8 +586,8 @@ def adaptive_instance_norm(content, style, eps=1e-5, *, channel_axis=1, residual
         if t.numel() > 0 and t.numel() == t.shape[0] * c:
             raise ValueError(f"Expected more than 1 spatial element in {name}, got size "
                              f"{list(t.shape)}")
-    _check_mask(content_mask, content, channel_axis)
-    _check_mask(style_mask, style, channel_axis)
+    _check_mask(content_mask, content, channel_axis, "content_mask")
+    _check_mask(style_mask, style, channel_axis, "style_mask")
     return ops.adaptive_instance_norm(content, style, float(eps), channel_axis=channel_axis,
                                       residual=residual, activation=activation, backend=backend,
                                       content_mask=content_mask, style_mask=style_mask)

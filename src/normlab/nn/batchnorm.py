@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from normlab import functional as F
+from normlab.nn._script import NotScriptable
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm",
            "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
-class _NormBase(nn.Module):
+class _NormBase(NotScriptable, nn.Module):
     """State shared by batch and instance norm: affine parameters and running statistics.
 
     ``bias=False`` (with ``affine=True``) keeps the scale and registers ``bias`` as None, as
@@ -74,8 +75,19 @@ class _NormBase(nn.Module):
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
 
+    def _counter(self):
+        """``num_batches_tracked`` when this call may move the running statistics (the op
+        counts the batch only if it does), else None."""
+        if self.training and self.track_running_stats:
+            return self.num_batches_tracked
+        return None
+
+    def _momentum(self, counter):
+        return self.momentum if counter is not None or self.momentum is not None else 0.0
+
     def _factor(self, input) -> float:
-        """The running-average factor of this training step; counts the batch."""
+        """The running-average factor of this training step; counts the batch (for subclasses
+        that update the running statistics themselves, without a mask)."""
         factor = 0.0 if self.momentum is None else self.momentum
         if (self.training and self.track_running_stats and self.num_batches_tracked is not None
                 and input.numel() > 0):
@@ -132,14 +144,15 @@ class BatchNorm(_NormBase):
         """``mask``: bool, the input's shape without the channel axis, True at real positions
         (see ``normlab.functional``)."""
         check_batch_input(self, input)
-        factor = self._factor(input)
+        counter = self._counter()
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_buffers = not self.training or self.track_running_stats
         return F.batch_norm(
             input, self.running_mean if use_buffers else None,
             self.running_var if use_buffers else None, self.weight, self.bias, bn_training,
-            factor, self.eps, channel_axis=self.channel_axis, residual=residual,
-            activation=self.activation, backend=self.backend, mask=mask)
+            self._momentum(counter), self.eps, channel_axis=self.channel_axis,
+            residual=residual, activation=self.activation, backend=self.backend, mask=mask,
+            num_batches_tracked=counter)
 
 
 class BatchNorm1d(BatchNorm):
@@ -192,12 +205,12 @@ class InstanceNorm(_NormBase):
                 mask = None if mask is None else mask.unsqueeze(0)
                 return self.forward(input.unsqueeze(0), residual, mask).squeeze(0)
         F.check_num_features(input, self.num_features, self.channel_axis, name)
-        factor = self._factor(input)
+        counter = self._counter()
         return F.instance_norm(
             input, self.running_mean, self.running_var, self.weight, self.bias,
-            self.training or not self.track_running_stats, factor, self.eps,
+            self.training or not self.track_running_stats, self._momentum(counter), self.eps,
             channel_axis=self.channel_axis, residual=residual, activation=self.activation,
-            backend=self.backend, mask=mask)
+            backend=self.backend, mask=mask, num_batches_tracked=counter)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

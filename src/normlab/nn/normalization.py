@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from normlab import functional as F
+from normlab.nn._script import NotScriptable
 
 __all__ = ["AdaptiveInstanceNorm", "GroupNorm", "LayerNorm", "RMSNorm"]
 
@@ -21,7 +22,7 @@ def _extras(module, default_axis: int) -> str:
     return s
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(NotScriptable, nn.Module):
     """Layer norm over the ``normalized_shape`` block of each sample; per-element affine.
 
     ``channel_axis=-1`` (default, torch.nn's convention): the block is the trailing dims.
@@ -69,7 +70,7 @@ class LayerNorm(nn.Module):
         return s + _extras(self, -1)
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(NotScriptable, nn.Module):
     """RMS norm (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * weight`` over the
     ``normalized_shape`` block; ``eps=None`` uses ``torch.finfo(input.dtype).eps`` as
     torch.nn.RMSNorm. ``channel_axis`` as in :class:`LayerNorm`."""
@@ -103,7 +104,7 @@ class RMSNorm(nn.Module):
                 f"elementwise_affine={self.elementwise_affine}" + _extras(self, -1))
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(NotScriptable, nn.Module):
     """Group norm (Wu & He 2018): statistics per sample over ``num_channels / num_groups``
     consecutive channels and all positions; per-channel affine. ``num_groups`` must divide
     ``num_channels`` (checked here, at construction)."""
@@ -147,7 +148,7 @@ class GroupNorm(nn.Module):
                 f"bias={self.bias is not None}" + _extras(self, 1))
 
 
-class AdaptiveInstanceNorm(nn.Module):
+class AdaptiveInstanceNorm(NotScriptable, nn.Module):
     """AdaIN (Huang & Belongie 2017): ``forward(content, style)`` gives the content normalized
     per sample and channel, scaled and shifted by the style's per-channel std and mean. No
     parameters; ``num_features`` is checked against both inputs."""

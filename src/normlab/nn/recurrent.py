@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from normlab import functional as F
+from normlab.nn._script import NotScriptable
 from normlab.nn.normalization import LayerNorm
 
 __all__ = ["BatchNormLSTMCell", "LayerNormGRUCell", "LayerNormLSTMCell", "Recurrent"]
@@ -34,7 +35,7 @@ def _init_uniform(module: nn.Module, hidden_size: int) -> None:
             nn.init.uniform_(p, -k, k)
 
 
-class _CellBase(nn.Module):
+class _CellBase(NotScriptable, nn.Module):
     gates = 4
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
@@ -148,7 +149,7 @@ class LayerNormGRUCell(_LayerNormCell):
         return (1 - z) * n + z * h
 
 
-class _StepBatchNorm(nn.Module):
+class _StepBatchNorm(NotScriptable, nn.Module):
     """Batch norm over the batch with separate running statistics for each time step
     (shared affine, as in Cooijmans et al.)."""
 
@@ -164,7 +165,8 @@ class _StepBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(max_steps, num_features, **f))
 
     def forward(self, x, t: int, mask=None):
-        s = min(t, self.max_steps - 1)  # beyond the trained steps: the last step's statistics
+        # beyond the trained steps: the last step's statistics
+        s = min(F.validate_nonnegative_int(t, "t"), self.max_steps - 1)
         # a step where the mask leaves fewer than 2 real sequences of a batch has no batch
         # statistics: it uses the running ones. A batch of one sequence is refused in training
         # (batch norm's own error), as torch.nn.BatchNorm1d refuses it.
@@ -223,7 +225,7 @@ class BatchNormLSTMCell(_CellBase):
         return h2, c2
 
 
-class Recurrent(nn.Module):
+class Recurrent(NotScriptable, nn.Module):
     """Run a cell over a padded batch ``(N, T, input_size)`` (``batch_first``) with
     ``lengths`` (N,): returns ``(outputs (N, T, H), state)`` where a sequence's state is the
     one after its last real step and outputs at padded steps are zero. Works with the cells

@@ -8,9 +8,11 @@ num_batches_tracked), so a BatchNorm state dict loads into them and back.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from normlab import functional as F
+from normlab.nn._script import NotScriptable
 from normlab.nn.batchnorm import BatchNorm, check_batch_input
 
 __all__ = ["BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "FrozenBatchNorm",
@@ -37,8 +39,7 @@ class BatchRenorm(BatchNorm):
         super().__init__(num_features, eps, momentum, affine, True, device, dtype, bias=bias,
                          channel_axis=channel_axis, activation=activation)
         self.r_max, self.d_max = F.validate_renorm_limits(r_max, d_max)
-        self.warmup_steps = 0 if warmup_steps == 0 else F.validate_positive_int(
-            warmup_steps, "warmup_steps")
+        self.warmup_steps = F.validate_nonnegative_int(warmup_steps, "warmup_steps")
 
     def current_limits(self) -> tuple[float, float]:
         """(r_max, d_max) at this point of the warm-up."""
@@ -110,7 +111,7 @@ class GhostBatchNorm2d(GhostBatchNorm):
     _dims = (4,)
 
 
-class FrozenBatchNorm(nn.Module):
+class FrozenBatchNorm(NotScriptable, nn.Module):
     """Batch norm with everything frozen: weight, bias, running_mean and running_var are
     buffers (no parameters), and the running statistics are used in training too —
     ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``. For fine-tuning
@@ -179,8 +180,11 @@ class SyncBatchNorm(BatchNorm):
     def forward(self, input, residual=None):
         F.check_num_features(input, self.num_features, self.channel_axis, "SyncBatchNorm")
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            # every process counts the batch (an empty local batch is part of a global one)
+        distributed = dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size(self.process_group) > 1
+        if self.training and self.track_running_stats and (distributed or input.numel() > 0):
+            # every process counts the batch (an empty local batch is part of a global one);
+            # alone, an empty batch moves nothing and is not counted, as in BatchNorm
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)

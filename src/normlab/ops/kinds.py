@@ -94,20 +94,36 @@ def _masked(kind, x, mask, weight, bias, eps, channel_axis, residual, activation
                                 residual=residual, activation=activation)
 
 
-def _update_running_masked(running_mean, running_var, mean, var, count, n, c, factor):
+def _count_batch(num_batches_tracked, momentum, moves: bool):
+    """Count a batch that moves the running statistics (``moves``) in ``num_batches_tracked``
+    and return the running-average factor: ``momentum``, or ``1 / num_batches_tracked`` (the
+    cumulative average) when ``momentum`` is None."""
+    if num_batches_tracked is None or not moves:
+        return 0.0 if momentum is None else momentum
+    num_batches_tracked.add_(1)
+    return momentum if momentum is not None else 1.0 / float(num_batches_tracked)
+
+
+def _update_running_masked(running_mean, running_var, mean, var, count, n, c, factor,
+                           num_batches_tracked=None):
     """Running statistics from masked groups: groups with fewer than 2 real elements are left
-    out; if none is left the running statistics do not move."""
+    out; if none is left the running statistics do not move and the batch is not counted.
+    Whether a batch moves them depends on the mask's values, so this is tensor arithmetic
+    (no host sync, no branch on data: ``torch.compile(fullgraph=True)`` traces it), and with
+    ``factor=None`` the cumulative factor ``1 / num_batches_tracked`` is a tensor too."""
     if running_mean is None:
         return
     mean, var, count = mean.reshape(n, c), var.reshape(n, c), count.reshape(n, c)
     ok = count > 1
     with torch.no_grad():
-        if not bool(ok.any()):
-            return
+        has = ok.any(0)  # per channel: some group of this channel has 2 real values
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(has.any().to(num_batches_tracked.dtype))
+            if factor is None:
+                factor = 1.0 / num_batches_tracked.clamp_min(1).to(mean.dtype)
         unbiased = var * count / (count - 1).clamp_min(1)
         w = ok.to(mean.dtype)
         per_c = w.sum(0).clamp_min(1)
-        has = ok.any(0)
         new_mean = (mean * w).sum(0) / per_c
         new_var = (unbiased * w).sum(0) / per_c
         rm = (1 - factor) * running_mean + factor * new_mean.to(running_mean.dtype)
@@ -124,7 +140,10 @@ def _closed_form_backward_is_faster(x, channel_axis) -> bool:
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, *,
-               channel_axis=1, residual=None, activation=None, backend=None, mask=None):
+               channel_axis=1, residual=None, activation=None, backend=None, mask=None,
+               num_batches_tracked=None):
+    """``num_batches_tracked`` (with the running statistics, in training): incremented when
+    this batch moves them; ``momentum=None`` then means the cumulative average."""
     if mask is not None:
         c = x.shape[channel_axis]
         if not training:
@@ -137,9 +156,11 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
             return y
         plan, (y, mean, var, count) = _masked("batch", x, mask, weight, bias, eps,
                                               channel_axis, residual, activation, backend)
-        _update_running_masked(running_mean, running_var, mean, var, count, 1, c, momentum)
+        _update_running_masked(running_mean, running_var, mean, var, count, 1, c, momentum,
+                               num_batches_tracked)
         return y
     empty = x.numel() == 0
+    momentum = _count_batch(num_batches_tracked, momentum, training and not empty)
     if training and empty:  # an empty batch leaves the running statistics unchanged
         running_mean = running_var = None
     fused = _triton("batch", x, backend, eps=eps, weight=weight, bias=bias, residual=residual,
@@ -172,7 +193,9 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, *,
-                  channel_axis=1, residual=None, activation=None, backend=None, mask=None):
+                  channel_axis=1, residual=None, activation=None, backend=None, mask=None,
+                  num_batches_tracked=None):
+    """``num_batches_tracked`` as in :func:`batch_norm`."""
     if not use_input_stats:  # per-channel constants: the same computation as eval batch norm
         return batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps,
                           channel_axis=channel_axis, residual=residual, activation=activation,
@@ -181,10 +204,11 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
         plan, (y, mean, var, count) = _masked("instance", x, mask, weight, bias, eps,
                                               channel_axis, residual, activation, backend)
         _update_running_masked(running_mean, running_var, mean, var, count, x.shape[0],
-                               x.shape[channel_axis], momentum)
+                               x.shape[channel_axis], momentum, num_batches_tracked)
         return y
     if x.numel() == 0:
         running_mean = running_var = None
+    momentum = _count_batch(num_batches_tracked, momentum, running_mean is not None)
     plan = spec.plan("instance", tuple(x.shape), channel_axis=channel_axis)
     n, c = x.shape[0], x.shape[channel_axis]
     fused = _triton("instance", x, backend, eps=eps, weight=weight, bias=bias,

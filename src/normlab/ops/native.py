@@ -46,37 +46,48 @@ def _from_channels_last_image(y: torch.Tensor, shape) -> torch.Tensor:
 
 
 def _float(t):
-    return t.float() if t is not None and t.dtype == torch.float16 else t
+    return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _mixed(*ts) -> bool:
+    """Whether the given tensors (None skipped) have more than one dtype: normlab accepts a
+    half input's parameters in its dtype and float32 mixed, torch's kernels want one dtype (the
+    half ones are then cast to float32, which torch takes beside a half input)."""
+    d = None
+    for t in ts:
+        if t is not None:
+            if d is None:
+                d = t.dtype
+            elif t.dtype != d:
+                return True
+    return False
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps, channel_axis):
     """F.batch_norm with the channel at ``channel_axis``; updates the running stats in place."""
     rm, rv = running_mean, running_var
-    if _needs_upcast(x):
-        x_in, weight, bias, rm, rv = x.float(), _float(weight), _float(bias), _float(rm), _float(rv)
-    else:
-        x_in = x
+    x_in = x
+    if _needs_upcast(x) or _mixed(weight, bias, rm, rv):
+        x_in = x.float() if _needs_upcast(x) else x
+        weight, bias, rm, rv = _float(weight), _float(bias), _float(rm), _float(rv)
     if channel_axis == -1 and x.dim() > 2:
         # every position of every sample is one row of an (N*..., C) matrix
         y = F.batch_norm(x_in.reshape(-1, x.shape[-1]), rm, rv, weight, bias, training, factor,
                          eps).reshape(x.shape)
     else:
         y = F.batch_norm(x_in, rm, rv, weight, bias, training, factor, eps)
-    if x_in is x:
-        return y
-    with torch.no_grad():  # float16 buffers were updated through float32 copies
-        if rm is not running_mean:
+    if training and (rm is not running_mean or rv is not running_var):
+        with torch.no_grad():  # half buffers were updated through float32 copies
             running_mean.copy_(rm)
-        if rv is not running_var:
             running_var.copy_(rv)
-    return y.to(x.dtype)
+    return y if x_in is x else y.to(x.dtype)
 
 
 def group_norm(x, num_groups, weight, bias, eps, channel_axis):
-    if _needs_upcast(x):
-        xin, weight, bias = x.float(), _float(weight), _float(bias)
-    else:
-        xin = x
+    xin = x
+    if _needs_upcast(x) or _mixed(weight, bias):
+        xin = x.float() if _needs_upcast(x) else x
+        weight, bias = _float(weight), _float(bias)
     if channel_axis == -1 and x.dim() > 2:
         y = F.group_norm(_channels_last_image(xin), num_groups, weight, bias, eps)
         y = _from_channels_last_image(y, x.shape)
@@ -137,6 +148,8 @@ def _restore_layout(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def layer_norm(x, normalized_shape, weight, bias, eps, channel_axis):
+    if _mixed(weight, bias):
+        weight, bias = _float(weight), _float(bias)
     if channel_axis == -1:
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
     perm, inv = _block_last(x, len(normalized_shape))

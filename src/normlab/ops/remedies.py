@@ -119,7 +119,7 @@ class _SyncBatchNorm(torch.autograd.Function):
         rstd = torch.rsqrt(var_s + eps)
         ctx.save_for_backward(x, weight, mean_s, rstd)
         ctx.n, ctx.channel_axis, ctx.group = n.item(), channel_axis, group
-        ctx.has_bias, ctx.eps = bias is not None, eps
+        ctx.bias_dtype, ctx.eps = None if bias is None else bias.dtype, eps
         return y.reshape(x.shape).to(x.dtype)
 
     @staticmethod
@@ -150,7 +150,7 @@ class _SyncBatchNorm(torch.autograd.Function):
         dx.add_(c0.reshape(shape)).addcmul_(dyin, a.reshape(shape))
         dx = dx.reshape(x.shape).to(x.dtype)
         dweight = s2.to(weight.dtype) if weight is not None else None
-        dbias = s1.to(dy.dtype) if ctx.has_bias else None
+        dbias = s1.to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
         return dx, dweight, dbias, None, None, None, None, None, None, None
 
 
