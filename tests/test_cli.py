@@ -28,7 +28,7 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--reps", "0"])
     assert e.value.code == 2
-    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+    assert "expected an integer in [1, 10000], got '0'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["bench", "--ops", "Nope"])
     assert e.value.code == 2
