@@ -28,7 +28,7 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--reps", "0"])
     assert e.value.code == 2
-    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+    assert "expected an integer in [1, 10000], got '0'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["bench", "--ops", "Nope"])
     assert e.value.code == 2
@@ -41,3 +41,50 @@ def test_console_entry_points():
     r = subprocess.run([sys.executable, "-m", "normlab", "bench", "--help"], capture_output=True,
                        text=True, check=True)
     assert "--quick" in r.stdout
+
+
+# the argument errors of every subcommand: exit 2 and a line naming the argument (argparse
+# prints its usage line before it), never a traceback and nothing written
+BAD_ARGUMENTS = [
+    (["lab", "--out", ""], r"argument --out: expected a path, got an empty string"),
+    (["lab", "--seeds", "0"], r"argument --seeds: expected an integer in \[1, 100\]"),
+    (["report", ""], r"argument dir: expected a path, got an empty string"),
+    (["bench", "--out", " "], r"argument --out: expected a path"),
+    (["bench", "--threads", "100000"], r"argument --threads: expected an integer in \[1, \d+\] "
+                                       r"\(the number of cores\)"),
+    (["bench", "--reps", "1000000"], r"argument --reps: expected an integer in \[1, 10000\]"),
+    (["style", "--demo", "--out", ""], r"argument --out: expected a path"),
+    (["style", "--demo", "--out", "o.png", "--size", "8"],
+     r"argument --size: expected an integer in \[16, 1024\] \(the encoder's 16"),
+    (["style", "--demo", "--out", "o.png", "--size", "100000"],
+     r"argument --size: expected an integer in \[16, 1024\]"),
+    (["style", "--demo", "--out", "o.png", "--steps", "10000000"],
+     r"argument --steps: expected an integer in \[1, 10000\]"),
+    (["explain", "batch", "--out", "x.txt"], r"argument --out: expected a .png file, got 'x.txt'"),
+    (["explain", "batch", "--out", ""], r"argument --out: expected a path"),
+    (["explain", "batch", "--shape", "1000,1000,1000,1000"],
+     r"argument --shape: expected at most 1000000 elements"),
+    (["explain", "batch", "--shape", "4,64,8,8", "--out", "big.png"],
+     r"argument --out: a picture of at most 4096 elements"),
+    (["explain", "group", "--groups", "4"], r"--groups 4 does not divide the 6 channels"),
+]
+
+
+@pytest.mark.parametrize("args,pattern", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_of_every_subcommand(args, pattern, tmp_path, capsys, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(pattern, err.strip().splitlines()[-1]), err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_explain_writes_a_png_atomically(tmp_path, capsys):
+    out = tmp_path / "g.png"
+    assert main(["explain", "group", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]  # no temporary left

@@ -145,6 +145,6 @@ def test_lab_under_torchrun(tmp_path):
                        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
     assert r.returncode == 0, r.stderr[-3000:]
     rows, bad = read_rows(out / "results.jsonl")
-    assert bad == 0 and len(rows) == 2  # written once, by process 0
+    assert bad == [] and len(rows) == 2  # written once, by process 0
     assert all(row["config"]["processes"] == 2 and row["processes"] == 2 for row in rows)
     assert (out / "index.html").is_file() and r.stdout.count("report:") == 1

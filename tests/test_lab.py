@@ -230,7 +230,7 @@ def test_resume_after_kill(tmp_path):
     r = subprocess.run(_lab_cmd(out, "--seeds", "10", "--workers", "1"), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "skipped 1 unreadable line" in r.stderr
+    assert f"results.jsonl line {len(before) + 1}: not valid JSON" in r.stderr  # named
     assert f"{20 - len(before)} runs trained, {len(before)} already done" in r.stdout
     after = _rows(out)
     keys = [row["key"] for row in after]
@@ -276,7 +276,10 @@ def test_lab_quick_end_to_end(quick_report):
     for c in summary["claims"]:
         assert set(c) >= {"id", "title", "verdict", "effect", "ci", "n_seeds", "rule", "paper"}
         assert c["verdict"] in ("reproduced", "not reproduced", "inconclusive")
-        assert c["n_seeds"] == 2
+        # every seed paired, unless one where neither arm reached a steps_to target was left
+        # out (the note says so; with none left the claim is 'not measured', effect None)
+        assert c["n_seeds"] == 2 or "reached" in (c["note"] or ""), c
+        assert c["effect"] is not None or c["verdict"] == "inconclusive"
     claims = json.loads((out / "claims.json").read_text())["claims"]
     planned = sum(len(c["run_keys"]) for c in claims)
     assert len(_rows(out)) == planned

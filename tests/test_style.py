@@ -95,3 +95,16 @@ def test_vgg19_state_dict_loads(tmp_path):
     feats = enc(torch.rand(1, 3, 32, 32))
     assert [f.shape[1] for f in feats] == [64, 128, 256, 512]
     assert np.isfinite(feats[-1].numpy()).all()
+
+
+def test_the_smallest_size_and_a_thin_image_run(tmp_path):
+    """--size at the encoder's minimum (16) and a 1:20 image no longer fail in padding."""
+    from normlab.style.core import MIN_SIZE
+
+    save_image(torch.rand(1, 3, 10, 200), tmp_path / "thin.png")
+    out = tmp_path / "o.png"
+    assert main(["style", str(tmp_path / "thin.png"), str(tmp_path / "thin.png"), "--size",
+                 str(MIN_SIZE), "--steps", "1", "--out", str(out)]) == 0
+    assert min(load_image(out, MIN_SIZE).shape[2:]) >= MIN_SIZE
+    assert main(["style", str(tmp_path / "thin.png"), str(tmp_path / "thin.png"), "--steps",
+                 "1", "--out", str(out)]) == 0

@@ -1,8 +1,15 @@
-"""The ``normlab`` command: argparse subcommands. Bad arguments get one clear line and exit 2."""
+"""The ``normlab`` command: argparse subcommands.
+
+Exit status: 0 done; 2 one clear line on stderr instead of a traceback: a bad argument or
+setting, a folder in use by another lab, a file that cannot be written (a full disk: the rows
+already appended stay valid, every other file is whole or untouched); 130 interrupted
+(Ctrl-C: the lab keeps every run that finished).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -19,6 +26,32 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _bounded_int(lo: int, hi: int, why: str = ""):
+    """An argparse type: an integer in [lo, hi] (the bound and its reason in the message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}]{why}, got "
+                                             f"{text!r}")
+        return value
+    return parse
+
+
+def _path(text: str) -> str:
+    """An argparse type: a non-empty path (an empty one would silently mean '.')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+_CORES = os.cpu_count() or 1
+_MAX_SHAPE = 1_000_000  # elements of an explained --shape
+_MAX_PICTURE = 4096  # elements drawn with explain --out (one cell each)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -39,19 +72,20 @@ def _build_parser() -> argparse.ArgumentParser:
                     "jemalloc (LD_PRELOAD), e.g. ../shared/tools/jemalloc-run normlab bench.")
     bench.add_argument("--quick", action="store_true",
                        help="smaller shapes and fewer repetitions (about 10 s)")
-    bench.add_argument("--out", default="normlab-bench.jsonl",
+    bench.add_argument("--out", default="normlab-bench.jsonl", type=_path,
                        help="JSONL file the rows are appended to (default: %(default)s)")
-    bench.add_argument("--reps", type=_positive_int, default=None,
+    bench.add_argument("--reps", type=_bounded_int(1, 10_000), default=None,
                        help="alternating repetitions per row (default: 40, or 6 with --quick)")
     bench.add_argument("--dtype", choices=_DTYPES, default="float32",
                        help="input dtype (default: %(default)s)")
     bench.add_argument("--ops", nargs="+", choices=names, metavar="OP",
                        help=f"only these ops: {', '.join(names)}")
-    bench.add_argument("--threads", type=_positive_int, default=None,
-                       help="torch intra-op threads (default: torch's choice)")
+    bench.add_argument("--threads", type=_bounded_int(1, _CORES, " (the number of cores)"),
+                       default=None, help="torch intra-op threads, at most the number of "
+                                          "cores (default: torch's choice)")
 
     from normlab.lab.claims import BASE
-    from normlab.lab.study import CLAIM_IDS
+    from normlab.lab.study import CLAIM_IDS, MAX_SEEDS
 
     lab = sub.add_parser(
         "lab", help="train small networks with every normalization; write a report",
@@ -66,9 +100,11 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="Overrides of the shared fixed settings, checked against their defaults' types: "
                + ", ".join(f"--{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
                            for k, v in BASE.items())
-               + ". A claim that sets a key itself keeps its own value.")
-    lab.add_argument("--out", default="normlab-report",
-                     help="report folder (default: %(default)s)")
+               + ". A claim that sets a key itself keeps its own value. Every setting is "
+                 "checked (range or choices) before any run.")
+    lab.add_argument("--out", default="normlab-report", type=_path,
+                     help="report folder (default: %(default)s); one lab at a time per folder "
+                          "(a second is refused while the first runs)")
     preset = lab.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true",
                         help="smoke run: 2 seeds, 15%% of the steps (~35 s on 2 cores)")
@@ -78,15 +114,19 @@ def _build_parser() -> argparse.ArgumentParser:
                              "cores")
     lab.add_argument("--only", metavar="ID,...",
                      help=f"only these claims: {', '.join(CLAIM_IDS)}")
-    lab.add_argument("--seeds", type=_positive_int, help="seeds per arm (default: by preset)")
-    lab.add_argument("--workers", type=_positive_int,
-                     help="worker processes, one torch thread each (default: all cores)")
+    lab.add_argument("--seeds", type=_bounded_int(1, MAX_SEEDS),
+                     help=f"seeds per arm, at most {MAX_SEEDS} (default: by preset)")
+    lab.add_argument("--workers", type=_bounded_int(1, _CORES, " (the number of cores)"),
+                     help="worker processes, one torch thread each, at most the number of "
+                          "cores (default: all cores, up to 8)")
     lab.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = sub.add_parser("report", help="re-render a lab folder's page from its rows",
                             description="Recompute every verdict from DIR/results.jsonl and "
                                         "write DIR/summary.json and DIR/index.html.")
-    report.add_argument("dir", help="a folder written by `normlab lab`")
+    report.add_argument("dir", type=_path, help="a folder written by `normlab lab`")
+
+    from normlab.style.core import MAX_SIZE, MIN_SIZE
 
     style = sub.add_parser(
         "style", help="AdaIN style transfer of an image, offline",
@@ -98,14 +138,15 @@ def _build_parser() -> argparse.ArgumentParser:
                     "(content | style | result).")
     style.add_argument("content", nargs="?", help="content image file")
     style.add_argument("style", nargs="?", help="style image file")
-    style.add_argument("--out", required=True, help="output PNG file")
+    style.add_argument("--out", required=True, type=_path, help="output PNG file")
     style.add_argument("--demo", action="store_true",
                        help="use scikit-image's bundled astronaut (content) and "
                             "immunohistochemistry (style) images when none are given")
-    style.add_argument("--size", type=_positive_int, default=256,
-                       help="longer side in pixels (default: %(default)s)")
-    style.add_argument("--steps", type=_positive_int, default=150,
-                       help="optimization steps (default: %(default)s)")
+    style.add_argument("--size", default=256, type=_bounded_int(
+        MIN_SIZE, MAX_SIZE, f" (the encoder's {MIN_SIZE}; memory grows with its square)"),
+        help=f"longer side in pixels, {MIN_SIZE} to {MAX_SIZE} (default: %(default)s)")
+    style.add_argument("--steps", type=_bounded_int(1, 10_000), default=150,
+                       help="optimization steps, at most 10000 (default: %(default)s)")
     style.add_argument("--encoder", help="a torchvision VGG-19 state dict file (.pth)")
     style.add_argument("--seed", type=int, default=0,
                        help="seed of the random encoder (default: %(default)s)")
@@ -118,10 +159,13 @@ def _build_parser() -> argparse.ArgumentParser:
                     "elements that share one mean and variance for a normalization kind.")
     explain.add_argument("kind", choices=KINDS)
     explain.add_argument("--shape", default="2,6,3,3", type=_shape,
-                         help="N,C,H,W (or N,C,L) (default: %(default)s)")
+                         help=f"N,C,H,W (or N,C,L), at most {_MAX_SHAPE} elements "
+                              "(default: %(default)s)")
     explain.add_argument("--groups", type=_positive_int, default=2,
                          help="group norm's number of groups (default: %(default)s)")
-    explain.add_argument("--out", help="write the picture to this PNG file")
+    explain.add_argument("--out", type=_path,
+                         help=f"write the picture to this .png file (a shape of at most "
+                              f"{_MAX_PICTURE} elements)")
     return parser
 
 
@@ -133,42 +177,64 @@ def _shape(text: str) -> tuple[int, ...]:
     if len(dims) < 3 or any(d <= 0 for d in dims):
         raise argparse.ArgumentTypeError(f"expected at least N,C and one position dim, all "
                                          f"positive, got {text!r}")
+    if math.prod(dims) > _MAX_SHAPE:
+        raise argparse.ArgumentTypeError(f"expected at most {_MAX_SHAPE} elements, got {text!r} "
+                                         f"({math.prod(dims)})")
     return dims
 
 
 def _print_summary(summary: dict) -> None:
     print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}")
     for c in summary["claims"]:
-        eff = "-" if c["effect"] is None else f"{c['effect']:.3g}"
+        if c["effect"] is None:  # nothing was measured: say so, no number
+            print(f"{c['id']:<24}{c['verdict']:<16}  {c.get('note') or 'not measured'}")
+            continue
+        eff = f"{c['effect']:.3g}"
         ci = "-" if not c["ci"] else f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
-        print(f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}")
+        note = f"  ({c['note']})" if c.get("note") else ""
+        print(f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}{note}")
+
+
+def _warn(prog: str):
+    return lambda message: print(f"normlab {prog}: warning: {message}", file=sys.stderr)
+
+
+def _cannot_write(prog: str, exc: OSError) -> int:
+    where = f" {exc.filename}" if exc.filename else ""
+    print(f"normlab {prog}: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+    return 2
 
 
 def _run_lab(args, extra: list[str]) -> int:
     from normlab import distributed
-    from normlab.lab.study import LabError, parse_overrides, run_lab
-    from normlab.report import render_report
 
     distributed.init_from_torchrun()  # data-parallel under torchrun; nothing otherwise
     try:
-        return _run_lab_in(args, extra, LabError, parse_overrides, run_lab, render_report)
+        return _run_lab_in(args, extra)
     finally:
         distributed.finish()
 
 
-def _run_lab_in(args, extra, LabError, parse_overrides, run_lab, render_report) -> int:
+def _run_lab_in(args, extra) -> int:
     from normlab import distributed
+    from normlab.lab.runner import RunFailed
+    from normlab.lab.study import LabError, parse_overrides, run_lab
+    from normlab.report import render_report
 
     try:
         overrides = parse_overrides(extra)
-        only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
+        only = None if args.only is None else [t.strip() for t in args.only.split(",")
+                                               if t.strip()]
         preset = "quick" if args.quick else "full" if args.full else "default"
+        # the page is rendered inside the lab's lock; the lab has warned of skipped lines
         result = run_lab(args.out, preset=preset, only=only, seeds=args.seeds,
                          workers=args.workers, overrides=overrides,
-                         progress=not args.no_progress)
-    except LabError as exc:
+                         progress=not args.no_progress, render=render_report)
+    except (LabError, RunFailed) as exc:
         print(f"normlab lab: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk: the rows appended so far are valid
+        return _cannot_write("lab", exc)
     except KeyboardInterrupt:
         print(f"\nnormlab lab: interrupted; finished runs are saved in {args.out}/results.jsonl"
               " - rerun the same command to resume", file=sys.stderr)
@@ -176,14 +242,12 @@ def _run_lab_in(args, extra, LabError, parse_overrides, run_lab, render_report) 
     counts = result["counts"]
     if distributed.rank() != 0:
         return 0
-    if counts["skipped_lines"]:
-        print(f"normlab lab: warning: skipped {counts['skipped_lines']} unreadable line(s) in "
-              f"{args.out}/results.jsonl (a run cut short); those runs were redone",
-              file=sys.stderr)
-    summary = render_report(args.out)
+    for message in counts["skipped"]:
+        print(f"normlab lab: warning: {args.out}/results.jsonl {message}; skipped (its run is "
+              "redone)", file=sys.stderr)
     print(f"{counts['ran']} runs trained, {counts['already_done']} already done "
           f"({counts['planned']} planned)")
-    _print_summary(summary)
+    _print_summary(result["summary"])  # this process's own verdicts, never a file re-read
     print(f"report: {args.out}/index.html")
     return 0
 
@@ -229,8 +293,11 @@ def _run_style(args, parser) -> int:
     bar = Progress(args.steps, args.steps, unit="steps")
     result = stylize(content, style_img, encoder, steps=args.steps,
                      progress=lambda step, loss: bar.update(1))
-    save_image(result, out if out.suffix else out.with_suffix(".png"))
-    save_image(strip(content, style_img, result), strip_path)
+    try:
+        save_image(result, out if out.suffix else out.with_suffix(".png"))
+        save_image(strip(content, style_img, result), strip_path)
+    except OSError as exc:
+        return _cannot_write("style", exc)
     print(f"stylized image: {out}\nstrip (content | style | result): {strip_path}")
     return 0
 
@@ -252,10 +319,12 @@ def main(argv=None) -> int:
         from normlab.report import ReportError, render_report
 
         try:
-            summary = render_report(args.dir)
+            summary = render_report(args.dir, warn=_warn("report"))
         except ReportError as exc:
             print(f"normlab report: error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # a full disk: the old page and summary stay whole
+            return _cannot_write("report", exc)
         _print_summary(summary)
         print(f"report: {args.dir}/index.html")
         return 0
@@ -267,14 +336,24 @@ def main(argv=None) -> int:
         if args.shape[1] % args.groups and args.kind == "group":
             parser.error(f"--groups {args.groups} does not divide the {args.shape[1]} channels "
                          "of --shape")
+        if args.out and not args.out.lower().endswith(".png"):
+            parser.error(f"argument --out: expected a .png file, got {args.out!r}")
+        if args.out and math.prod(args.shape) > _MAX_PICTURE:
+            parser.error(f"argument --out: a picture of at most {_MAX_PICTURE} elements, got "
+                         f"--shape {','.join(map(str, args.shape))} "
+                         f"({math.prod(args.shape)}); drop --out for the words alone")
         print(describe(args.kind, args.shape, args.groups))
         if args.out:
+            import io
+
+            from normlab.results import write_atomic
+
+            buf = io.BytesIO()
+            draw(args.kind, args.shape, args.groups).savefig(buf, format="png", dpi=120)
             try:
-                draw(args.kind, args.shape, args.groups).savefig(args.out, dpi=120)
+                write_atomic(args.out, buf.getvalue())
             except OSError as exc:
-                print(f"normlab explain: error: cannot write {args.out} "
-                      f"({exc.strerror or exc})", file=sys.stderr)
-                return 2
+                return _cannot_write("explain", exc)
             print(f"picture: {args.out}")
         return 0
     if args.command == "bench":
@@ -284,8 +363,11 @@ def main(argv=None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        run_bench(out=args.out, quick=args.quick, reps=args.reps,
-                  dtype=getattr(torch, args.dtype), ops=args.ops)
+        try:
+            run_bench(out=args.out, quick=args.quick, reps=args.reps,
+                      dtype=getattr(torch, args.dtype), ops=args.ops)
+        except OSError as exc:  # rows appended so far stay valid
+            return _cannot_write("bench", exc)
         print(f"rows appended to {args.out}")
         return 0
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover

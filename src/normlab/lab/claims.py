@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import copy
 
-__all__ = ["BASE", "CLAIMS", "PRESETS", "expand", "resolve_base"]
+from normlab.lab.checks import Bool, ListOf, Number, OneOf, Span, Tagged, check_settings
+from normlab.lab.data import DATASETS
+from normlab.lab.models import ACTIVATIONS
+
+__all__ = ["BASE", "CHECKS", "CLAIMS", "PRESETS", "RULES", "check_run", "check_settings",
+           "expand", "resolve_base"]
 
 # Fixed hyperparameters shared by every run unless a claim overrides them.
 BASE = {
@@ -44,6 +49,59 @@ BASE = {
     "mask_norm": True,  # seqcnn: pass the padding mask to the norms
     "eval_unpadded": False,  # also test every sequence alone at its own length
 }
+
+# What every BASE key must be (checked on the resolved settings and on every run's config,
+# before any run: a value outside these would crash a worker or give a meaningless verdict).
+_SIZE = Number(1, 4096, integer=True)
+CHECKS = {
+    "data": OneOf((*DATASETS, "mnist1d_seq")),
+    "model": OneOf(("mlp", "cnn", "rnn", "seqcnn", "stylizer")),
+    "hidden": ListOf(_SIZE, min_len=1),  # no hidden layer: no norm, identical arms
+    "channels": ListOf(Number(1, 1024, integer=True), min_len=1),
+    "kernel_size": Number(1, 15, integer=True),
+    "stride": Number(1, 4, integer=True),
+    "norm": Tagged(("none", "batch", "layer", "group", "instance"), ("ghost", "renorm")),
+    "activation": OneOf(tuple(ACTIVATIONS)),
+    "placement": OneOf(("before", "after")),
+    "dropout": Number(0, 1, hi_open=True),
+    "optimizer": OneOf(("sgd", "adam")),
+    "lr": Number(0, 100, lo_open=True),
+    "momentum": Number(0, 1, hi_open=True),
+    "batch_size": _SIZE,
+    "steps": Number(1, 1_000_000, integer=True),
+    "eval_every": Number(1, 1_000_000, integer=True),
+    "probe": Bool(),
+    "test_shifts": ListOf(OneOf(("contrast", "brightness", "colour", "inverted"))),
+    "rnn_hidden": _SIZE,
+    "seq_lengths": ListOf(Span(), min_len=1),
+    "long_lengths": ListOf(Span()),
+    "mask_norm": Bool(),
+    "eval_unpadded": Bool(),
+}
+
+_SEQ_MODELS = ("rnn", "seqcnn")
+# The few constraints between keys: (keys named in the message, predicate, expectation).
+RULES = [
+    (("model", "data"), lambda c: c["model"] == "stylizer"
+     or (c["model"] in _SEQ_MODELS) == (c["data"] == "mnist1d_seq"),
+     "models rnn and seqcnn need data mnist1d_seq, and mlp and cnn need one of "
+     + ", ".join(DATASETS)),
+    (("model", "data"), lambda c: c["model"] != "cnn" or c["data"] != "tabular",
+     "model cnn needs data with positions (mnist1d, digits, digits_rgb), not tabular"),
+    (("norm", "model"), lambda c: c["norm"] != "instance" or c["model"] != "mlp",
+     "norm instance needs positions: a cnn, seqcnn or stylizer model, not mlp"),
+    (("model", "norm"), lambda c: c["model"] != "stylizer" or c["norm"] in ("batch", "instance"),
+     "model stylizer takes norm batch or instance"),
+    (("test_shifts", "data"), lambda c: not c["test_shifts"]
+     or c["data"] in ("digits", "digits_rgb"), "test_shifts need image data (digits, "
+     "digits_rgb)"),
+]
+
+
+def check_run(cfg: dict, where: str = "", overridden=()) -> str | None:
+    """The first problem of a resolved config (``CHECKS``, then ``RULES``), or None."""
+    return check_settings(cfg, CHECKS, RULES, where, overridden)
+
 
 PRESETS = {
     "default": {"seeds": 3, "steps_scale": 1.0, "full": False},
@@ -360,6 +418,9 @@ def expand(claim: dict, *, seeds: int, steps_scale: float, full: bool,
     for arm in claim["build"](full):
         for seed in range(seeds):
             cfg = {**copy.deepcopy(base), **arm, "claim": claim["id"], "seed": seed}
-            cfg["steps"] = max(cfg["eval_every"], int(round(cfg["steps"] * steps_scale)))
+            # a preset scales training, but never below one evaluation interval (nor above
+            # what was configured: --steps=10 stays 10)
+            cfg["steps"] = max(min(cfg["eval_every"], cfg["steps"]),
+                               int(round(cfg["steps"] * steps_scale)))
             runs.append(cfg)
     return runs

@@ -27,9 +27,9 @@ import normlab.functional as F
 from normlab import nn as nl
 from normlab.registry import create_norm_layer
 
-__all__ = ["CNN", "MLP", "GhostBatchNorm", "SeqCNN", "SeqRNN", "make_norm"]
+__all__ = ["ACTIVATIONS", "CNN", "MLP", "GhostBatchNorm", "SeqCNN", "SeqRNN", "make_norm"]
 
-_ACTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
 class GhostBatchNorm(nl.BatchNorm):
@@ -136,9 +136,9 @@ class MLP(nn.Module):
         for h in hidden:
             lin = nn.Linear(width, h)
             self.hidden_linears.append(lin)
-            block = [lin, make_norm(norm, h, conv=False), _ACTS[activation]()]
+            block = [lin, make_norm(norm, h, conv=False), ACTIVATIONS[activation]()]
             if placement == "after":
-                block = [lin, _ACTS[activation](), make_norm(norm, h, conv=False)]
+                block = [lin, ACTIVATIONS[activation](), make_norm(norm, h, conv=False)]
             layers += block
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -172,9 +172,9 @@ class CNN(nn.Module):
             self.hidden_linears.append(conv)
             norm_layer = make_norm(norm, c, conv=True)
             if placement == "after":
-                layers += [conv, _ACTS[activation](), norm_layer]
+                layers += [conv, ACTIVATIONS[activation](), norm_layer]
             else:
-                layers += [conv, norm_layer, _ACTS[activation]()]
+                layers += [conv, norm_layer, ACTIVATIONS[activation]()]
             width = c
             size = [(n - kernel_size) // stride + 1 for n in size]
         self.features = nn.Sequential(*layers)
@@ -236,7 +236,7 @@ class SeqCNN(nn.Module):
             self.convs.append(nn.Conv1d(width, c, kernel_size, padding=kernel_size // 2))
             self.norms.append(make_norm(norm, c, conv=True))
             width = c
-        self.act = _ACTS[activation]()
+        self.act = ACTIVATIONS[activation]()
         self.mask_norm = mask_norm
         self.head = nn.Linear(width, num_classes)
 
@@ -255,7 +255,7 @@ class SeqCNN(nn.Module):
 def hidden_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The input of each hidden layer's activation (for the activation-drift claim): hooks on
     the module right before each activation."""
-    acts = [m for m in model.modules() if isinstance(m, tuple(_ACTS.values()))]
+    acts = [m for m in model.modules() if isinstance(m, tuple(ACTIVATIONS.values()))]
     seen: list[torch.Tensor] = []
     hooks = [a.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
              for a in acts]

@@ -8,19 +8,22 @@ rows). The report reads only these files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 from normlab import distributed
 from normlab.lab import claims as claims_mod
+from normlab.lab.checks import shown
 from normlab.lab.runner import run_all, run_key
-from normlab.results import read_rows
+from normlab.results import FolderBusy, folder_lock, write_atomic
 from normlab.results.stats import RULE, claim_verdict
 
 __all__ = ["CLAIM_IDS", "LabError", "parse_overrides", "plan_study", "run_lab", "summarize"]
 
 CLAIM_IDS = tuple(c["id"] for c in claims_mod.CLAIMS)
+MAX_SEEDS = 100
 
 
 class LabError(ValueError):
@@ -39,15 +42,20 @@ def _parse_value(key: str, text: str, default):
         if isinstance(default, float):
             return float(text)
         if isinstance(default, list):
-            items = [t for t in text.split(",") if t]
+            items = [t for t in text.split(",") if t.strip()]
             kind = type(default[0]) if default else str
+            if kind is list:  # spans: lo-hi,lo-hi
+                return [[int(v) for v in t.split("-", 1)] if "-" in t else [int(t)]
+                        for t in items]
             return [kind(t) for t in items]
         return str(text)
     except ValueError:
         want = type(default).__name__
         if isinstance(default, list):
             want = f"comma-separated list of {type(default[0]).__name__ if default else 'str'}"
-        raise LabError(f"--{key}={text}: expected {want} (the default is {default!r})") \
+            if default and isinstance(default[0], list):
+                want = "comma-separated spans lo-hi"
+        raise LabError(f"--{key}={text}: expected {want} (the default is {shown(default)})") \
             from None
 
 
@@ -72,10 +80,12 @@ def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
         raise LabError(f"preset must be one of {sorted(claims_mod.PRESETS)}, got {preset!r}")
     p = dict(claims_mod.PRESETS[preset])
     if seeds is not None:
-        if seeds < 1:
-            raise LabError(f"--seeds must be a positive integer, got {seeds}")
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise LabError(f"--seeds: expected an integer in [1, {MAX_SEEDS}], got {seeds}")
         p["seeds"] = seeds
     chosen = [c for c in claims_mod.CLAIMS if preset in c.get("presets", (preset,))]
+    if only is not None and not only:
+        raise LabError(f"--only: no claim named; give one or more of {', '.join(CLAIM_IDS)}")
     if only:
         unknown = [i for i in only if i not in CLAIM_IDS]
         if unknown:
@@ -83,8 +93,23 @@ def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
                            f"{', '.join(CLAIM_IDS)}")
         chosen = [c for c in claims_mod.CLAIMS if c["id"] in only]
     base = claims_mod.resolve_base(overrides)
+    given = set(overrides or ())
+    problem = claims_mod.check_settings(base, claims_mod.CHECKS, overridden=given)
+    if problem:
+        raise LabError(problem)
+    arms = {c["id"]: c["build"](p["full"]) for c in chosen}
+    unused = sorted(k for k in given if all(k in arm for a in arms.values() for arm in a))
+    if unused:
+        raise LabError(f"--{unused[0]}={shown(base[unused[0]])}: every chosen claim sets "
+                       f"{unused[0]} itself, so this override would change no run")
     plans = {c["id"]: claims_mod.expand(c, seeds=p["seeds"], steps_scale=p["steps_scale"],
                                         full=p["full"], base=base) for c in chosen}
+    for cid, runs in plans.items():  # the claims' own values, merged with the overrides
+        own = {k for arm in arms[cid] for k in arm}
+        for cfg in runs:
+            problem = claims_mod.check_run(cfg, f"claim {cid}, arm {cfg['arm']}: ", given - own)
+            if problem:
+                raise LabError(problem)
     if distributed.data_parallel():  # a data-parallel run is its own run (its own key)
         for runs in plans.values():
             for cfg in runs:
@@ -121,37 +146,58 @@ def _check_writable(out: Path) -> None:
 
 
 def run_lab(out, *, preset="default", only=None, seeds=None, workers=None, overrides=None,
-            progress=True, stream=None) -> dict:
+            progress=True, stream=None, render=None) -> dict:
     """Run the study into ``out`` and return ``{"summary", "counts", "settings"}``.
 
+    The folder is locked for the whole call (``results.folder_lock``): a second lab on the
+    same folder is refused at once (``LabError`` naming the holder's pid). ``render(out)``,
+    if given, runs last, inside the lock (the CLI renders the page there); the returned
+    summary is the one computed here from the rows, never re-read from a file.
+
     Inside an initialized process group (``normlab lab`` under ``torchrun``) every process
-    runs each run together, data-parallel; process 0 writes the files (the others' summary is
-    None)."""
+    runs each run together, data-parallel; process 0 writes the files and holds the lock
+    (the others' summary is None)."""
     out = Path(out)
     chosen, plans, settings = plan_study(preset, only, seeds, overrides)
+    cores = os.cpu_count() or 1
+    if workers is not None and not 1 <= workers <= max(cores, 1):
+        raise LabError(f"--workers: expected an integer in [1, {cores}] (the number of cores; "
+                       f"each worker is one torch thread), got {workers}")
     lead = distributed.rank() == 0
-    ok = None
+    problem, lock = None, contextlib.nullcontext()
     if lead:
         try:
             _check_writable(out)
+            lock = folder_lock(out)
+            lock.__enter__()
         except LabError as exc:
-            ok = str(exc)
-    ok = distributed.broadcast_object(ok)
-    if ok is not None:
-        raise LabError(ok)
-    workers = workers or max(1, min(os.cpu_count() or 1, 8))
+            problem = str(exc)
+        except FolderBusy as exc:
+            problem = f"--out {exc}"
+    problem = distributed.broadcast_object(problem)
+    if problem is not None:
+        raise LabError(problem)
+    try:
+        return _run_locked(out, chosen, plans, settings, workers or max(1, min(cores, 8)),
+                           progress, stream, render, lead)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_locked(out, chosen, plans, settings, workers, progress, stream, render, lead):
     settings["workers"] = workers
     settings["processes"] = distributed.world_size()
     specs = [_claim_spec(c, plans[c["id"]]) for c in chosen]
     if lead:
-        (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
-        (out / "claims.json").write_text(json.dumps({"claims": specs}, indent=2))
+        write_atomic(out / "config.json", json.dumps(settings, indent=2, sort_keys=True))
+        write_atomic(out / "claims.json", json.dumps({"claims": specs}, indent=2))
     plan = [cfg for c in chosen for cfg in plans[c["id"]]]
-    counts = run_all(plan, out / "results.jsonl", workers=workers, progress=progress,
-                     stream=stream)
+    counts, rows = run_all(plan, out / "results.jsonl", workers=workers, progress=progress,
+                           stream=stream)
     summary = None
     if lead:
-        rows, _ = read_rows(out / "results.jsonl")
         summary = summarize(specs, rows)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        if render is not None:
+            render(out)
     return {"summary": summary, "counts": counts, "settings": settings}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from normlab import spec
 from normlab.report.explain import describe, draw
-from normlab.results import read_rows
-from normlab.results.stats import RULE, claim_verdict, metric
+from normlab.results import read_rows, write_atomic
+from normlab.results.stats import RULE, claim_verdict, metric, metric_problem
 
 __all__ = ["ReportError", "load_folder", "render_report"]
 
@@ -27,23 +27,81 @@ class ReportError(ValueError):
     """The folder is not a lab folder (one clear line for the CLI)."""
 
 
-def load_folder(folder) -> tuple[list[dict], list[dict], dict, int]:
-    """(claim specs, current rows, settings, skipped lines) of a lab folder."""
+def _spec_problem(spec) -> str | None:
+    """Why one entry of claims.json cannot be rendered, or None."""
+    if not isinstance(spec, dict):
+        return f"expected an object, got {type(spec).__name__}"
+    for name in ("id", "title"):
+        if not isinstance(spec.get(name), str):
+            return f"needs a string {name!r}"
+    eff = spec.get("effect")
+    if not isinstance(eff, dict) or not all(isinstance(eff.get(k), str)
+                                            for k in ("metric", "arm", "baseline", "better")):
+        return "needs an 'effect' object with string metric, arm, baseline and better"
+    if metric_problem(eff["metric"]) or eff["better"] not in ("higher", "lower"):
+        return (metric_problem(eff["metric"]) or
+                f"effect 'better' must be higher or lower, got {eff['better']!r}")
+    fig = spec.get("figure")
+    if not isinstance(fig, dict) or fig.get("type") not in _FIGURES:
+        return f"needs a 'figure' object whose type is one of {', '.join(_FIGURES)}"
+    keys = spec.get("run_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return "'run_keys' is not a list of strings"
+    return None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"not valid JSON ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise ValueError(f"unreadable ({exc.strerror or exc})") from None
+
+
+def load_folder(folder, warn=None) -> tuple[list[dict], list[dict], dict, int]:
+    """(claim specs, current rows, settings, skipped lines) of a lab folder.
+
+    What cannot be used is skipped, with one ``warn(message)`` naming the file and the line
+    or entry: a results.jsonl line that is not a row (``results.read_rows``), a claims.json
+    entry of the wrong shape, a config.json that is not an object. Only a folder with no
+    usable claims.json at all is an error (``ReportError``)."""
+    warn = warn or (lambda message: None)
     folder = Path(folder)
     claims_path = folder / "claims.json"
     if not claims_path.is_file():
         raise ReportError(f"{folder}: no claims.json here; is it a `normlab lab` output folder?")
     try:
-        specs = json.loads(claims_path.read_text())["claims"]
-        settings = json.loads((folder / "config.json").read_text()) \
-            if (folder / "config.json").is_file() else {}
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ReportError(f"{claims_path}: unreadable ({exc})") from None
-    rows, bad = read_rows(folder / "results.jsonl")
+        data = _read_json(claims_path)
+    except ValueError as exc:
+        raise ReportError(f"{claims_path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("claims"), list):
+        raise ReportError(f"{claims_path}: expected an object with a 'claims' list")
+    specs = []
+    for i, spec_ in enumerate(data["claims"]):
+        problem = _spec_problem(spec_)
+        if problem:
+            warn(f"{claims_path} claim entry {i + 1}: {problem}; skipped")
+        else:
+            specs.append(spec_)
+    settings: dict = {}
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        try:
+            settings = _read_json(config_path)
+        except ValueError as exc:
+            warn(f"{config_path}: {exc}; ignored")
+            settings = {}
+        if not isinstance(settings, dict):
+            warn(f"{config_path}: expected an object, got {type(settings).__name__}; ignored")
+            settings = {}
+    rows, skipped = read_rows(folder / "results.jsonl")
+    for message in skipped:
+        warn(f"{folder / 'results.jsonl'} {message}; skipped")
     latest = {r["key"]: r for r in rows if r.get("kind") == "run"}
     keys = {k for s in specs for k in s.get("run_keys", [])}
     current = [r for k, r in latest.items() if k in keys]
-    return specs, current, settings, bad
+    return specs, current, settings, len(skipped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,9 +349,14 @@ code{font-size:.8rem}
 def _claim_section(claim, verdict, rows) -> str:
     v = verdict["verdict"]
     ci = verdict["ci"]
-    effect = (f"{_fmt(verdict['effect'])} {html.escape(claim['effect'].get('unit', ''))}, "
-              f"95% interval [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else
-              f"{_fmt(verdict['effect'])} (no interval: fewer than 2 paired seeds)")
+    if verdict["effect"] is None:
+        effect = html.escape(verdict.get("note") or "not measured: no paired seeds")
+    else:
+        effect = (f"{_fmt(verdict['effect'])} {html.escape(claim['effect'].get('unit', ''))}, "
+                  f"95% interval [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else
+                  f"{_fmt(verdict['effect'])} (no interval: fewer than 2 paired seeds)")
+        if verdict.get("note"):
+            effect += f" ({html.escape(verdict['note'])})"
     fig_html = ""
     if rows:
         try:
@@ -325,11 +388,12 @@ def _explain_section() -> str:
             + "".join(parts) + "</section>")
 
 
-def render_report(folder) -> dict:
-    """Recompute the verdicts from the rows, write summary.json and index.html; return the
-    summary."""
+def render_report(folder, warn=None) -> dict:
+    """Recompute the verdicts from the rows, write summary.json and index.html (each whole or
+    not at all: ``results.write_atomic``); return the summary. ``warn(message)`` hears of
+    every line or entry skipped (``load_folder``)."""
     folder = Path(folder)
-    specs, rows, settings, bad = load_folder(folder)
+    specs, rows, settings, bad = load_folder(folder, warn)
     verdicts, sections = [], []
     for claim in specs:
         crows = [r for r in rows if r.get("claim") == claim["id"]]
@@ -337,14 +401,15 @@ def render_report(folder) -> dict:
         verdicts.append(verdict)
         sections.append(_claim_section(claim, verdict, crows))
     summary = {"rule": RULE, "claims": verdicts}
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
     overview = "".join(
         f'<tr><td><a href="#{html.escape(v["id"])}">{html.escape(v["title"])}</a></td>'
         f'<td><span class="v {v["verdict"].replace(" ", "-")}">{v["verdict"]}</span></td>'
-        f'<td>{_fmt(v["effect"])}</td>'
-        f'<td>{_interval(v["ci"])}</td>'
+        + (f'<td colspan=2>{html.escape(v.get("note") or "not measured")}</td>'
+           if v["effect"] is None else
+           f'<td>{_fmt(v["effect"])}</td><td>{_interval(v["ci"])}</td>') +
         f'<td>{v["n_seeds"]}</td></tr>' for v in verdicts)
-    env = rows[0]["env"] if rows else {}
+    env = rows[0].get("env", {}) if rows else {}
     note = f"<p class=small>{bad} unreadable line(s) in results.jsonl were skipped.</p>" \
         if bad else ""
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -358,5 +423,5 @@ def render_report(folder) -> dict:
             f"<table><tr><th>claim</th><th>verdict</th><th>effect</th><th>95% interval</th>"
             f"<th>seeds</th></tr>{overview}</table>"
             + "".join(sections) + _explain_section() + "</body></html>")
-    (folder / "index.html").write_text(page, encoding="utf-8")
+    write_atomic(folder / "index.html", page)
     return summary

@@ -17,7 +17,9 @@ Metrics (computed from one row):
 
 * ``final:KEY``: ``row["final"][KEY]``, the last evaluation;
 * ``steps_to:KEY:T``: the first evaluated step with ``KEY >= T``; a run that never gets there
-  counts as its last step plus one evaluation interval (censored);
+  counts as its last step plus one evaluation interval (censored). A seed where neither arm
+  got there is no measurement and is left out; if no run got there at all the verdict is
+  inconclusive with no effect (``note`` says so), never a measured zero;
 * ``gap``: final ``train_acc - test_acc``;
 * ``drop:SHIFT``: final ``test_acc - test_acc_SHIFT``;
 * ``drift:L``: for hidden layer ``L`` of the activation probe, the largest distance of the
@@ -29,13 +31,15 @@ from __future__ import annotations
 import math
 import statistics
 
-__all__ = ["RULE", "claim_verdict", "metric", "paired_effect", "t_quantile"]
+__all__ = ["RULE", "claim_verdict", "metric", "metric_problem", "paired_effect", "reached",
+           "t_quantile"]
 
 RULE = ("For each seed, d = metric(claimed arm) - metric(baseline), signed so that d > 0 is "
         "the claimed direction. Effect = mean(d) with a 95% t interval over seeds. "
         "Reproduced if the interval lies above 0, not reproduced if it lies below 0, "
         "inconclusive otherwise or with fewer than 2 seeds. A run stopped by an error counts "
-        "with its last evaluation.")
+        "with its last evaluation. For steps to a target, a seed where neither arm reached "
+        "it is left out.")
 
 # two-sided 95% t quantiles for small df (scipy used when present, these otherwise)
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -89,6 +93,34 @@ def metric(row: dict, name: str) -> float | None:
     raise ValueError(f"unknown metric {name!r}")
 
 
+def metric_problem(name) -> str | None:
+    """Why ``name`` is not a metric this module computes, or None."""
+    if not isinstance(name, str):
+        return "a metric name must be a string"
+    kind, _, rest = name.partition(":")
+    try:
+        if kind == "steps_to":
+            key, _, threshold = rest.partition(":")
+            float(threshold)
+            return None if key else "steps_to needs steps_to:KEY:T"
+        if kind == "drift":
+            int(rest)
+            return None
+    except ValueError:
+        return f"bad metric {name!r}"
+    return None if kind in ("final", "gap", "drop") else f"unknown metric {name!r}"
+
+
+def reached(row: dict, name: str) -> bool | None:
+    """For a ``steps_to:KEY:T`` metric, whether the run got to the target (None otherwise)."""
+    kind, _, rest = name.partition(":")
+    if kind != "steps_to":
+        return None
+    key, _, threshold = rest.partition(":")
+    return any(e.get(key) is not None and e[key] >= float(threshold)
+               for e in row.get("evals") or [])
+
+
 def paired_effect(diffs: list[float]) -> dict:
     """Mean, 95% t interval and verdict of paired differences (positive = as claimed)."""
     n = len(diffs)
@@ -126,15 +158,24 @@ def claim_verdict(claim: dict, rows: list[dict]) -> dict:
     a = _arm_rows(rows, spec["arm"], at_x)
     b = _arm_rows(rows, spec["baseline"], at_x)
     sign = 1.0 if spec["better"] == "higher" else -1.0
-    diffs = []
+    diffs, neither = [], 0
     for seed in sorted(set(a) & set(b)):
+        if reached(a[seed], spec["metric"]) is False and \
+                reached(b[seed], spec["metric"]) is False:
+            neither += 1  # both censored: says nothing about which is faster
+            continue
         ma, mb = metric(a[seed], spec["metric"]), metric(b[seed], spec["metric"])
         if ma is not None and mb is not None and math.isfinite(ma) and math.isfinite(mb):
             diffs.append(sign * (ma - mb))
     out = paired_effect(diffs)
+    note = None
+    if neither and not diffs:
+        note = "not measured: the target was never reached in any run"
+    elif neither:
+        note = (f"{neither} seed(s) where neither arm reached the target are left out")
     return {"id": claim["id"], "title": claim["title"], "verdict": out["verdict"],
             "effect": out["effect"], "ci": out["ci"], "n_seeds": out["n_seeds"],
-            "rule": RULE, "paper": claim.get("paper"),
+            "rule": RULE, "paper": claim.get("paper"), "note": note,
             "comparison": f"{spec['metric']}: {spec['arm']} vs {spec['baseline']} "
                           f"({spec['better']} is better"
                           + (f", at x={at_x}" if at_x is not None else "") + ")"}

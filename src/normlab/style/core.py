@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from normlab import nn as nl
+from normlab.results import write_atomic
 
-__all__ = ["DEMO_PAIRS", "Encoder", "StyleError", "demo_image", "load_encoder", "load_image",
-           "save_image", "strip", "stylize"]
+__all__ = ["DEMO_PAIRS", "MAX_SIZE", "MIN_SIZE", "Encoder", "StyleError", "demo_image",
+           "load_encoder", "load_image", "save_image", "strip", "stylize"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +36,12 @@ _VGG19_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 
                 (12, 256, 256), (14, 256, 256), (16, 256, 256), (19, 256, 512)]
 _VGG19_POOL_AFTER = {2, 7, 16}
 _VGG19_TAPS = {0, 5, 10, 19}
+
+
+# the image's sides: the encoders pool 3 times and reflect-pad by 1, so the smallest feature
+# map needs 2 pixels (16 / 2**3); above MAX_SIZE memory and time grow past a laptop's
+MIN_SIZE = 16
+MAX_SIZE = 1024
 
 
 class StyleError(ValueError):
@@ -122,7 +129,8 @@ def _resize(img: np.ndarray, size: int) -> torch.Tensor:
     im = Image.fromarray(img)
     w, h = im.size
     scale = size / max(w, h)
-    im = im.resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.BICUBIC)
+    im = im.resize((max(MIN_SIZE, round(w * scale)), max(MIN_SIZE, round(h * scale))),
+                   Image.BICUBIC)
     arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -163,9 +171,14 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def save_image(img: torch.Tensor, path) -> None:
+    """Write ``img`` as a PNG file, whole or not at all (``results.write_atomic``)."""
+    import io
+
     from PIL import Image
 
-    Image.fromarray(_to_uint8(img)).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(_to_uint8(img)).save(buf, format="PNG")
+    write_atomic(path, buf.getvalue())
 
 
 def strip(*images: torch.Tensor, gap: int = 4) -> torch.Tensor:
