@@ -197,7 +197,7 @@ def test_paths_taken_by_the_cases():
     """The tiles and splits the cases above exercise (so a change of policy cannot silently
     leave a path untested)."""
     from normlab.kernels.triton import norm
-    from normlab.ops.triton_op import layout
+    from normlab.ops.triton_op import _FAMILY, layout
 
     seen = set()
     for tile_size in (4096, 16):
@@ -208,9 +208,9 @@ def test_paths_taken_by_the_cases():
                 if memory == "channels_last":
                     x = x.to(memory_format=torch.channels_last)
                 nd = len(opts.get("normalized_shape", ()))
-                family, (nb, d0, d1, d2), _, _ = layout(kind, x, axis,
-                                                      num_groups=opts.get("num_groups"),
-                                                      normalized_ndim=nd or None)
+                k = layout(kind, x, axis, num_groups=opts.get("num_groups"),
+                           normalized_ndim=nd or None)
+                family, (nb, d0, d1, d2) = _FAMILY[k.family], k.dims
                 _, _, single, splits, _ = norm._plan(family, d0, d1, d2, nb)
                 seen.add((family, "single" if single else "split" if splits > 1 else "loop"))
         finally:
