@@ -10,7 +10,8 @@ import torch
 import normlab.functional as F
 import normlab.nn as nl
 from normlab import ops
-from tests import oracle, test_functional as tf
+from tests import oracle
+from tests import test_functional as tf
 from tests.matrix import BACKENDS, on_backend
 
 

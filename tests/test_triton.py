@@ -18,6 +18,7 @@ import torch.nn.functional as TF
 import normlab.functional as F
 import normlab.nn as nl
 from normlab import ops
+from tests import oracle
 
 pytestmark = pytest.mark.skipif(not ops.triton_available(), reason="Triton is not installed")
 
@@ -121,12 +122,7 @@ def _run(kind, x, w, b, channel_axis, opts, backend, dy, residual=None, activati
     return (y, *torch.autograd.grad(y, leaves, dy))
 
 
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10),
-       torch.float32: dict(rtol=1e-5, atol=1e-5),
-       # the interpreter truncates when casting to bfloat16: one ulp (2^-8 relative) plus the
-       # float32 rounding of values near zero
-       torch.bfloat16: dict(rtol=2 ** -7, atol=2 ** -7),
-       torch.float16: dict(rtol=1e-3, atol=1e-3)}
+TOL = {d: oracle.tol(d) for d in oracle.TOL}  # the suite's one table (tests/oracle.py)
 
 
 def _make(shape, channel_axis, memory, dtype, g):
