@@ -89,7 +89,7 @@ class Kernel:
     mask: tuple[int, int, int, int] | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: plans are cached
 class Plan:
     """How to compute one kind on one input shape (and, given strides, one memory layout).
 

@@ -245,6 +245,8 @@ class Native(Backend):
         else:  # adain: weight/bias are the style's std and mean
             xhat = native.instance_norm(x, None, None, eps, ax)
             y = (xhat.to(w.dtype) * w + b).to(x.dtype)
+        if call.residual is None and call.activation is None:
+            return y, stats
         return native.epilogue(y, call.residual, call.activation), stats
 
 
@@ -283,9 +285,29 @@ BACKENDS: tuple[str, ...] = tuple(b.name for b in BACKEND_LIST)
 _BY_NAME = {b.name: i for i, b in enumerate(BACKEND_LIST)}
 
 
+_CHOICES: dict = {}  # (plan, is_cuda, has mask, backend) -> the backend select() chose
+
+
 def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
-    accepts it, or ``backend`` itself; see the module docstring for ``hands_on``."""
+    accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
+    rule reads only the plan, the device, whether there is a mask and whether the backend was
+    named (and ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
+    compiling = torch.compiler.is_compiling()
+    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start)
+    if not compiling:
+        b = _CHOICES.get(key)
+        if b is not None:
+            return b
+    b = _select(call, backend, start)
+    if not compiling:
+        if len(_CHOICES) > 4096:
+            _CHOICES.clear()
+        _CHOICES[key] = b
+    return b
+
+
+def _select(call, backend, start):
     if backend is None or start:
         for b in BACKEND_LIST[start:]:
             if b.accepts(call) is None:
@@ -297,7 +319,7 @@ def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     if why is None:
         return b
     if why in b.hands_on:
-        return select(call, None, i + 1)
+        return _select(call, None, i + 1)
     raise ValueError(f"backend={backend!r} cannot run this call ({call.describe()}): {why}")
 
 
@@ -327,8 +349,6 @@ def trace_backends():
 
 
 def _record(name: str) -> None:
-    if torch.compiler.is_compiling():
-        return
     _last[0] = name
     for t in _traces:
         t.append(name)
@@ -406,7 +426,8 @@ def normalize(plan: spec.Plan, x: torch.Tensor, weight=None, bias=None, *, eps: 
     if out is None:  # handed on after looking at the data (Masked)
         b = select(call, None, _BY_NAME[b.name] + 1)
         out = b.run(call)
-    _record(b.name)
+    if not torch.compiler.is_compiling():
+        _record(b.name)
     y, stats = out
     if moving and stats is not None:
         mean, var, count = stats

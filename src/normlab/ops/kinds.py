@@ -16,11 +16,25 @@ __all__ = ["adaptive_instance_norm", "batch_norm", "group_norm", "instance_norm"
            "rms_norm"]
 
 
-def _plan(kind, x, channel_axis, running=False, **kw):
-    # under torch.compile the plan is traced (constants), not looked up in plan's cache
-    plan = spec.plan.__wrapped__ if torch.compiler.is_compiling() else spec.plan
-    return plan(kind, tuple(x.shape), channel_axis=channel_axis, strides=x.stride(),
-                     running=running, dtype=str(x.dtype), **kw)
+_PLANS: dict = {}  # (kind, shape, strides, dtype, channel_axis, running, extra) -> Plan
+
+
+def _plan(kind, x, channel_axis, running=False, groups=None, ndim=None):
+    """The call's plan, from a dict keyed by what determines it (``spec.plan`` is pure, so the
+    cache cannot go stale)."""
+    if torch.compiler.is_compiling():  # traced as constants, not looked up
+        return spec.plan.__wrapped__(kind, tuple(x.shape), channel_axis=channel_axis,
+                                     num_groups=groups, normalized_ndim=ndim,
+                                     strides=x.stride(), running=running, dtype=str(x.dtype))
+    key = (kind, x.shape, x.stride(), x.dtype, channel_axis, running, groups, ndim)
+    p = _PLANS.get(key)
+    if p is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        p = _PLANS[key] = spec.plan(kind, tuple(x.shape), channel_axis=channel_axis,
+                                    num_groups=groups, normalized_ndim=ndim,
+                                    strides=x.stride(), running=running, dtype=str(x.dtype))
+    return p
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, *,
@@ -50,7 +64,7 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
 
 def group_norm(x, num_groups, weight, bias, eps, *, channel_axis=1, residual=None,
                activation=None, backend=None, mask=None):
-    plan = _plan("group", x, channel_axis, num_groups=num_groups)
+    plan = _plan("group", x, channel_axis, groups=num_groups)
     return normalize(plan, x, weight, bias, eps=eps, residual=residual, activation=activation,
                      mask=mask, channel_axis=channel_axis, extra=num_groups,
                      backend=backend)[0]
@@ -58,7 +72,7 @@ def group_norm(x, num_groups, weight, bias, eps, *, channel_axis=1, residual=Non
 
 def layer_norm(x, normalized_shape, weight, bias, eps, *, channel_axis=-1, residual=None,
                activation=None, backend=None, mask=None):
-    plan = _plan("layer", x, channel_axis, normalized_ndim=len(normalized_shape))
+    plan = _plan("layer", x, channel_axis, ndim=len(normalized_shape))
     return normalize(plan, x, weight, bias, eps=eps, residual=residual, activation=activation,
                      mask=mask, channel_axis=channel_axis, extra=normalized_shape,
                      backend=backend)[0]
@@ -66,7 +80,7 @@ def layer_norm(x, normalized_shape, weight, bias, eps, *, channel_axis=-1, resid
 
 def rms_norm(x, normalized_shape, weight, eps, *, channel_axis=-1, residual=None,
              activation=None, backend=None, mask=None):
-    plan = _plan("rms", x, channel_axis, normalized_ndim=len(normalized_shape))
+    plan = _plan("rms", x, channel_axis, ndim=len(normalized_shape))
     return normalize(plan, x, weight, None, eps=eps, residual=residual, activation=activation,
                      mask=mask, channel_axis=channel_axis, extra=normalized_shape,
                      backend=backend)[0]
