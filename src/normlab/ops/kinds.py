@@ -109,7 +109,7 @@ def adaptive_instance_norm(content, style, eps, *, channel_axis=1, residual=None
     channel over positions; sigma = sqrt(biased variance + eps), for content and style alike.
     Gradients flow to the style through its statistics (ordinary autograd ops)."""
     plan = _plan("adain", content, channel_axis)
-    style_plan = spec.plan("adain", tuple(style.shape), channel_axis=channel_axis)
+    style_plan = _plan("adain", style, channel_axis)
     sm = None if style_mask is None else style_mask.unsqueeze(channel_axis % style.dim())
     s_std, s_mean = _style_stats(style, style_plan, sm, eps)
     return normalize(plan, content, s_std, s_mean, eps=eps, residual=residual,
