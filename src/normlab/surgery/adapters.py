@@ -547,8 +547,10 @@ def probe(old: nn.Module, make_new: Callable[[nn.Module], nn.Module], shape, *,
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * 1.5 + 0.3
     scales = [1.0] + ([math.sqrt(eps)] if eps else [])
     for training in (False, True):
+        # one copy per mode: in train mode the second scale sees the running statistics the
+        # first one moved, in both layers alike
+        a, b = copy.deepcopy(ref).train(training), copy.deepcopy(new).train(training)
         for s in scales:
-            a, b = copy.deepcopy(ref).train(training), copy.deepcopy(new).train(training)
             try:
                 ya = _run(a, x * s, 0)
             except Exception as exc:  # the original rejects the probe: nothing to compare
@@ -619,7 +621,8 @@ def _oracle(info: NormInfo, ref: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return y * w
     mu = x.mean(-1, keepdim=True)
     y = (x - mu) * torch.rsqrt((x - mu).pow(2).mean(-1, keepdim=True) + info.eps) * w
-    return y if ref.bias is None else y + ref.bias.double()
+    b = _tensor(ref, "bias")
+    return y if b is None else y + b.double()
 
 
 def structural_match(m: nn.Module) -> NormInfo | None:
