@@ -32,6 +32,16 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: these models' small float64 ops run several times faster on a shared
+    machine without OpenMP's threads competing."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _timm(name, **kw):
     torch.manual_seed(0)
     return timm.create_model(name, pretrained=False, **kw).double()
@@ -68,8 +78,9 @@ def test_batch_norm_act_keeps_its_activation_and_state_dict_keys():
         a = getattr(copy.deepcopy(nn.Sequential(bn, relu)), mode)()
         b = getattr(copy.deepcopy(new), mode)()
         torch.testing.assert_close(b(x), a(x), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(getattr(back, mode)()(x), getattr(copy.deepcopy(
-            nn.Sequential(bn, relu)), mode)()(x), rtol=1e-12, atol=1e-12)
+        c = getattr(copy.deepcopy(back), mode)()
+        torch.testing.assert_close(c(x), getattr(copy.deepcopy(nn.Sequential(bn, relu)),
+                                                 mode)()(x), rtol=1e-12, atol=1e-12)
 
 
 def test_fold_keeps_the_activation_of_timm_norm_act_and_reports_densenet():
@@ -126,7 +137,8 @@ def test_llm_rms_norms_swap_to_layer_and_back_with_their_weights():
         twin = rms.get_submodule(path)
         ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + twin.eps) * (m.weight + offset)
         torch.testing.assert_close(twin(x), ref, rtol=1e-12, atol=1e-12)
-        assert not any("RMSNorm" in type(m).__name__ for m in rms.modules())
+        assert not any("RMSNorm" in type(m).__name__ and type(m).__module__.startswith(
+            "transformers") for m in rms.modules())
 
 
 def test_t5_layer_norm_is_rms_norm():
@@ -149,7 +161,8 @@ def test_a_subclass_is_not_its_base_class():
     _, report = to_normlab(model, return_report=True)
     assert report.left[0][0] == "1" and "not in the adapter table" in report.left[0][2]
     folded, rep = fold_batch_norm(model)
-    assert rep.folded == [] and type(folded[1]) is Shifted
+    assert rep.folded == [] and type(folded.get_submodule("1")) is Shifted
+    assert rep.not_folded[0][0] == "1" and "not in the adapter table" in rep.not_folded[0][1]
     assert not is_norm(Shifted(4))
 
 

@@ -580,13 +580,16 @@ def probe(old: nn.Module, make_new: Callable[[nn.Module], nn.Module], shape, *,
 
 
 _NORM_NAME = re.compile(r"norm", re.IGNORECASE)
+_TORCH_BASES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+                nn.LocalResponseNorm)
 
 
 def looks_like_norm(m: nn.Module) -> bool:
-    """A module surgery should account for: in the table, normlab's, or a class whose name says
-    norm and whose submodules (if any) hold no parameters (so not a Conv+Norm block)."""
-    if adapter_for(m) is not None or isinstance(m, (NormAct, *NORMLAB_CLASSES)):
-        return True
+    """A module surgery should account for: in the table, normlab's, a subclass of a torch.nn
+    norm, or a class whose name says norm and whose submodules (if any) hold no parameters (so
+    not a Conv+Norm block)."""
+    if adapter_for(m) is not None or isinstance(m, (NormAct, *NORMLAB_CLASSES, *_TORCH_BASES)):
+        return True  # a subclass of a norm is a norm surgery must account for
     if not _NORM_NAME.search(type(m).__name__):
         return False
     if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):

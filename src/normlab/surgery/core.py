@@ -237,6 +237,7 @@ def swap_norms(model: nn.Module, to: str, *, filter: Callable[[str, nn.Module], 
     new = copy.deepcopy(model)
     report = SurgeryReport()
     todo = [("", new)] if ad.looks_like_norm(new) else _candidates(new, filter)
+    model_factory = _factory(new)  # for norms without parameters (OLMo's layer norm)
     for path, m in todo:
         if isinstance(m, ad.NormAct):
             m = m.norm
@@ -258,7 +259,8 @@ def swap_norms(model: nn.Module, to: str, *, filter: Callable[[str, nn.Module], 
             layer = Passthrough(act) if not rest else ad.NormAct(nn.Identity(), info.drop,
                                                                  info.act)
         else:
-            kw = {**_factory(m), "channel_axis": info.channel_axis, **kwargs}
+            kw = {**(_factory(m) or model_factory), "channel_axis": info.channel_axis,
+                  **kwargs}
             if act is not None:
                 kw["activation"] = act
             try:

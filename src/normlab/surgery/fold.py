@@ -77,7 +77,9 @@ def _batch_info(bn: nn.Module):
     try:
         info = ad.read(bn)
     except ad.Refused as exc:
-        return None, (str(exc) if "batch" in type(bn).__name__.lower() else None)
+        batch_like = ("batch" in type(bn).__name__.lower()
+                      or isinstance(bn, nn.modules.batchnorm._BatchNorm))
+        return None, (str(exc) if batch_like else None)
     return (info, None) if info.kind in ("batch", "frozen") else (None, None)
 
 
