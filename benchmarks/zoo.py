@@ -1,4 +1,4 @@
-"""Surgery over the whole zoo: every timm family (up to two models each under 30M parameters,
+"""Surgery over the whole zoo: every timm family (its two smallest models under 100M parameters,
 more until 150), every torchvision classification model under 150M parameters and the Hugging
 Face model types of tests/zoo.py, built with random weights (nothing downloaded). For each
 model: to_normlab (outputs equal, float64, train and eval), fold_batch_norm and swap_norms to
@@ -35,6 +35,12 @@ def _work(entry):
     import torch
     torch.set_num_threads(1)
     return zoo.check(entry).as_dict()
+
+
+def _sizes(family):
+    import torch
+    torch.set_num_threads(1)
+    return zoo.timm_sizes(family)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -122,13 +128,21 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="at most N models per source")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "docs" / "zoo.md"))
+    p.add_argument("--timm-sizes", help="a JSON file of family -> [[parameters, name], ...] "
+                   "from an earlier run (skips counting on the meta device, ~10 min)")
     a = p.parse_args(argv)
     t0 = time.time()
     timm, tv, transformers = zoo.load_zoo()
     entries, over = [], []
     if a.only in (None, "timm"):
-        entries += [e.__class__(e.source, e.family, e.name, 64) for e in zoo.timm_entries()[0]
-                    ][: a.limit or None]
+        if a.timm_sizes:
+            sizes = json.loads(Path(a.timm_sizes).read_text())
+        else:  # parameter counts on the meta device, one family per worker
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
+                fams = timm.list_modules()
+                sizes = dict(zip(fams, pool.map(_sizes, fams), strict=True))
+        entries += zoo.timm_entries(sizes)[: a.limit or None]
     if a.only in (None, "torchvision"):
         tv_entries, over = zoo.torchvision_entries()
         entries += [e.__class__(e.source, e.family, e.name, 64 if "vit" not in e.name else 0)

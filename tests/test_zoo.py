@@ -20,7 +20,6 @@ from normlab.surgery import (
     swap_norms,
     to_normlab,
 )
-
 from tests import zoo
 
 try:

@@ -31,7 +31,7 @@ from normlab.surgery import fold_batch_norm, swap_norms, to_normlab
 
 EXACT_RTOL = 1e-10
 UPCAST_RTOL = 1e-5
-TIMM_PARAM_BUDGET = 30e6      # timm models with at most this many parameters
+TIMM_PARAM_BUDGET = 100e6     # timm models with at most this many parameters
 TV_PARAM_BUDGET = 150e6       # torchvision models (float64 copies of larger ones: > 5 GB)
 
 
@@ -87,31 +87,36 @@ class Entry:
     kwargs: tuple = ()  # extra constructor kwargs as (key, value) pairs
 
 
-def timm_entries(budget=TIMM_PARAM_BUDGET, per_family=2, min_total=150):
-    """Up to ``per_family`` models of every timm family (module) with at most ``budget``
-    parameters (counted on the meta device), the smallest first; more per family until
-    ``min_total``."""
+def timm_sizes(family: str) -> list[tuple[int, str]]:
+    """(parameter count, name) of every model of a timm family (module) that builds on the meta
+    device, smallest first."""
     timm, _, _ = load_zoo()
-    by_family = {}
-    for mod in timm.list_modules():
-        sized = []
-        for name in timm.list_models(module=mod):
-            try:
-                with torch.device("meta"):
-                    m = timm.create_model(name, pretrained=False)
-                n = sum(p.numel() for p in m.parameters())
-            except Exception:
-                continue
-            if n <= budget:
-                sized.append((n, name))
-        if sized:
-            by_family[mod] = [name for _, name in sorted(sized)]
+    sized = []
+    for name in timm.list_models(module=family):
+        try:
+            with torch.device("meta"):
+                m = timm.create_model(name, pretrained=False)
+            sized.append((sum(p.numel() for p in m.parameters()), name))
+        except Exception:
+            continue
+    return sorted(sized)
+
+
+def timm_entries(sizes: dict[str, list] | None = None, budget=TIMM_PARAM_BUDGET, per_family=2,
+                 min_total=150, size=64):
+    """Up to ``per_family`` models of every timm family with at most ``budget`` parameters, the
+    smallest first; more per family until ``min_total``. ``sizes``: family -> timm_sizes()."""
+    timm, _, _ = load_zoo()
+    if sizes is None:
+        sizes = {f: timm_sizes(f) for f in timm.list_modules()}
+    by_family = {f: [name for n, name in s if 0 <= n <= budget] for f, s in sizes.items()}
+    by_family = {f: names for f, names in by_family.items() if names}
     out = []
     for k in range(1, 50):
-        out = [Entry("timm", f, n) for f, names in by_family.items() for n in names[:k]]
+        out = [Entry("timm", f, n, size) for f, names in by_family.items() for n in names[:k]]
         if k >= per_family and len(out) >= min_total:
             break
-    return out, by_family
+    return out
 
 
 def _tv_family(name: str) -> str:
@@ -130,7 +135,10 @@ def torchvision_entries(budget=TV_PARAM_BUDGET):
     _, tv, _ = load_zoo()
     keep, over = [], []
     for name in tv.models.list_models(module=tv.models):
-        with torch.device("meta"):
+        try:
+            with torch.device("meta"):
+                m = tv.models.get_model(name, weights=None)
+        except Exception:  # regnet computes its widths with tensors: count on the CPU
             m = tv.models.get_model(name, weights=None)
         n = sum(p.numel() for p in m.parameters())
         (keep if n <= budget else over).append(name)
@@ -196,9 +204,7 @@ def build(entry: Entry):
     if entry.source == "timm":
         return _build_timm(timm, entry, kw)
     elif entry.source == "torchvision":
-        model = tv.models.get_model(entry.name, weights=None, **kw)
-        size = entry.size or (299 if entry.name == "inception_v3" else 224)
-        x = torch.randn(2, 3, size, size)
+        return _build_torchvision(tv, entry, kw)
     else:
         kind, cfg = HF_TYPES[entry.name]
         config = transformers.AutoConfig.for_model(entry.name, **cfg, **kw)
@@ -236,6 +242,24 @@ def _build_timm(timm, entry, kw):
             _realistic(model, x)
         except Exception:
             if size:
+                continue
+            raise
+        return model, x
+
+
+def _build_torchvision(tv, entry, kw):
+    """A torchvision model at ``entry.size`` (ViTs built for it) or, when it does not run at
+    that size, at its default one."""
+    default = 299 if entry.name == "inception_v3" else 224
+    for size in ([entry.size] if entry.size else []) + [default]:
+        torch.manual_seed(0)
+        extra = {"image_size": size} if entry.name.startswith("vit_") else {}
+        model = tv.models.get_model(entry.name, weights=None, **extra, **kw).double().train()
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).double()
+        try:
+            _realistic(model, x)
+        except Exception:
+            if size != default:
                 continue
             raise
         return model, x
@@ -497,5 +521,54 @@ def check(entry: Entry, swaps=("group", "layer", "rms")) -> Result:
 # the fixed sample CI runs (tests/test_zoo.py): the smallest model of every timm family, at a
 # small input where it runs there, some torchvision models, every Hugging Face type
 
-SAMPLE_TIMM_FAMILIES: tuple[str, ...] = ()
-SAMPLE: list[Entry] = []
+_TIMM_SAMPLE = [  # (family, its smallest model): 95 of timm 1.0.31's 98 families have one
+    # under TIMM_PARAM_BUDGET (not deepseek_vit, gemma4_vit, vgg)
+    ("beit", "beit_base_patch16_224"), ("byoanet", "halonet_h1"), ("byobnet", "test_byobnet"),
+    ("cait", "cait_xxs24_224"), ("coat", "coat_tiny"), ("convit", "convit_tiny"),
+    ("convmixer", "convmixer_768_32"), ("convnext", "test_convnext"), ("cpubone", "cpubone_nano"),
+    ("crossvit", "crossvit_tiny_240"), ("csatv2", "csatv2"), ("cspnet", "cs3darknet_focus_s"),
+    ("cspnext", "cspnext_tiny"), ("davit", "davit_tiny"), ("deit", "deit_tiny_patch16_224"),
+    ("densenet", "densenet121"), ("dla", "dla46x_c"), ("dpn", "dpn48b"),
+    ("edgenext", "edgenext_xx_small"), ("efficientformer", "efficientformer_l1"),
+    ("efficientformer_v2", "efficientformerv2_s0"), ("efficientnet", "test_efficientnet"),
+    ("efficientvim", "efficientvim_m1"), ("efficientvit_mit", "efficientvit_b0"),
+    ("efficientvit_msra", "efficientvit_m0"), ("eva", "vit_tiny_patch16_dinov3_qkvb"),
+    ("fasternet", "fasternet_t0"), ("fastvit", "fastvit_t8"), ("focalnet", "focalnet_tiny_srf"),
+    ("gcvit", "gcvit_xxtiny"), ("ghostnet", "ghostnet_050"), ("hardcorenas", "hardcorenas_b"),
+    ("hgnet", "hgnetv2_b0"), ("hiera", "hiera_tiny_224"), ("hieradet_sam2", "sam2_hiera_tiny"),
+    ("hrnet", "hrnet_w18_small"), ("iformer", "iformer_t"),
+    ("inception_next", "inception_next_atto"), ("inception_resnet_v2", "inception_resnet_v2"),
+    ("inception_v3", "inception_v3"), ("inception_v4", "inception_v4"),
+    ("lcnetv2", "lcnetv2_small"), ("levit", "levit_128s"), ("lowformer", "lowformer_b0"),
+    ("mambaout", "test_mambaout"), ("maxxvit", "test_coatnet"),
+    ("metaformer", "poolformerv2_s12"), ("mlp_mixer", "gmlp_ti16_224"),
+    ("mobilenetv3", "mobilenetv3_small_050"), ("mobilenetv5", "mobilenetv5_base"),
+    ("mobilevit", "mobilevit_xxs"), ("mvitv2", "mvitv2_tiny"),
+    ("naflexvit", "naflexvit_base_patch16_parfac_gap"), ("nasnet", "nasnetalarge"),
+    ("nest", "nest_tiny"), ("nextvit", "nextvit_small"), ("nfnet", "test_nfnet"),
+    ("pit", "pit_ti_224"), ("pnasnet", "pnasnet5large"), ("pvt_v2", "pvt_v2_b0"),
+    ("qwen3_vit", "qwen3_vit_88m"), ("rdnet", "rdnet_tiny"), ("regnet", "regnetx_002"),
+    ("repghost", "repghostnet_050"), ("repvit", "repvit_m1"), ("res2net", "res2next50"),
+    ("resnest", "resnest14d"), ("resnet", "test_resnet"), ("resnetv2", "resnetv2_18"),
+    ("rexnet", "rexnet_100"), ("selecsls", "selecsls42"), ("senet", "legacy_seresnet18"),
+    ("sequencer", "sequencer2d_s"), ("shvit", "shvit_s1"), ("sknet", "skresnet18"),
+    ("starnet", "starnet_s050"), ("swiftformer", "swiftformer_xs"),
+    ("swin_transformer", "swin_tiny_patch4_window7_224"),
+    ("swin_transformer_v2", "swinv2_tiny_window16_256"),
+    ("swin_transformer_v2_cr", "swinv2_cr_tiny_224"), ("tiny_vit", "tiny_vit_5m_224"),
+    ("tnt", "tnt_s_legacy_patch16_224"), ("tresnet", "tresnet_m"), ("twins", "twins_svt_small"),
+    ("visformer", "visformer_tiny"), ("vision_transformer", "test_vit"),
+    ("vision_transformer_hybrid", "vit_tiny_r_s16_p8_224"),
+    ("vision_transformer_relpos", "test_vit_relpos"),
+    ("vision_transformer_sam", "samvit_base_patch16_224"), ("vitamin", "vitamin_small_224"),
+    ("volo", "volo_d1_224"), ("vovnet", "ese_vovnet19b_slim_dw"), ("xception", "legacy_xception"),
+    ("xception_aligned", "xception41p"), ("xcit", "xcit_nano_12_p8_224"),
+]
+SAMPLE_TIMM_FAMILIES = tuple(f for f, _ in _TIMM_SAMPLE)
+_TV_SAMPLE = ["resnet18", "densenet121", "convnext_tiny", "efficientnet_b0",
+              "mobilenet_v3_small", "regnet_x_400mf", "shufflenet_v2_x0_5", "swin_t",
+              "vit_b_32", "googlenet", "mnasnet0_5", "squeezenet1_0"]
+SAMPLE: list[Entry] = (
+    [Entry("timm", f, n, 32) for f, n in _TIMM_SAMPLE]
+    + [Entry("torchvision", _tv_family(n), n, 32) for n in _TV_SAMPLE]
+    + [Entry("hf", t, t) for t in HF_TYPES])

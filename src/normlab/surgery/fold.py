@@ -215,6 +215,13 @@ def _fold_fx(model: nn.Module, report: FoldReport) -> nn.Module:
         _replace(gm, src.target, new_layer)
         _replace(gm, node.target, left)
         report.folded.append((src.target, node.target))
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for path, m in model.named_modules():
+        if path and path not in called and not any(path.startswith(c + ".") for c in called):
+            info, why = _batch_info(m)
+            if info is not None or why:
+                report.not_folded.append((path, why or "not called in the eval-mode forward "
+                                          "torch.fx traced (e.g. an auxiliary head)"))
     gm.graph.lint()
     gm.recompile()
     return gm
