@@ -1,12 +1,14 @@
-"""Surgery over the whole zoo: every timm family (its two smallest models under 100M parameters,
-more until 150), every torchvision classification model under 150M parameters and the Hugging
+"""Surgery over the whole zoo: every timm family (its smallest model if under 100M parameters,
+its next ones if under 10M; at least 150), every torchvision classification model under 30M
+parameters and the Hugging
 Face model types of tests/zoo.py, built with random weights (nothing downloaded). For each
 model: to_normlab (outputs equal, float64, train and eval), fold_batch_norm and swap_norms to
 group/layer/rms, as tests/zoo.py's ``check``. Writes docs/zoo.md (the table the docs show) and
 docs/zoo.json (one row per model), each atomically (temp file, then rename).
 
     pip install -e .[zoo]
-    python benchmarks/zoo.py                 # everything, ~1 h on 2 cores
+    python benchmarks/zoo.py                 # everything, ~30 min on 2 cores (plus ~20 min
+                                             # counting timm's parameters on the meta device)
     python benchmarks/zoo.py --only hf       # one source; --limit N for a quick look
 
 Run from the repository root (it imports tests/zoo.py).

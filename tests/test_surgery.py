@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -456,3 +458,11 @@ def test_to_normlab_example_inputs_checks_the_whole_model():
     model, make_x = _trained("resnet")
     new = to_normlab(model, example_inputs=make_x())
     assert not any(type(m) is nn.BatchNorm2d for m in new.modules())
+
+
+def test_importing_normlab_imports_no_model_zoo_library():
+    code = ("import sys, normlab, normlab.surgery; "
+            "print(sorted(m for m in ('timm', 'torchvision', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

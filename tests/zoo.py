@@ -31,8 +31,9 @@ from normlab.surgery import fold_batch_norm, swap_norms, to_normlab
 
 EXACT_RTOL = 1e-10
 UPCAST_RTOL = 1e-5
-TIMM_PARAM_BUDGET = 100e6     # timm models with at most this many parameters
-TV_PARAM_BUDGET = 150e6       # torchvision models (float64 copies of larger ones: > 5 GB)
+TIMM_PARAM_BUDGET = 100e6     # the smallest timm model of a family, if it has at most this many
+TIMM_MORE_BUDGET = 10e6       # its further models, if they have at most this many parameters
+TV_PARAM_BUDGET = 30e6        # torchvision models (larger ones take minutes each in float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,13 +105,18 @@ def timm_sizes(family: str) -> list[tuple[int, str]]:
 
 def timm_entries(sizes: dict[str, list] | None = None, budget=TIMM_PARAM_BUDGET, per_family=2,
                  min_total=150, size=64):
-    """Up to ``per_family`` models of every timm family with at most ``budget`` parameters, the
-    smallest first; more per family until ``min_total``. ``sizes``: family -> timm_sizes()."""
+    """The smallest model of every timm family if it has at most ``budget`` parameters, and its
+    next ones with at most TIMM_MORE_BUDGET: ``per_family`` each, more until ``min_total``.
+    ``sizes``: family -> timm_sizes()."""
     timm, _, _ = load_zoo()
     if sizes is None:
         sizes = {f: timm_sizes(f) for f in timm.list_modules()}
-    by_family = {f: [name for n, name in s if 0 <= n <= budget] for f, s in sizes.items()}
-    by_family = {f: names for f, names in by_family.items() if names}
+    by_family = {}
+    for f, s in sizes.items():
+        names = [name for i, (n, name) in enumerate(s)
+                 if 0 <= n <= (budget if i == 0 else TIMM_MORE_BUDGET)]
+        if names:
+            by_family[f] = names
     out = []
     for k in range(1, 50):
         out = [Entry("timm", f, n, size) for f, names in by_family.items() for n in names[:k]]
@@ -568,7 +574,11 @@ SAMPLE_TIMM_FAMILIES = tuple(f for f, _ in _TIMM_SAMPLE)
 _TV_SAMPLE = ["resnet18", "densenet121", "convnext_tiny", "efficientnet_b0",
               "mobilenet_v3_small", "regnet_x_400mf", "shufflenet_v2_x0_5", "swin_t",
               "vit_b_32", "googlenet", "mnasnet0_5", "squeezenet1_0"]
+# the ViT-style families whose smallest model has ~86M parameters run with 2 blocks here
+_SAMPLE_KWARGS = {"beit": (("depth", 2),), "vision_transformer_sam": (
+    ("depth", 2), ("global_attn_indexes", ())), "naflexvit": (("depth", 2),),
+    "qwen3_vit": (("depth", 2),)}
 SAMPLE: list[Entry] = (
-    [Entry("timm", f, n, 32) for f, n in _TIMM_SAMPLE]
+    [Entry("timm", f, n, 32, _SAMPLE_KWARGS.get(f, ())) for f, n in _TIMM_SAMPLE]
     + [Entry("torchvision", _tv_family(n), n, 32) for n in _TV_SAMPLE]
     + [Entry("hf", t, t) for t in HF_TYPES])
