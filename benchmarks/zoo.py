@@ -79,7 +79,9 @@ def table(rows, meta) -> str:
         "# Surgery over the zoo",
         "",
         f"Made by `{meta['command']}` on {meta['date']} ({meta['versions']}); "
-        f"{meta['seconds']:.0f} s. Random weights, nothing downloaded; float64 inputs.",
+        f"{meta['seconds']:.0f} s. Random weights, nothing downloaded; float64 inputs."
+        + (f" **Partial: {len(rows)} of the {meta['listed']} listed models** (the run was "
+           "stopped; cheapest first)." if len(rows) < meta["listed"] else ""),
         "",
         f"* models: {len(built)} ({', '.join(f'{s} {n}' for s, n in sorted(by_src.items()))})"
         f" in {len({(r['source'], r['family']) for r in built})} families"
@@ -151,8 +153,26 @@ def main(argv=None) -> int:
                     for e in tv_entries][: a.limit or None]
     if a.only in (None, "hf"):
         entries += zoo.hf_entries()[: a.limit or None]
+    # cheapest first, so that an interrupted run has the most models (the table is rewritten as
+    # rows arrive and says how many of the list it holds)
+    params = {n: p for fam in (sizes.values() if a.only in (None, "timm") else []) for p, n in fam}
+    entries.sort(key=lambda e: (e.source != "hf", params.get(e.name, 0)))
     print(f"{len(entries)} models", flush=True)
     rows = []
+    import torch
+    meta = {"versions": f"torch {torch.__version__}, timm {timm.__version__}, torchvision "
+                        f"{tv.__version__}, transformers {transformers.__version__}",
+            "command": "python benchmarks/zoo.py" + (" " + " ".join(argv or sys.argv[1:])
+                                                     if (argv or sys.argv[1:]) else ""),
+            "over_budget": over, "date": time.strftime("%Y-%m-%d"), "listed": len(entries)}
+    out = Path(a.out)
+
+    def write():
+        meta["seconds"] = time.time() - t0
+        rows.sort(key=lambda r: (r["source"], r["family"], r["model"]))
+        _atomic_write(out, table(rows, meta))
+        _atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows},
+                                                            indent=1, default=str))
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx, max_tasks_per_child=8) as pool:
         futs = {pool.submit(_work, e): e for e in entries}
@@ -168,18 +188,9 @@ def main(argv=None) -> int:
             print(f"[{i}/{len(entries)}] {e.source} {e.name}: {r['converted']}/"
                   f"{r['norm_layers']} converted, {r['folded']}/{r['batch_norms']} folded, "
                   f"{r['seconds']:.0f} s: {status[:200]}", flush=True)
-    import torch
-    rows.sort(key=lambda r: (r["source"], r["family"], r["model"]))
-    meta = {"command": "python benchmarks/zoo.py" + (" " + " ".join(argv or sys.argv[1:])
-                                                     if (argv or sys.argv[1:]) else ""),
-            "date": time.strftime("%Y-%m-%d"), "seconds": time.time() - t0,
-            "versions": f"torch {torch.__version__}, timm {timm.__version__}, torchvision "
-                        f"{tv.__version__}, transformers {transformers.__version__}",
-            "over_budget": over}
-    out = Path(a.out)
-    _atomic_write(out, table(rows, meta))
-    _atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows},
-                                                        indent=1, default=str))
+            if i % 10 == 0:
+                write()
+    write()
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 

@@ -218,3 +218,21 @@ def test_zoo_sample_converts_98_percent_and_covers_every_family():
     assert families >= set(zoo.SAMPLE_TIMM_FAMILIES)
     kinds = {zoo.HF_TYPES[e.name][0] for e in zoo.SAMPLE if e.source == "hf"}
     assert kinds == {"decoder", "encoder", "encoder-decoder"}
+
+
+def test_a_norm_act_wrapper_folds_and_swaps_with_its_activation():
+    from timm.layers import BatchNormAct2d
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), BatchNormAct2d(6, act_layer=nn.Hardswish))
+    model = model.double()
+    model(torch.randn(4, 3, 6, 6, dtype=torch.float64))
+    nlm = to_normlab(model)
+    assert isinstance(nlm[1], NormAct)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    folded, report = fold_batch_norm(nlm)
+    assert report.folded == [("0", "1")] and isinstance(folded.get_submodule("1"), nn.Hardswish)
+    assert zoo.rel_err(copy.deepcopy(model).eval()(x), folded(x)) < 1e-10
+    g = swap_norms(nlm, "group", num_groups=2)
+    assert isinstance(g[1], NormAct) and type(g[1].norm) is nl.GroupNorm
+    ref = nn.functional.hardswish(nn.functional.group_norm(model[0](x), 2, model[1].weight,
+                                                           model[1].bias, 1e-5))
+    torch.testing.assert_close(g(x), ref, rtol=1e-12, atol=1e-12)

@@ -406,6 +406,17 @@ class NormAct(nn.Module):
                 state_dict[prefix + "norm." + k] = state_dict.pop(prefix + k)
 
 
+def _norm_act(m: NormAct) -> NormInfo:
+    inner = adapter_for(m.norm)
+    if inner is None:
+        raise Refused(f"a NormAct around {type(m.norm).__qualname__}, which is not in the table")
+    info = inner.read(m.norm)
+    return replace(info, act=None if isinstance(m.act, nn.Identity) else m.act,
+                   drop=None if isinstance(m.drop, nn.Identity) else m.drop)
+
+
+register_adapter(NormAct, _norm_act, "a normlab norm, then drop, then act")
+
 # --------------------------------------------------------------------------------------------
 # building the normlab twin
 

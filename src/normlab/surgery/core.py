@@ -203,6 +203,8 @@ def _carry(info: ad.NormInfo, new: nn.Module, c: int) -> None:
     """Copy per-channel affine parameters (and running statistics between batch-like kinds)
     where they mean the same in both layers; a weight offset (Gemma's 1 + w) is applied."""
     norm = new.norm if isinstance(new, ad.NormAct) else new
+    if isinstance(norm, nn.Identity):
+        return
     with torch.no_grad():
         for name, src in (("weight", info.weight), ("bias", info.bias)):
             dst = getattr(norm, name, None)
@@ -239,8 +241,6 @@ def swap_norms(model: nn.Module, to: str, *, filter: Callable[[str, nn.Module], 
     todo = [("", new)] if ad.looks_like_norm(new) else _candidates(new, filter)
     model_factory = _factory(new)  # for norms without parameters (OLMo's layer norm)
     for path, m in todo:
-        if isinstance(m, ad.NormAct):
-            m = m.norm
         try:
             info = ad.read(m)
         except ad.Refused as exc:
