@@ -5,8 +5,9 @@ downloaded), and the checks every surgery function must pass on each of them.
 ``check(entry)`` builds one model in float64 and runs, each on a fresh copy:
 
 * ``to_normlab``: outputs equal in eval and in train mode (the same RNG seed for both runs)
-  within 1e-10 relative, or 1e-5 when a converted layer computes in float32 whatever its input
-  (Hugging Face's RMSNorms, timm's *Fp32 norms); every layer not converted has a reason;
+  within 1e-10 relative in eval, 1e-8 in train (TRAIN_RTOL), or 1e-5 when a converted layer
+  computes in float32 whatever its input (Hugging Face's RMSNorms, timm's *Fp32 norms); every
+  layer not converted has a reason;
 * ``fold_batch_norm`` (models with batch norms): eval output equal within 1e-10, every batch
   norm folded or left with a reason, and no batch norm left whose input is, at run time, the
   very tensor an exact Conv/Linear returned (forward hooks, independent of torch.fx);
@@ -30,6 +31,10 @@ from normlab.surgery import adapters as ad
 from normlab.surgery import fold_batch_norm, swap_norms, to_normlab
 
 EXACT_RTOL = 1e-10
+# a whole model in train mode: float64 rounding compounds through every batch norm over a few
+# values per channel (2 samples x 1 x 1 at the last stages), so the model-level bound is looser
+# than the layer-level 1e-10 each twin meets on its own probes
+TRAIN_RTOL = 1e-8
 UPCAST_RTOL = 1e-5
 TIMM_PARAM_BUDGET = 100e6     # the smallest timm model of a family, if it has at most this many
 TIMM_MORE_BUDGET = 10e6       # its further models, if they have at most this many parameters
@@ -371,7 +376,7 @@ def check_to_normlab(model, x, res: Result, ref_eval: torch.Tensor) -> None:
             res.to_normlab_err[mode] = "not deterministic"  # two runs of the original differ
             continue
         res.to_normlab_err[mode] = err
-        if not err <= tol:
+        if not err <= (max(tol, TRAIN_RTOL) if mode == "train" else tol):
             res.failures.append(f"to_normlab: {mode} output differs by {err:.2g} > {tol:g}")
 
 

@@ -216,6 +216,14 @@ def _fold_fx(model: nn.Module, report: FoldReport) -> nn.Module:
         _replace(gm, node.target, left)
         report.folded.append((src.target, node.target))
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for target in sorted(called):  # leaves holding batch norms (timm's untraceable blocks)
+        leaf = gm.get_submodule(target)
+        if ad.looks_like_norm(leaf) or not _has_batch_norm(leaf):
+            continue
+        sub = FoldReport()
+        _replace(gm, target, _fold_part(leaf, sub, target))
+        report.folded += [(f"{target}.{a}", f"{target}.{b}") for a, b in sub.folded]
+        report.not_folded += [(f"{target}.{p}", why) for p, why in sub.not_folded]
     for path, m in model.named_modules():
         if path and path not in called and not any(path.startswith(c + ".") for c in called):
             info, why = _batch_info(m)
@@ -227,7 +235,31 @@ def _fold_fx(model: nn.Module, report: FoldReport) -> nn.Module:
     return gm
 
 
-def _fold_sequential(model: nn.Module, report: FoldReport) -> nn.Module:
+def _has_batch_norm(m: nn.Module) -> bool:
+    return any(_batch_info(c) != (None, None) for c in m.modules())
+
+
+def _fold_part(m: nn.Module, report: FoldReport, where: str) -> nn.Module:
+    """Fold inside a module torch.fx left as a leaf: traced on its own if it traces, else
+    child by child (its own batch-norm children are reported)."""
+    try:
+        return _fold_fx(m, report)
+    except Exception:
+        pass
+    for name, child in list(m.named_children()):
+        info, why = _batch_info(child)
+        if info is not None or why:
+            report.not_folded.append((name, why or f"a child of {where}, which torch.fx "
+                                      "cannot trace"))
+        elif _has_batch_norm(child):
+            sub = FoldReport()
+            setattr(m, name, _fold_part(child, sub, f"{where}.{name}"))
+            report.folded += [(f"{name}.{a}", f"{name}.{b}") for a, b in sub.folded]
+            report.not_folded += [(f"{name}.{p}", w) for p, w in sub.not_folded]
+    return m
+
+
+def _fold_sequential(model: nn.Module, report: FoldReport, inside: str = "") -> nn.Module:
     new = copy.deepcopy(model)
     paired = set()
     for seq_path, seq in list(new.named_modules()):
@@ -265,7 +297,9 @@ def _fold_sequential(model: nn.Module, report: FoldReport) -> nn.Module:
         info, why = _batch_info(m)
         if info is not None or why:
             report.not_folded.append((path, why or "not inside a Sequential right after a Conv "
-                                      "or Linear layer (the model did not trace)"))
+                                      "or Linear layer (" + (f"{inside} does not trace"
+                                                             if inside else
+                                                             "the model did not trace") + ")"))
     return new
 
 
