@@ -53,6 +53,7 @@ def _atomic_write(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
         _atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows},
                                                             indent=1, default=str))
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx, max_tasks_per_child=8) as pool:
+    with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:  # (max_tasks_per_child hangs)
         futs = {pool.submit(_work, e): e for e in entries}
         for i, f in enumerate(cf.as_completed(futs), 1):
             e = futs[f]
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
             print(f"[{i}/{len(entries)}] {e.source} {e.name}: {r['converted']}/"
                   f"{r['norm_layers']} converted, {r['folded']}/{r['batch_norms']} folded, "
                   f"{r['seconds']:.0f} s: {status[:200]}", flush=True)
-            if i % 10 == 0:
+            if i % 5 == 0:
                 write()
     write()
     print(f"wrote {out} and {out.with_suffix('.json')}")
