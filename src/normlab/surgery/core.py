@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from normlab import nn as nl
+from normlab.reference import apply_activation
 from normlab.registry import create_norm_layer
 from normlab.surgery import adapters as ad
 
@@ -312,10 +313,7 @@ class Passthrough(nn.Module):
 
     def forward(self, input, residual=None):
         y = input if residual is None else input + residual
-        if self.activation is None:
-            return y
-        return {"relu": torch.relu, "gelu": nn.functional.gelu,
-                "silu": nn.functional.silu}[self.activation](y)
+        return apply_activation(y, self.activation)  # the one definition normlab's layers use
 
     def extra_repr(self) -> str:
         return "" if self.activation is None else f"activation={self.activation!r}"
