@@ -369,29 +369,24 @@ def test_explain_cli_writes_a_picture(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# the lab's vectorized ghost layers against the library's per-group definitions
+# the lab's arms are the library's layers
 
 
-def test_lab_ghost_layers_match_per_group_definitions():
-    from normlab.lab.models import GhostBatchNorm, GhostRenorm
-    from normlab.nn import GhostBatchNorm as LibraryGhost
+def test_lab_ghost_and_renorm_arms_are_the_library_layers():
+    import normlab.nn as nl
+    from normlab.lab.models import MLP, RENORM
 
+    ghost, renorm = (MLP(40, 10, hidden=(8,), norm=n).net[2] for n in ("ghost:4", "renorm:2"))
+    assert type(ghost) is nl.GhostBatchNorm and ghost.virtual_batch_size == 4
+    assert type(renorm) is nl.BatchRenorm and renorm.virtual_batch_size == 2
+    assert (renorm.r_max, renorm.d_max, renorm.momentum, renorm.warmup_steps) == (
+        RENORM["r_max"], RENORM["d_max"], RENORM["momentum"], RENORM["warmup_steps"])
     torch.manual_seed(0)
-    x = torch.randn(12, 5, dtype=torch.float64) * 2 + 1
-    lab, lib = GhostBatchNorm(5, 4).double(), LibraryGhost(5, virtual_batch_size=4).double()
-    torch.testing.assert_close(lab(x), lib(x))  # same statistics per group of 4
-    ren = GhostRenorm(5, 4, r_max=2.0, d_max=0.5, momentum=0.1).double()
-    with torch.no_grad():
-        ren.running_mean.fill_(0.3)
-        ren.running_var.fill_(2.0)
-    rm, rv = ren.running_mean.clone(), ren.running_var.clone()
-    y = ren(x)
-    for i, chunk in enumerate(x.split(4)):  # Ioffe 2017's formula on each group
-        mu, var = chunk.mean(0), chunk.var(0, correction=0)
-        sb, s = torch.sqrt(var + ren.eps), torch.sqrt(rv + ren.eps)
-        r = (sb / s).clamp(0.5, 2.0)
-        d = ((mu - rm) / s).clamp(-0.5, 0.5)
-        torch.testing.assert_close(y[4 * i:4 * i + 4], (chunk - mu) / sb * r + d)
+    x = torch.randn(12, 8, dtype=torch.float64) * 3 + 1
+    ghost = ghost.double()
+    ref = torch.nn.BatchNorm1d(8, dtype=torch.float64)  # batch norm on each chunk, in order
+    torch.testing.assert_close(ghost(x), torch.cat([ref(c) for c in x.split(4)]))
+    torch.testing.assert_close(ghost.running_mean, ref.running_mean)
 
 
 def test_style_contrast_measurement_on_a_tiny_configuration():
