@@ -253,6 +253,61 @@ def test_config_change_reruns_only_what_it_touches(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# the setup line states the settings of the runs shown
+
+
+def _settings(page: str, claim: str) -> str:
+    section = page.split(f'<section id="{claim}">', 1)[1].split("</section>", 1)[0]
+    return section.split("Settings of the runs shown: ", 1)[1].split("</p>", 1)[0]
+
+
+@pytest.mark.slow
+def test_setup_line_states_the_settings_that_ran(tmp_path):
+    """A preset's scaled steps and an override (--lr=0.2) are what the page states; a claim's
+    own values (higher-learning-rates sets lr per run, momentum 0) stay its own; the terminal's
+    summary and summary.json carry the same line."""
+    out, preset, steps = tmp_path / "lab", "--quick", 6  # 15% of --steps=40
+    assert main(["lab", "--out", str(out), preset, "--only", "placement,higher-learning-rates",
+                 "--seeds", "1", "--workers", "1", "--no-progress", "--data=tabular",
+                 "--hidden=8,4", "--steps=40", "--eval_every=5", "--lr=0.2"]) == 0
+    page = (out / "index.html").read_text()
+    placement = _settings(page, "placement")
+    assert placement.startswith("model mlp, data tabular, hidden 8-4, activation relu, "
+                                "placement before (before); after (after), optimizer sgd, "
+                                "lr 0.2, momentum 0.9, batch size 64, ")
+    n = len(data.load("tabular", 0).x_train)
+    assert placement.endswith(f"steps {steps}, epochs {round(steps * 64 / n, 2):g}, "
+                              "eval every 5, 1 seed.")
+    lr = _settings(page, "higher-learning-rates")
+    assert "lr = x (0.03, 0.3, 1, 3), momentum 0, " in lr and "lr 0.2" not in lr
+    assert "steps 45, " in lr  # the claim's own 300, scaled by the preset
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["settings"] + "." for c in summary["claims"]] == [
+        html_unescape(_settings(page, c["id"])) for c in summary["claims"]]
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+def test_setup_line_by_hand():
+    from normlab.results.setup import setup_line
+
+    def row(arm, x, seed, **cfg):
+        return {"config": {"arm": arm, "x": x, "seed": seed, **cfg}, "epochs": 1.5}
+
+    rows = [row("a", 0.1, 0, lr=0.1, data="d", hidden=[8, 8], spans=[[2, 4], [8, 9]]),
+            row("a", 1.0, 1, lr=1.0, data="d", hidden=[8, 8], spans=[[2, 4], [8, 9]]),
+            row("b", 0.1, 0, lr=0.1, data="e", hidden=[8, 8], spans=[[2, 4], [8, 9]])]
+    assert setup_line(rows, ["data", "lr", "hidden", "spans", "epochs", "missing"]) == (
+        "data d (a); e (b), lr = x (0.1, 1), hidden 8-8, spans 2-4 or 8-9, epochs 1.5, "
+        "2 seeds")
+    assert setup_line([], ["lr"]) == "" and setup_line(rows, None) == ""
+
+
+# --------------------------------------------------------------------------------------------
 # end to end
 
 

@@ -247,7 +247,7 @@ def _run_lab_in(args, extra) -> int:
               "redone)", file=sys.stderr)
     print(f"{counts['ran']} runs trained, {counts['already_done']} already done "
           f"({counts['planned']} planned)")
-    _print_summary(result["summary"])  # this process's own verdicts, never a file re-read
+    _print_summary(result["summary"])  # what the report wrote, computed from the rows
     print(f"report: {args.out}/index.html")
     return 0
 

@@ -194,4 +194,5 @@ def train_run(cfg: dict) -> dict:
     final = dict(evals[-1]) if evals else {}
     final.pop("probe", None)
     return {"status": status, "error": error, "evals": evals, "final": final,
-            "train_seconds": train_seconds, "processes": world if dp else 1}
+            "train_seconds": train_seconds, "processes": world if dp else 1,
+            "epochs": round(cfg["steps"] * bs / n, 2)}  # as configured: passes over the data
