@@ -31,8 +31,10 @@ from __future__ import annotations
 import math
 import statistics
 
+from normlab.results.setup import setup_line
+
 __all__ = ["RULE", "claim_verdict", "metric", "metric_problem", "paired_effect", "reached",
-           "t_quantile"]
+           "summarize", "t_quantile"]
 
 RULE = ("For each seed, d = metric(claimed arm) - metric(baseline), signed so that d > 0 is "
         "the claimed direction. Effect = mean(d) with a 95% t interval over seeds. "
@@ -179,3 +181,17 @@ def claim_verdict(claim: dict, rows: list[dict]) -> dict:
             "comparison": f"{spec['metric']}: {spec['arm']} vs {spec['baseline']} "
                           f"({spec['better']} is better"
                           + (f", at x={at_x}" if at_x is not None else "") + ")"}
+
+
+def summarize(specs: list[dict], rows: list[dict]) -> dict:
+    """The summary of a lab folder (what ``summary.json`` holds): for each claim spec, the
+    verdict over the latest row of each of its current run keys, and the settings line of those
+    rows (``results.setup``). The one computation of it; the report writes it."""
+    latest = {r["key"]: r for r in rows if r.get("kind") == "run"}
+    claims = []
+    for spec in specs:
+        current = [latest[k] for k in spec.get("run_keys", []) if k in latest]
+        verdict = claim_verdict(spec, current)
+        verdict["settings"] = setup_line(current, spec.get("setup_keys"))
+        claims.append(verdict)
+    return {"rule": RULE, "claims": claims}
