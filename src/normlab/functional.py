@@ -62,6 +62,7 @@ __all__ = [
     "batch_renorm",
     "check_input_dim",
     "check_num_features",
+    "ghost_batch_renorm",
     "group_norm",
     "instance_norm",
     "layer_norm",
@@ -467,6 +468,34 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
     return ops.batch_renorm(input, running_mean, running_var, weight, bias, bool(training),
                             momentum, float(eps), r_max, d_max, channel_axis=channel_axis,
                             residual=residual, activation=activation)
+
+
+def ghost_batch_renorm(input, running_mean, running_var, weight, bias, factors, limits,
+                       eps=1e-5, *, channel_axis=1, residual=None, activation=None):
+    """Training batch renorm over ``len(factors)`` consecutive chunks of equal size of
+    ``input`` (ghost batches) in one pass: the same as :func:`batch_renorm` on each chunk in
+    order, chunk g with ``momentum=factors[g]`` and ``(r_max, d_max) = limits[g]`` (what
+    ``BatchRenorm(virtual_batch_size=k)`` computes per chunk from its batch count)."""
+    if not isinstance(factors, (list, tuple)) or len(factors) == 0:
+        raise TypeError(f"factors must be a non-empty list of numbers, got {factors!r}")
+    if not isinstance(limits, (list, tuple)) or len(limits) != len(factors):
+        raise ValueError(f"limits must be a list of (r_max, d_max) pairs, one per factor "
+                         f"({len(factors)}), got {limits!r}")
+    _check_float_tensor(input, "input")
+    if input.dim() < 2 or input.shape[0] % len(factors) != 0:
+        raise ValueError(f"input's batch of {input.shape[0] if input.dim() else 0} must split "
+                         f"into {len(factors)} chunks of equal size")
+    chunk = input[: input.shape[0] // len(factors)]
+    factors = [_check_batch_norm_like("ghost_batch_renorm", chunk, running_mean, running_var,
+                                      weight, bias, True, f, eps, channel_axis, None,
+                                      activation, require_running=True) for f in factors]
+    if residual is not None:
+        _check_common(input, eps, channel_axis, residual, activation, None, 2,
+                      "ghost_batch_renorm")
+    limits = [validate_renorm_limits(*lim) for lim in limits]
+    return ops.ghost_batch_renorm(input, running_mean, running_var, weight, bias, factors,
+                                  limits, float(eps), channel_axis=channel_axis,
+                                  residual=residual, activation=activation)
 
 
 def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,

@@ -60,8 +60,28 @@ class BatchRenorm(BatchNorm):
 
     def forward(self, input, residual=None):
         check_batch_input(self, input)
-        if self.training and self.virtual_batch_size is not None:
-            return _per_chunk(self._renorm, input, residual, self.virtual_batch_size)
+        k = self.virtual_batch_size
+        if self.training and k is not None:
+            n, c = input.shape[0], input.shape[self.channel_axis]
+            whole = (n // k) * k
+            if (n <= k or input.numel() // n * k == c  # one value per channel: refused per chunk
+                    or (residual is not None and residual.shape != input.shape)):
+                return _per_chunk(self._renorm, input, residual, k)
+            # the chunks of k samples in one pass (the same numbers as one call per chunk),
+            # then the smaller last chunk, if any
+            factors, limits = [], []
+            for _ in range(whole // k):
+                limits.append(self.current_limits())
+                factors.append(self._factor(input))
+            y = F.ghost_batch_renorm(input[:whole], self.running_mean, self.running_var,
+                                     self.weight, self.bias, factors, limits, self.eps,
+                                     channel_axis=self.channel_axis,
+                                     residual=None if residual is None else residual[:whole],
+                                     activation=self.activation)
+            if whole == n:
+                return y
+            rest = self._renorm(input[whole:], None if residual is None else residual[whole:])
+            return torch.cat([y, rest])
         return self._renorm(input, residual)
 
     def _renorm(self, input, residual):

@@ -20,11 +20,12 @@ from normlab.ops.kinds import (
     rms_norm,
 )
 from normlab.ops.reference_op import reference_norm
-from normlab.ops.remedies import batch_renorm, sync_batch_norm
+from normlab.ops.remedies import batch_renorm, ghost_batch_renorm, sync_batch_norm
 from normlab.ops.triton_op import available as triton_available
 from normlab.ops.triton_op import usable_for as triton_usable
 
 __all__ = ["BACKENDS", "BACKEND_LIST", "Running", "adaptive_instance_norm", "batch_norm",
-           "batch_renorm", "group_norm", "instance_norm", "last_backend", "layer_norm",
+           "batch_renorm", "ghost_batch_renorm", "group_norm", "instance_norm", "last_backend",
+           "layer_norm",
            "normalize", "reference_norm", "rms_norm", "sync_batch_norm", "trace_backends",
            "triton_available", "triton_usable"]

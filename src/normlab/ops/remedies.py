@@ -13,7 +13,7 @@ from normlab.ops import native
 from normlab.ops.dispatch import update_running
 from normlab.reference import stat_dtype
 
-__all__ = ["batch_renorm", "sync_batch_norm"]
+__all__ = ["batch_renorm", "ghost_batch_renorm", "sync_batch_norm"]
 
 
 def _plan(x: torch.Tensor, channel_axis: int) -> spec.Plan:
@@ -54,6 +54,49 @@ def batch_renorm(x, running_mean, running_var, weight, bias, training, momentum,
     if bias is not None:
         shift = shift + bias.to(sdt)
     y = (xs * scale.reshape(plan.affine_shape) + shift.reshape(plan.affine_shape)).to(x.dtype)
+    return native.epilogue(y, residual, activation)
+
+
+def ghost_batch_renorm(x, running_mean, running_var, weight, bias, factors, limits, eps, *,
+                       channel_axis=1, residual=None, activation=None):
+    """Training batch renorm over ``G = len(factors)`` consecutive chunks of equal size of ``x``
+    (ghost batches), in one pass over the data: the same numbers as ``batch_renorm`` called on
+    each chunk in order with ``momentum=factors[g]`` and ``(r_max, d_max) = limits[g]``.
+
+    Chunk g's r and d are taken against the running statistics as chunks < g left them, so
+    only the (G, C) statistics tables are walked in order (a loop of G small updates); every
+    per-element pass (statistics, output, autograd's backward) sees the whole batch at once.
+    """
+    g_count = len(factors)
+    c_axis = channel_axis % x.dim()
+    sdt = stat_dtype(x.dtype)
+    xs = x.to(sdt).reshape(g_count, x.shape[0] // g_count, *x.shape[1:])  # G,k,...
+    dims = [1] + [d + 1 for d in range(1, x.dim()) if d != c_axis]  # k and the positions
+    var_b, mu_b = torch.var_mean(xs, dims, correction=0, keepdim=True)  # G,1,..C..
+    sigma_b = torch.sqrt(var_b + eps)
+    c = x.shape[c_axis]
+    group_size = x.numel() // (g_count * c)
+    rs, ds = [], []
+    with torch.no_grad():
+        mu_t, var_t, sig_t = (t.reshape(g_count, c) for t in (mu_b, var_b, sigma_b))
+        for g, (f, (r_max, d_max)) in enumerate(zip(factors, limits, strict=True)):
+            sigma = torch.sqrt(running_var.to(sdt) + eps)
+            rs.append((sig_t[g] / sigma).clamp(1.0 / r_max, r_max))
+            ds.append(((mu_t[g] - running_mean.to(sdt)) / sigma).clamp(-d_max, d_max))
+            update_running(running_mean, running_var, mu_t[g], var_t[g], None, 1, c,
+                           group_size, f)
+        r = torch.stack(rs).reshape(mu_b.shape)
+        d = torch.stack(ds).reshape(mu_b.shape)
+    scale = r / sigma_b
+    shift = d - mu_b * scale
+    affine = [1] * xs.dim()
+    affine[c_axis + 1] = c
+    if weight is not None:
+        scale = scale * weight.to(sdt).reshape(affine)
+        shift = shift * weight.to(sdt).reshape(affine)
+    if bias is not None:
+        shift = shift + bias.to(sdt).reshape(affine)
+    y = (xs * scale + shift).reshape(x.shape).to(x.dtype)
     return native.epilogue(y, residual, activation)
 
 
