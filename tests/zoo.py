@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from normlab.surgery import Passthrough, fold_batch_norm, swap_norms, to_normlab
 from normlab.surgery import adapters as ad
-from normlab.surgery import fold_batch_norm, swap_norms, to_normlab
 
 EXACT_RTOL = 1e-10
 # a whole model in train mode: float64 rounding compounds through every batch norm over a few
@@ -397,22 +397,32 @@ def _foldable_left(folded: nn.Module, x) -> list[str]:
     """Batch norms of the folded model whose input is the very tensor an exact Conv/Linear
     returned, seen at run time by forward hooks (no torch.fx)."""
     exact = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-    produced, bad, hooks = {}, [], []
+    passing = (nn.Identity, Passthrough)  # hand their input on as it is (the same tensor)
+    produced, seen, hooks = {}, [], []
+    consumers: dict[int, set[str]] = {}  # conv output -> the leaf modules that read it
+    bns = _batch_norm_paths(folded)
     for path, m in folded.named_modules():
         if type(m) in exact:
             # keep the tensor alive, so that its id is not reused during the forward
             hooks.append(m.register_forward_hook(
                 lambda mod, inp, out, p=path: produced.__setitem__(id(out), (p, out))))
-    for path, m in _batch_norm_paths(folded).items():
+        if not any(True for _ in m.children()) and not isinstance(m, passing):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, inp, p=path: consumers.setdefault(id(inp[0]), set()).add(p)
+                if inp and isinstance(inp[0], torch.Tensor) and id(inp[0]) in produced
+                else None))
+    for path, m in bns.items():
         hooks.append(m.register_forward_pre_hook(
-            lambda mod, inp, p=path: bad.append(p) if inp and id(inp[0]) in produced
-            and ad.read(mod).running_mean is not None else None))
+            lambda mod, inp, p=path: seen.append((p, id(inp[0]))) if inp
+            and id(inp[0]) in produced and ad.read(mod).running_mean is not None else None))
     try:
         run(folded, x)
     finally:
         for h in hooks:
             h.remove()
-    return sorted(set(bad))
+    # foldable: the conv's output reaches the batch norm and no other layer reads it (a
+    # second reader, e.g. through an Identity branch, would see the folded conv change)
+    return sorted({p for p, t in seen if consumers.get(t, set()) <= {p}})
 
 
 def check_fold(model, x, res: Result, ref_eval: torch.Tensor) -> None:
