@@ -184,6 +184,12 @@ def _describe(node) -> str:
 def _fold_fx(model: nn.Module, report: FoldReport) -> nn.Module:
     graph = _Tracer().trace(model)
     gm = fx.GraphModule(model, graph)
+    # plain attributes of the traced module (e.g. timm efficientvit's ``attn.resolution``) are
+    # baked into the graph, but a leaf module kept by the tracer may still read them from its
+    # parent at run time: carry them over (a GraphModule keeps only modules and tensors)
+    for name, value in vars(model).items():
+        if not name.startswith("_") and name != "training" and not hasattr(gm, name):
+            setattr(gm, name, value)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
