@@ -16,8 +16,9 @@ those differences support:
 * ``stability``: the share of seed-bootstrap resamples that give the same verdict. Seeds are
   drawn with replacement, as many as there are, and the *whole* decision is made again on each
   resample (including which points it is taken at), so the share says how much the verdict
-  rests on the particular seeds. The generator is seeded (``BOOTSTRAP_SEED``): the same rows
-  always give the same share, so a page can be reproduced byte for byte;
+  rests on the particular seeds. Up to 7 seeds every distinct resample is evaluated (the exact
+  bootstrap); beyond, the generator is seeded (``BOOTSTRAP_SEED``): the same rows always give
+  the same share, so a page can be reproduced byte for byte;
 * ``equivalence``: two one-sided tests (TOST) against a declared margin: "as good as".
 
 With 3 to 5 seeds a bootstrap has few distinct resamples (10 for 3 seeds) and is read as a
@@ -32,6 +33,7 @@ a 3-seed verdict can be stable at all, and above what an interval with its edge 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import random
 import statistics
@@ -96,19 +98,33 @@ def seeds_needed(mean: float | None, sd: float | None, *, alpha: float = 0.05,
 def stability(entries: Sequence, verdict_of: Callable[[list], str], *,
               resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float | None:
     """The share of seed-bootstrap resamples of ``entries`` (one per seed, any type) for which
-    ``verdict_of(resample)`` equals ``verdict_of(entries)``; None for fewer than 2 seeds."""
+    ``verdict_of(resample)`` equals ``verdict_of(entries)``; None for fewer than 2 seeds.
+
+    When the distinct resamples (multisets of n seeds out of n) are no more than
+    ``resamples`` (up to 7 seeds: 1716), every one is evaluated once and weighted by its
+    multinomial probability: the exact bootstrap share, with no sampling error. Beyond that,
+    ``resamples`` draws from a generator seeded with ``seed``."""
     entries = list(entries)
-    if len(entries) < 2:
+    n = len(entries)
+    if n < 2:
         return None
     observed = verdict_of(entries)
-    rng = random.Random(seed)
-    n = len(entries)
-    same = 0
-    for _ in range(resamples):
-        picks = [rng.randrange(n) for _ in range(n)]
+
+    def decide(picks):
         if len(set(picks)) < 2:  # n copies of one seed carry one seed's information
             picks = picks[:1]
-        same += verdict_of([entries[i] for i in picks]) == observed
+        return verdict_of([entries[i] for i in picks]) == observed
+
+    if math.comb(2 * n - 1, n) <= resamples:
+        same = 0.0
+        for picks in itertools.combinations_with_replacement(range(n), n):
+            ways = math.factorial(n)
+            for i in set(picks):
+                ways //= math.factorial(picks.count(i))
+            same += ways * decide(list(picks))
+        return same / n ** n
+    rng = random.Random(seed)
+    same = sum(decide([rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
     return same / resamples
 
 

@@ -55,6 +55,7 @@ import math
 import statistics
 
 from normlab.results.inference import (
+    MAX_SEEDS_ESTIMATE,
     RESAMPLES,
     STABLE,
     paired_interval,
@@ -64,7 +65,8 @@ from normlab.results.inference import (
 )
 
 __all__ = ["DECISIONS", "RULE", "claim_verdict", "compare_verdicts", "decision_problem",
-           "metric", "metric_problem", "paired_effect", "reached", "t_quantile"]
+           "metric", "metric_problem", "paired_effect", "reached", "seeds_words",
+           "stability_words", "t_quantile"]
 
 RULE = ("For each seed, d = metric(claimed arm) - metric(baseline), signed so that d > 0 is "
         "the claimed direction, at the claim's declared decision point. Effect = mean(d) with "
@@ -290,9 +292,9 @@ def _comparison(spec, decided, at_x) -> str:
     if dec.get("rule") == "area":
         tr = dec["trains"]
         used = ", ".join(map(_fmt_x, decided["used"])) or "none"
-        text += (f"; mean over log x of the points where at least one arm trains (mean "
-                 f"{tr['key']} >= {_fmt_x(tr['chance'] + tr['margin'])}, chance "
-                 f"{_fmt_x(tr['chance'])} + {_fmt_x(tr['margin'])}): x = {used}")
+        text += (f"; mean over log x at x = {used}, where an arm trains: mean {tr['key']} >= "
+                 f"{_fmt_x(tr['chance'] + tr['margin'])} (chance {_fmt_x(tr['chance'])} + "
+                 f"{_fmt_x(tr['margin'])})")
         if decided["left_out"]:
             text += (f"; left out, every arm at chance: x = "
                      f"{', '.join(map(_fmt_x, decided['left_out']))}")
@@ -350,6 +352,27 @@ def _decision_text(spec) -> str:
     text = {"seed": "the two arms as declared, paired by seed",
             "area": "mean over log x of the points where at least one arm trains"}[rule]
     return text + (f": {dec['why']}" if dec.get("why") else "")
+
+
+def stability_words(v: dict) -> str:
+    """"stable in 97% of resamples" / "fragile: the same verdict in 60% of resamples" (or
+    "" when no stability was computed)."""
+    share = v.get("stability")
+    if share is None:
+        return ""
+    if v.get("fragile"):
+        return f"fragile: the same verdict in only {share:.0%} of resamples"
+    return f"stable in {share:.0%} of resamples"
+
+
+def seeds_words(v: dict) -> str:
+    """"about 14 seeds would decide this" for an inconclusive verdict with an estimate."""
+    n = v.get("seeds_needed")
+    if n is None:
+        return ""
+    if n > MAX_SEEDS_ESTIMATE:
+        return f"more than {MAX_SEEDS_ESTIMATE} seeds would be needed to decide this"
+    return f"about {n} seeds would decide this"
 
 
 def compare_verdicts(a: list[dict], b: list[dict]) -> list[dict]:
