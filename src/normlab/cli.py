@@ -115,7 +115,9 @@ def _build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--only", metavar="ID,...",
                      help=f"only these claims: {', '.join(CLAIM_IDS)}")
     lab.add_argument("--seeds", type=_bounded_int(1, MAX_SEEDS),
-                     help=f"seeds per arm, at most {MAX_SEEDS} (default: by preset)")
+                     help=f"seeds per arm, at most {MAX_SEEDS} (default: by preset); the "
+                          "summary names the --seeds that would decide an inconclusive claim, "
+                          "and a rerun with more keeps the seeds already finished")
     lab.add_argument("--workers", type=_bounded_int(1, _CORES, " (the number of cores)"),
                      help="worker processes, one torch thread each, at most the number of "
                           "cores (default: all cores, up to 8)")
