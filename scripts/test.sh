@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check torch==2.13.0
-python -m pip install -q --disable-pip-version-check -e ".[test,lab]"
+# the zoo extra's torchvision, pinned to the release built for torch 2.13 so that pip keeps it
+python -m pip install -q --disable-pip-version-check torchvision==0.28.0
+python -m pip install -q --disable-pip-version-check -e ".[test,lab,zoo]"
+python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0' and \
+  f'torch {torch.__version__} replaced 2.13.0')"
 # the report is checked in a real headless browser (Debian's chromium)
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
     && [ "$(id -u)" = 0 ]; then

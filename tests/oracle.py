@@ -5,24 +5,97 @@ from __future__ import annotations
 
 import torch
 
-TOL = {  # (rtol, atol) per dtype for outputs and gradients against a float64 oracle
+# THE tolerance table of the test suite: (rtol, atol) per dtype for outputs and gradients
+# against a float64 oracle (or another path of the same math). float64 and float32: a few
+# hundred ulps (float32's statistics are exact to ~1e-7; sums over long groups grow it).
+# float16/bfloat16: the floor of ``close_to_torch``, whose bound is torch's own error.
+TOL = {
     torch.float64: (1e-9, 1e-10),
     torch.float32: (1e-4, 2e-5),
     torch.bfloat16: (2e-2, 2e-2),
     torch.float16: (4e-3, 4e-3),
 }
+HALF = (torch.bfloat16, torch.float16)
+TORCH_ERROR_MULTIPLE = 2.0  # a low-precision path may err at most twice as much as torch's
+
+
+def tol(dtype) -> dict:
+    """The table's entry as ``torch.testing.assert_close`` keywords."""
+    rtol, atol = TOL[dtype]
+    return dict(rtol=rtol, atol=atol)
 
 
 def close(actual, expected, dtype, scale=1.0):
     """Within the dtype's tolerance; in half precision the absolute part is relative to the
     tensor's largest magnitude (an element that is a cancellation of larger terms carries
-    their rounding, a few ulps of the scale, not of itself)."""
+    their rounding, a few ulps of the scale, not of itself). ``scale`` widens the table for a
+    value that sums many rounded terms (at most ~sqrt(n) for n terms)."""
     rtol, atol = TOL[dtype]
     expected = expected.double()
-    if dtype in (torch.bfloat16, torch.float16) and expected.numel():
+    if dtype in HALF and expected.numel():
         atol = atol * max(1.0, expected.abs().max().item())
     torch.testing.assert_close(actual.double(), expected, rtol=rtol * scale,
                                atol=atol * scale)
+
+
+def close_to_torch(actual, expected, baseline, dtype, what="value"):
+    """The flash-attention rule for low precision: ``actual``'s largest error against the
+    float64 ``expected`` is at most ``TORCH_ERROR_MULTIPLE`` times the largest error of
+    ``baseline`` (torch.nn's result on the same low-precision inputs) plus a floor of the
+    table's ``atol`` at the tensor's scale. The bound is as tight as torch is: a zeroed, negated
+    or tripled gradient errs by its whole magnitude and fails wherever torch itself is better
+    than that."""
+    expected = expected.double()
+    err = (actual.double() - expected).abs().max().item() if expected.numel() else 0.0
+    base = (baseline.double() - expected).abs().max().item() if expected.numel() else 0.0
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    bound = TORCH_ERROR_MULTIPLE * base + TOL[dtype][1] * scale
+    assert err <= bound, (f"{what}: error {err:.3g} against float64 exceeds "
+                          f"{TORCH_ERROR_MULTIPLE} x torch's own error {base:.3g} + floor "
+                          f"{TOL[dtype][1] * scale:.3g} ({dtype})")
+
+
+def torch_nn(kind, x, weight=None, bias=None, style=None, *, channel_axis=1, groups=None,
+             normalized_shape=None, eps=1e-5, residual=None, activation=None):
+    """torch.nn.functional's result in the inputs' own dtype (the baseline of
+    ``close_to_torch``); AdaIN, which torch lacks, from torch's instance norm and var_mean."""
+    import torch.nn.functional as TF
+
+    if kind in ("layer", "rms"):
+        k = len(normalized_shape)
+        if channel_axis == 1:  # move the block (dims 1..k) to the end and back
+            perm = [0, *range(k + 1, x.dim()), *range(1, k + 1)]
+            inv = [perm.index(d) for d in range(x.dim())]
+            y = torch_nn(kind, x.permute(perm), weight, bias, channel_axis=-1,
+                         normalized_shape=normalized_shape, eps=eps)
+            return epilogue_lp(y.permute(inv), residual, activation)
+        if kind == "layer":
+            y = TF.layer_norm(x, normalized_shape, weight, bias, eps)
+        else:
+            y = TF.rms_norm(x, normalized_shape, weight, eps)
+        return epilogue_lp(y, residual, activation)
+    if channel_axis == -1:
+        xf = x.movedim(-1, 1)
+        sf = None if style is None else style.movedim(-1, 1)
+        y = torch_nn(kind, xf, weight, bias, sf, channel_axis=1, groups=groups, eps=eps)
+        return epilogue_lp(y.movedim(1, -1), residual, activation)
+    if kind == "batch":
+        y = TF.batch_norm(x, None, None, weight, bias, True, 0.1, eps)
+    elif kind == "instance":
+        y = TF.instance_norm(x, weight=weight, bias=bias, eps=eps)
+    elif kind == "group":
+        y = TF.group_norm(x, groups, weight, bias, eps)
+    else:
+        dims = list(range(2, x.dim()))
+        s_var, s_mean = torch.var_mean(style, dims, correction=0, keepdim=True)
+        y = TF.instance_norm(x, eps=eps) * torch.sqrt(s_var + eps) + s_mean
+    return epilogue_lp(y, residual, activation)
+
+
+def epilogue_lp(y, residual=None, activation=None):
+    if residual is not None:
+        y = y + residual
+    return _act(y, activation)
 
 
 def _affine_channel(y, weight, bias, c_axis):

@@ -225,7 +225,8 @@ BAD = [
     ("activation unknown", lambda: F.group_norm(x4, 2, activation="tanh"),
      ValueError, r"activation must be None or one of \('relu', 'gelu', 'silu'\), got 'tanh'"),
     ("backend unknown", lambda: F.group_norm(x4, 2, backend="cuda"),
-     ValueError, r"backend must be None or one of \('native', 'reference', 'triton'\), got "
+     ValueError, r"backend must be None or one of \('triton', 'masked', 'hybrid', 'native', "
+     r"'reference'\), got "
                  r"'cuda'"),
     ("residual shape", lambda: F.layer_norm(x2, (4,), residual=torch.randn(2, 3)),
      ValueError, r"residual must have the input's shape \(2, 4\), got \(2, 3\)"),

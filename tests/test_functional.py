@@ -107,31 +107,58 @@ def _leaves(*ts):
     return [t.detach().clone().requires_grad_() if t is not None else None for t in ts]
 
 
+def _torch_nn(kind, x, w, b, style, opts, residual=None, activation=None):
+    ax = opts.get("channel_axis", 1 if kind not in ("layer", "rms") else -1)
+    return oracle.torch_nn(kind, x, w, b, style, channel_axis=ax, groups=opts.get("groups"),
+                           normalized_shape=opts.get("ns"), eps=1e-6 if kind == "rms" else 1e-5,
+                           residual=residual, activation=activation)
+
+
+def _forward_backward(fn, leaves, shape, dtype):
+    """fn's output and the gradients of every leaf (None kept) for the seeded upstream dy."""
+    ts = _leaves(*leaves)
+    y = fn(*ts)
+    dy = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(DY_SEED))
+    y.backward(dy.to(y.dtype))
+    return y, [None if t is None else t.grad for t in ts]
+
+
 def check_against_oracle(kind, shape, opts, dtype, backend, *, residual=False, activation=None,
-                         affine=True, scale=1.0, check_grads=True):
+                         affine=True, check_grads=True, mutate=None):
+    """normlab's output and every gradient against the float64 oracle. float32/float64: the
+    tolerance table (a parameter gradient sums n rounded terms: its error grows like sqrt(n)).
+    float16/bfloat16: at most twice torch.nn's own error on the same inputs
+    (``oracle.close_to_torch``). ``mutate(grads)`` alters normlab's gradients before the
+    comparison (the mutation tests: a wrong gradient must fail)."""
     x, w, b, style = _make(kind, shape, opts, dtype, affine=affine)
     res = torch.randn(shape, dtype=torch.float64).to(dtype) if residual else None
-    xs, ws, bs, ss, rs = _leaves(x, w, b, style, res)
-    y = _normlab(kind, xs, ws, bs, ss, opts, backend, rs, activation)
+    inputs = (x, w, b, style, res)
+    y, grads = _forward_backward(
+        lambda *t: _normlab(kind, *t[:4], opts, backend, t[4], activation), inputs, shape, dtype)
     assert y.dtype == dtype and y.shape == x.shape
-    xo, wo, bo, so, ro = _leaves(*(t.double() if t is not None else None
-                                   for t in (x, w, b, style, res)))
-    yo = _oracle(kind, xo, wo, bo, so, opts, ro, activation)
-    oracle.close(y, yo, dtype, scale)
+    y64, grads64 = _forward_backward(
+        lambda *t: _oracle(kind, *t[:4], opts, t[4], activation),
+        [None if t is None else t.double() for t in inputs], shape, torch.float64)
+    half = dtype in oracle.HALF
+    if half:
+        yt, grads_t = _forward_backward(
+            lambda *t: _torch_nn(kind, *t[:4], opts, t[4], activation), inputs, shape, dtype)
+        oracle.close_to_torch(y, y64, yt, dtype, "output")
+    else:
+        oracle.close(y, y64, dtype)
     if not check_grads:
         return
-    dy = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(DY_SEED))
-    y.backward(dy.to(dtype))
-    yo.backward(dy)
-    for got, want in ((xs, xo), (ws, wo), (bs, bo), (ss, so), (rs, ro)):
-        if got is not None:
-            # a parameter gradient sums n rounded terms: its error grows like sqrt(n); torch's
-            # native bfloat16 CPU kernels keep partial sums in bfloat16 (error ~ n * 2^-8)
+    if mutate is not None:
+        grads = mutate(grads)
+    names = ("input", "weight", "bias", "style", "residual")
+    for i, (got, want) in enumerate(zip(grads, grads64, strict=True)):
+        if got is None:
+            continue
+        if half:
+            oracle.close_to_torch(got, want, grads_t[i], dtype, f"{names[i]} gradient")
+        else:
             n = max(1, x.numel() // max(got.numel(), 1))
-            grow = max(1.0, n ** 0.5 / 4)
-            if got is not xs and dtype == torch.bfloat16 and backend == "native":
-                grow = max(grow, n * 2.0 ** -8 / oracle.TOL[dtype][1])
-            oracle.close(got.grad, want.grad, dtype, scale * grow)
+            oracle.close(got, want, dtype, max(1.0, n ** 0.5 / 4) if i else 1.0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -311,3 +338,31 @@ def test_non_contiguous_inputs(make, backend):
         xo = x.detach().clone().requires_grad_()
         ref(xo).backward(dy)
         oracle.close(x.grad, xo.grad, torch.float64)
+
+
+MUTATIONS = {
+    "zeroed": lambda g: torch.zeros_like(g),
+    "negated": lambda g: -g,
+    "tripled": lambda g: 3 * g,
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                         ids=["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("param", [1, 2], ids=["weight", "bias"])
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("batch-N1-long", "group-NCHW",
+                                                               "layer-1023")], ids=lambda c: c[0])
+def test_a_wrong_parameter_gradient_fails_the_comparison(case, mutation, param, dtype):
+    """The comparison can fail: a zeroed, negated or tripled weight/bias gradient is caught in
+    every dtype, on the long batch-norm case too (whose bfloat16 tolerance once let all pass)."""
+    _, kind, shape, opts = case
+
+    def mutate(grads):
+        grads = list(grads)
+        grads[param] = MUTATIONS[mutation](grads[param])
+        return grads
+
+    check_against_oracle(kind, shape, opts, dtype, "native")  # unmutated: passes
+    with pytest.raises(AssertionError):
+        check_against_oracle(kind, shape, opts, dtype, "native", mutate=mutate)

@@ -9,6 +9,8 @@ import torch
 import normlab
 import normlab.functional as F
 import normlab.nn as nl
+from tests import oracle
+from tests.matrix import BACKENDS, on_backend
 
 D = torch.float64
 LENGTHS = [5, 2, 7, 1]
@@ -34,17 +36,18 @@ def test_lengths_to_mask():
         normlab.lengths_to_mask(torch.tensor([1.5]))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("channel_axis", [1, -1])
-def test_masked_batch_norm_equals_batch_norm_on_real_positions(channel_axis):
+def test_masked_batch_norm_equals_batch_norm_on_real_positions(channel_axis, backend):
     x, mask = _padded(channel_axis=channel_axis, pad=float("nan"))  # padding never matters
-    m = nl.BatchNorm1d(3, channel_axis=channel_axis, momentum=0.3, dtype=D)
+    m = nl.BatchNorm1d(3, channel_axis=channel_axis, momentum=0.3, dtype=D, backend=backend)
     ref = torch.nn.BatchNorm1d(3, momentum=0.3, dtype=D)
     with torch.no_grad():
         m.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
         m.bias.copy_(torch.tensor([1.0, -1.0, 0.0]))
     ref.load_state_dict(m.state_dict())
     xs = x.clone().requires_grad_()
-    y = m(xs, mask=mask)
+    y = on_backend(backend, lambda: m(xs, mask=mask))
     xl = xs if channel_axis == -1 else xs.transpose(1, 2)  # N, L, C
     real = xl.detach()[mask].clone().requires_grad_()  # M, C: only the real positions
     want = ref(real)
@@ -58,6 +61,8 @@ def test_masked_batch_norm_equals_batch_norm_on_real_positions(channel_axis):
     gl = xs.grad if channel_axis == -1 else xs.grad.transpose(1, 2)
     torch.testing.assert_close(gl[mask], real.grad)
     assert (gl[~mask] == 0).all()
+    torch.testing.assert_close(m.running_mean, ref.running_mean)
+    torch.testing.assert_close(m.running_var, ref.running_var)
     torch.testing.assert_close(m.weight.grad, ref.weight.grad)
     torch.testing.assert_close(m.bias.grad, ref.bias.grad)
     torch.testing.assert_close(m.running_mean, ref.running_mean)
@@ -69,8 +74,9 @@ def test_masked_batch_norm_equals_batch_norm_on_real_positions(channel_axis):
     torch.testing.assert_close(yel[mask], ref(real.detach()))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["instance", "group", "layer", "rms"])
-def test_masked_per_sample_norms_equal_the_cut_sequences(kind):
+def test_masked_per_sample_norms_equal_the_cut_sequences(kind, backend):
     c = 4
     x, mask = _padded(c=c, pad=1e6)
     t = x.shape[2]
@@ -78,17 +84,18 @@ def test_masked_per_sample_norms_equal_the_cut_sequences(kind):
     b = torch.linspace(-1, 1, c * t, dtype=D).reshape(c, t)
     xs = x.clone().requires_grad_()
 
-    def run(inp, msk, length):
+    def run(inp, msk, length, be=None):
         if kind == "instance":
-            return F.instance_norm(inp, weight=w[:, 0], bias=b[:, 0], mask=msk)
+            return F.instance_norm(inp, weight=w[:, 0], bias=b[:, 0], mask=msk, backend=be)
         if kind == "group":
-            return F.group_norm(inp, 2, w[:, 0], b[:, 0], mask=msk)
+            return F.group_norm(inp, 2, w[:, 0], b[:, 0], mask=msk, backend=be)
         if kind == "layer":  # the block (C, L) starting at axis 1: covers the positions
             return F.layer_norm(inp, (c, length), w[:, :length], b[:, :length],
-                                channel_axis=1, mask=msk)
-        return F.rms_norm(inp, (c, length), w[:, :length], 1e-6, channel_axis=1, mask=msk)
+                                channel_axis=1, mask=msk, backend=be)
+        return F.rms_norm(inp, (c, length), w[:, :length], 1e-6, channel_axis=1, mask=msk,
+                          backend=be)
 
-    y = run(xs, mask, t)
+    y = on_backend(backend, lambda: run(xs, mask, t, backend))
     dy = torch.randn(x.shape, dtype=D)
     y.backward(dy)
     for i, n in enumerate(LENGTHS):
@@ -203,18 +210,22 @@ def test_fast_masked_path_equals_the_where_path(kind, layout, dtype):
         if layout == "channels_last":
             xi = xi.detach().to(memory_format=torch.channels_last).requires_grad_()
         wi, bi = wt.clone().requires_grad_(), bs.clone().requires_grad_()
-        if kind == "batch":
-            y = F.batch_norm(xi, None, None, wi, bi, training=True, channel_axis=axis, mask=mask)
-        elif kind == "instance":
-            y = F.instance_norm(xi, weight=wi, bias=bi, channel_axis=axis, mask=mask)
-        else:
-            y = F.group_norm(xi, 3, wi, bi, channel_axis=axis, mask=mask)
+        with normlab.ops.trace_backends() as ran:
+            if kind == "batch":
+                y = F.batch_norm(xi, None, None, wi, bi, training=True, channel_axis=axis,
+                                 mask=mask)
+            elif kind == "instance":
+                y = F.instance_norm(xi, weight=wi, bias=bi, channel_axis=axis, mask=mask)
+            else:
+                y = F.group_norm(xi, 3, wi, bi, channel_axis=axis, mask=mask)
         y.backward(dy)
+        runs.append(ran)
         return y, xi.grad, wi.grad, bi.grad
 
+    runs = []
     fast, slow = run(1e3), run(float("nan"))
-    tol = {torch.float64: {}, torch.float32: dict(rtol=1e-5, atol=1e-5),
-           torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
+    assert runs == [["masked"], ["reference"]]  # NaN padding: handed on to the where path
+    tol = oracle.tol(dtype)
     assert fast[0].stride() == x.stride() and fast[0].dtype == dtype
     for a, b in zip(fast, slow, strict=True):
         assert torch.isfinite(a).all()

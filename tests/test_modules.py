@@ -8,6 +8,7 @@ import torch
 from torch import nn as tnn
 
 import normlab.nn as nl
+from tests import oracle
 
 # (id, normlab class, torch class, constructor args, input shape)
 MODULES = [
@@ -40,7 +41,7 @@ OPTIONS = {  # constructor keyword sets tried per family
 
 PARAMS = [(m, o) for m in MODULES for fam, opts in OPTIONS.items()
           if m[1].__name__.startswith(fam) for o in opts]
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+TOL = {d: oracle.tol(d) for d in (torch.float64, torch.float32)}  # tests/oracle.py
 
 
 def _twin(case, opts, dtype, seed=0):
@@ -250,7 +251,6 @@ def test_adain_module():
     torch.testing.assert_close(var_y, (var_s + 1e-5) * var_c / (var_c + 1e-5))
 
 
-HALF_TOL = {torch.bfloat16: dict(rtol=3e-2, atol=3e-2), torch.float16: dict(rtol=5e-3, atol=5e-3)}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
@@ -268,11 +268,10 @@ def test_half_precision_parity_with_torch_nn(case, dtype):
     dy = torch.randn(case[4])
     y, y64 = ours(xh), ref64(x64)
     assert y.dtype == dtype
-    torch.testing.assert_close(y.double(), y64, **HALF_TOL[dtype])
+    oracle.close(y, y64, dtype)
     y.backward(dy.to(dtype))
     y64.backward(dy.double())
-    torch.testing.assert_close(xh.grad.double(), x64.grad, **HALF_TOL[dtype])
-    for (name, p), p64 in zip(ours.named_parameters(), ref64.parameters(), strict=True):
+    oracle.close(xh.grad, x64.grad, dtype)
+    for p, p64 in zip(ours.parameters(), ref64.parameters(), strict=True):
         scale = max(1.0, p64.grad.abs().max().item())  # sums over many elements
-        torch.testing.assert_close(p.grad.double() / scale, p64.grad / scale,
-                                   **HALF_TOL[dtype], msg=name)
+        oracle.close(p.grad.double() / scale, p64.grad / scale, dtype)

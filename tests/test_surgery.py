@@ -4,6 +4,9 @@ transformer block, a UNet-like block with GroupNorm, an MLP."""
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ import normlab.nn as nl
 from normlab.surgery import (
     Passthrough,
     SurgeryError,
+    SurgeryWarning,
     fold_batch_norm,
     insert_norms,
     is_norm,
@@ -332,7 +336,7 @@ def test_fold_reports_what_it_cannot_fold():
     model = Branchy()
     folded, report = fold_batch_norm(model)
     reasons = dict(report.not_folded)
-    assert reasons["bn"] == "not directly after a Conv, ConvTranspose or Linear layer"
+    assert reasons["bn"] == "the output of conv is used elsewhere too"
     assert reasons["bn_free"].startswith("no running statistics")
     assert report.folded == [("lin", "bn_axis")]
     _assert_folded_equal(model, folded, torch.randn(2, 3, 6, 6))
@@ -361,3 +365,104 @@ def test_fold_falls_back_to_sequential_when_tracing_fails():
     assert report.not_folded[0][0] == "other"
     _assert_folded_equal(model, folded, torch.randn(2, 3, 6, 6) + 1)
     assert "used the Sequential fallback" in str(report)
+
+
+# --------------------------------------------------------------------------------------------
+# the adapter table: user classes, the structural fallback, probes
+
+
+class MyRMSNorm(nn.Module):  # an RMSNorm written the way model code often writes one
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)
+                                             + self.variance_epsilon)
+
+
+class ScaleNorm(nn.Module):  # named like a norm, but not one
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * x / (x.norm(dim=-1, keepdim=True) + self.eps)
+
+
+def test_structural_fallback_accepts_an_rms_norm_only_after_a_probe():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), MyRMSNorm(8), nn.Linear(8, 8), ScaleNorm(8))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2)
+    new, report = to_normlab(model, return_report=True)
+    assert type(new[1]) is nl.RMSNorm and new[1].eps == 1e-6
+    assert "structural: computes rms norm over the last axis" in report.changed[0][2]
+    assert type(new[3]) is ScaleNorm
+    assert report.left == [("3", "ScaleNorm", "ScaleNorm (tests.test_surgery) is not in the "
+                            "adapter table and no probe shows it computes an RMS or layer norm")]
+    x = torch.randn(4, 8, dtype=torch.float64)
+    a, b = copy.deepcopy(model).double(), copy.deepcopy(new).double()
+    torch.testing.assert_close(b(x), a(x), rtol=1e-12, atol=1e-12)
+
+
+def test_register_adapter_and_a_wrong_adapter_is_caught_by_the_probe():
+    from normlab.surgery import NormInfo, register_adapter
+
+    class Mine(MyRMSNorm):
+        pass
+
+    class Lying(MyRMSNorm):
+        pass
+
+    register_adapter(Mine, lambda m: NormInfo("rms", normalized_shape=tuple(m.weight.shape),
+                                              eps=m.variance_epsilon, weight=m.weight,
+                                              channel_axis=-1))
+    register_adapter(Lying, lambda m: NormInfo("layer", normalized_shape=tuple(m.weight.shape),
+                                               eps=m.variance_epsilon, weight=m.weight,
+                                               channel_axis=-1))
+    new, report = to_normlab(nn.Sequential(Mine(6), Lying(6)), return_report=True)
+    assert type(new[0]) is nl.RMSNorm and type(new[1]) is Lying
+    assert report.left[0][0] == "1"
+    assert re.match(r"the twin's eval output differs on a probe \(scale 1\): relative error "
+                    r"\S+ > 1e-10", report.left[0][2])
+    with pytest.raises(TypeError, match=r"cls must be a class or a 'module:qualname' string"):
+        register_adapter(3, lambda m: None)
+    with pytest.raises(TypeError, match=r"read must be callable"):
+        register_adapter(Mine, None)
+
+
+def test_swap_and_fold_report_what_they_leave():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), ScaleNorm(4), nn.BatchNorm2d(4))
+    new, report = swap_norms(model, "group", num_groups=2, return_report=True)
+    assert type(new[1]) is ScaleNorm and type(new[2]) is nl.GroupNorm
+    assert [p for p, _, _ in report.left] == ["1"]
+    with pytest.warns(SurgeryWarning, match="swap_norms left 1 layer"):
+        swap_norms(model, "group", num_groups=2)
+    _, rep = fold_batch_norm(model)
+    assert rep.folded == [] and rep.not_folded == [
+        ("2", "its input is the output of 1 (ScaleNorm), not a Conv, ConvTranspose or Linear "
+              "layer")]
+
+
+def test_fold_leaves_a_batch_norm_after_an_activation():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.BatchNorm2d(4))
+    _, rep = fold_batch_norm(model)
+    assert rep.not_folded == [("2", "its input is the output of 1 (ReLU), not a Conv, "
+                                    "ConvTranspose or Linear layer")]
+
+
+def test_to_normlab_example_inputs_checks_the_whole_model():
+    model, make_x = _trained("resnet")
+    new = to_normlab(model, example_inputs=make_x())
+    assert not any(type(m) is nn.BatchNorm2d for m in new.modules())
+
+
+def test_importing_normlab_imports_no_model_zoo_library():
+    code = ("import sys, normlab, normlab.surgery; "
+            "print(sorted(m for m in ('timm', 'torchvision', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

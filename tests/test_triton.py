@@ -18,6 +18,7 @@ import torch.nn.functional as TF
 import normlab.functional as F
 import normlab.nn as nl
 from normlab import ops
+from tests import oracle
 
 pytestmark = pytest.mark.skipif(not ops.triton_available(), reason="Triton is not installed")
 
@@ -121,12 +122,7 @@ def _run(kind, x, w, b, channel_axis, opts, backend, dy, residual=None, activati
     return (y, *torch.autograd.grad(y, leaves, dy))
 
 
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10),
-       torch.float32: dict(rtol=1e-5, atol=1e-5),
-       # the interpreter truncates when casting to bfloat16: one ulp (2^-8 relative) plus the
-       # float32 rounding of values near zero
-       torch.bfloat16: dict(rtol=2 ** -7, atol=2 ** -7),
-       torch.float16: dict(rtol=1e-3, atol=1e-3)}
+TOL = {d: oracle.tol(d) for d in oracle.TOL}  # the suite's one table (tests/oracle.py)
 
 
 def _make(shape, channel_axis, memory, dtype, g):
@@ -197,7 +193,7 @@ def test_paths_taken_by_the_cases():
     """The tiles and splits the cases above exercise (so a change of policy cannot silently
     leave a path untested)."""
     from normlab.kernels.triton import norm
-    from normlab.ops.triton_op import layout
+    from normlab.ops.triton_op import _FAMILY, layout
 
     seen = set()
     for tile_size in (4096, 16):
@@ -208,9 +204,9 @@ def test_paths_taken_by_the_cases():
                 if memory == "channels_last":
                     x = x.to(memory_format=torch.channels_last)
                 nd = len(opts.get("normalized_shape", ()))
-                family, (nb, d0, d1, d2), _, _ = layout(kind, x, axis,
-                                                      num_groups=opts.get("num_groups"),
-                                                      normalized_ndim=nd or None)
+                k = layout(kind, x, axis, num_groups=opts.get("num_groups"),
+                           normalized_ndim=nd or None)
+                family, (nb, d0, d1, d2) = _FAMILY[k.family], k.dims
                 _, _, single, splits, _ = norm._plan(family, d0, d1, d2, nb)
                 seen.add((family, "single" if single else "split" if splits > 1 else "loop"))
         finally:

@@ -13,15 +13,19 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
   input an (N, L) mask; for layer/rms norm with ``channel_axis=-1`` the last dim is the
   channel axis), True at real positions. Padded positions contribute nothing to the
   statistics or the running statistics, their output and gradient are zero, and their values
-  never matter. Masked batch, instance and group norm run in the Triton kernels on the
-  triton backend (the mask fused); every other masked call runs normlab's masked math.
-* ``backend``: ``None`` (choose per call: the Triton kernels for CUDA tensors when Triton is
-  installed, otherwise torch's native kernels where their semantics match, the fastest correct
-  path on CPU), ``"native"``, ``"reference"`` (the closed-form math) or ``"triton"`` (the fused
-  kernels; needs Triton and a CUDA tensor, or ``TRITON_INTERPRET=1`` set before Triton is
-  imported, which runs them on CPU slowly, for tests). The Triton path computes training
-  statistics; eval-mode running statistics, AdaIN, masked layer/rms norm and the remedies
-  take the native path.
+  never matter.
+* ``backend``: ``None`` or one of the backends of ``normlab.ops.dispatch.BACKEND_LIST``, in
+  the order ``None`` tries them (the first that accepts the call runs): ``"triton"`` (the fused
+  kernels, masks of batch/instance/group norm included; for CUDA tensors, or any tensor when
+  asked for by name with ``TRITON_INTERPRET=1`` set before Triton is imported, which runs them
+  on CPU slowly, for tests), ``"masked"`` (normlab's masked batch/instance/group Function),
+  ``"hybrid"`` (instance norm with the channel innermost in memory: torch's forward, the
+  closed-form backward), ``"native"`` (torch's kernels; no masks) and ``"reference"`` (the
+  closed-form math; takes every call). A backend asked for by name that cannot run the call
+  raises ``ValueError`` saying why, except the calls ``"triton"`` hands on (running statistics
+  in eval mode, AdaIN, an empty input, a layout the kernels do not read in place, masked
+  layer/rms norm), which run on the next backend that accepts them.
+  ``normlab.ops.trace_backends()`` shows which backend ran.
 
 Bad input raises ``TypeError`` (not a tensor, a tensor of the wrong dtype, an argument of the
 wrong Python type such as ``channel_axis=1.0``) or ``ValueError`` (a value out of range, a

@@ -1,8 +1,10 @@
 """Batch and instance norm modules: torch.nn's constructor arguments, parameter and buffer names.
 
 Beyond torch.nn, every module takes keyword-only ``channel_axis`` (1, or -1 for N x ... x C
-inputs), ``activation`` (None, "relu", "gelu", "silu") and ``backend`` (None, "native",
-"reference"), and ``forward(input, residual=None)`` computes ``act(norm(input) + residual)``.
+inputs), ``activation`` (None, "relu", "gelu", "silu") and ``backend`` (None or a name of
+``normlab.ops.BACKENDS``: "triton", "masked", "hybrid", "native", "reference"; see
+``normlab.functional``), and ``forward(input, residual=None)`` computes
+``act(norm(input) + residual)``.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ This Function does the same math in the fewest eager passes we found on CPU:
 * backward: ``dx = a * g + b * xc + c * mf`` with per-(sample, channel) a, b, c.
 
 Padding must be finite for the multiply to ignore it; NaN or Inf padding makes the statistics
-non-finite, and the caller then takes the reference path (``torch.where``), which never reads
-padded values. When a graph of the backward is requested (double backward) the backward is
+non-finite, ``masked_norm`` then returns None and the dispatcher (``dispatch.Masked``, a
+documented hand-on) runs the reference path (``torch.where``), which never reads padded
+values. When a graph of the backward is requested (double backward) the backward is
 recomputed through the reference path, so higher derivatives stay exact.
 """
 
@@ -25,22 +26,20 @@ import torch
 from normlab.reference import masked_forward, stat_dtype
 from normlab.spec import Plan
 
-__all__ = ["FAST_KINDS", "masked_norm"]
-
-FAST_KINDS = ("batch", "instance", "group")
+__all__ = ["masked_norm"]
 
 
 class _Layout:
-    """Shape bookkeeping for one call: the 3-D view and how (N, C) tables broadcast on it."""
+    """How (N, C) tables broadcast on the plan's 3-D view ``plan.shape3`` of one call."""
 
-    def __init__(self, kind: str, shape: tuple[int, ...], channel_last: bool, groups: int):
-        self.kind, self.groups = kind, groups
-        self.n, self.c = shape[0], shape[-1] if channel_last else shape[1]
-        self.p = 1
-        for s in (shape[1:-1] if channel_last else shape[2:]):
-            self.p *= s
-        self.pos_dim = 1 if channel_last else 2
-        self.shape3 = (self.n, self.p, self.c) if channel_last else (self.n, self.c, self.p)
+    def __init__(self, plan: Plan):
+        self.kind = plan.kind
+        self.n, self.c, self.p = plan.batch, plan.channels, plan.positions
+        # group norm: a group is C/G channels of all positions
+        self.groups = plan.channels * plan.positions // max(plan.group_size, 1) \
+            if plan.kind == "group" else 1
+        self.pos_dim = 1 if plan.channel_last else 2
+        self.shape3 = plan.shape3
 
     def fine(self, t: torch.Tensor) -> torch.Tensor:
         """Per-(sample, channel) sums over positions: (N, C)."""
@@ -161,8 +160,7 @@ def _reference_backward(ctx, dy, x, mask, weight, bias):
 
 
 def masked_norm(x: torch.Tensor, plan: Plan, mask: torch.Tensor, *, eps: float,
-                weight: torch.Tensor | None, bias: torch.Tensor | None, channel_last: bool,
-                groups: int = 1):
+                weight: torch.Tensor | None, bias: torch.Tensor | None):
     """Masked batch/instance/group norm (no epilogue) -> ``(y, mean, var, count)`` with the
     statistics in ``plan.stats_shape``, or ``None`` when the statistics are not finite (the
     caller then runs the reference path, which gives NaN only where real values are NaN).
@@ -170,11 +168,13 @@ def masked_norm(x: torch.Tensor, plan: Plan, mask: torch.Tensor, *, eps: float,
     ``mask`` is the bool (N, positions...) mask broadcast against ``x`` (channel axis of size 1);
     ``weight``/``bias`` are (C,) or None.
     """
-    lay = _Layout(plan.kind, tuple(x.shape), channel_last, groups)
+    lay = _Layout(plan)
     x3 = x.reshape(lay.shape3)
     sdt = stat_dtype(x.dtype)
-    mf = mask.reshape((lay.n, lay.p, 1) if channel_last else (lay.n, 1, lay.p)).to(sdt)
+    mf = mask.reshape((lay.n, lay.p, 1) if plan.channel_last else (lay.n, 1, lay.p)).to(sdt)
     y3, mean, var = _MaskedNorm.apply(x3, mf, weight, bias, lay, float(eps), x, plan, mask)
+    # the one host sync of this path, on 2 x (N, C) numbers; CPU only (the kernels take masks
+    # on GPU), so there is no device to wait for
     if not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
         return None
     count = lay.counts(mf)

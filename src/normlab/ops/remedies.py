@@ -8,21 +8,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from normlab import spec
 from normlab.ops import native
+from normlab.ops.dispatch import update_running
 from normlab.reference import stat_dtype
 
 __all__ = ["batch_renorm", "sync_batch_norm"]
 
 
-def _reduce_dims(x: torch.Tensor, channel_axis: int) -> list[int]:
-    c = channel_axis % x.dim()
-    return [d for d in range(x.dim()) if d != c]
-
-
-def _channel_view(t: torch.Tensor, x: torch.Tensor, channel_axis: int) -> torch.Tensor:
-    shape = [1] * x.dim()
-    shape[channel_axis % x.dim()] = -1
-    return t.reshape(shape)
+def _plan(x: torch.Tensor, channel_axis: int) -> spec.Plan:
+    return spec.plan("batch", tuple(x.shape), channel_axis=channel_axis)
 
 
 def batch_renorm(x, running_mean, running_var, weight, bias, training, momentum, eps, r_max,
@@ -42,17 +37,15 @@ def batch_renorm(x, running_mean, running_var, weight, bias, training, momentum,
         return native.epilogue(y, residual, activation)
     sdt = stat_dtype(x.dtype)
     xs = x.to(sdt)
-    dims = _reduce_dims(x, channel_axis)
-    var_b, mu_b = torch.var_mean(xs, dims, correction=0)  # C
+    plan = _plan(x, channel_axis)
+    var_b, mu_b = torch.var_mean(xs, plan.reduce_dims, correction=0)  # C
     sigma_b = torch.sqrt(var_b + eps)
     with torch.no_grad():
         sigma = torch.sqrt(running_var.to(sdt) + eps)
         r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
         d = ((mu_b - running_mean.to(sdt)) / sigma).clamp(-d_max, d_max)
-        n = x.numel() // x.shape[channel_axis]
-        running_mean.mul_(1 - momentum).add_(mu_b.to(running_mean.dtype), alpha=momentum)
-        unbiased = var_b * (n / max(n - 1, 1))
-        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    update_running(running_mean, running_var, mu_b.detach(), var_b.detach(), None, 1,
+                   plan.channels, plan.group_size, momentum)
     scale = r / sigma_b
     shift = d - mu_b * scale
     if weight is not None:
@@ -60,8 +53,7 @@ def batch_renorm(x, running_mean, running_var, weight, bias, training, momentum,
         shift = shift * weight.to(sdt)
     if bias is not None:
         shift = shift + bias.to(sdt)
-    y = (xs * _channel_view(scale, x, channel_axis)
-         + _channel_view(shift, x, channel_axis)).to(x.dtype)
+    y = (xs * scale.reshape(plan.affine_shape) + shift.reshape(plan.affine_shape)).to(x.dtype)
     return native.epilogue(y, residual, activation)
 
 
@@ -105,13 +97,7 @@ class _SyncBatchNorm(torch.autograd.Function):
                              f"{int(n.item())} value(s) per channel over all processes")
         mean = (counts * means).sum(0) / n
         var = (m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)) / n  # Chan et al.'s merge
-        if running_mean is not None:
-            with torch.no_grad():
-                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype),
-                                                     alpha=momentum)
-                unbiased = var * (n / (n - 1))
-                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype),
-                                                    alpha=momentum)
+        update_running(running_mean, running_var, mean, var, None, 1, c, float(n), momentum)
         mean_s, var_s = mean.to(sdt), var.to(sdt)
         w = None if weight is None else weight.to(sdt)
         b = None if bias is None else bias.to(sdt)

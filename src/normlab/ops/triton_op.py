@@ -2,15 +2,10 @@
 custom ops (with fake implementations, so ``torch.compile(fullgraph=True)`` traces through
 them) and an autograd formula.
 
-``layout()`` maps (kind, input, channel axis) to the kernels' 4-D view of the input's memory
-without copying: channels-first and channels-last memory (``channel_axis=-1``, or
-``torch.channels_last`` with ``channel_axis=1``) are both read in place. A layout the kernels
-do not take (layer/rms norm over a block that is not the trailing memory, odd strides) gives
-``None`` and the caller uses the native path.
-
-Training statistics only: eval-mode batch norm and instance norm with running statistics are
-per-channel affine maps and take the native path. No double backward (use
-``backend="reference"`` for that).
+The kernels' 4-D view of the input's memory is ``spec.plan(..., strides=...).kernel``
+(channels-first and channels-last memory, ``channel_axis=-1`` or ``torch.channels_last`` with
+``channel_axis=1``, both read in place; None for a layout the kernels do not take). Which calls
+come here is ``dispatch.Triton.accepts``. No double backward (use ``backend="reference"``).
 """
 
 from __future__ import annotations
@@ -21,10 +16,9 @@ import os
 import torch
 
 from normlab import spec
+from normlab.reference import stat_dtype
 
 __all__ = ["available", "layout", "triton_norm", "usable_for"]
-
-ROW, COLUMN = 0, 1
 
 
 _AVAILABLE = importlib.util.find_spec("triton") is not None
@@ -49,51 +43,15 @@ def _kernels():
     return norm
 
 
-def _channels_last_memory(x: torch.Tensor, channel_axis: int) -> bool | None:
-    """True if the channel axis is innermost in memory and the rest dense in logical order,
-    False if the memory is in logical (channels-first) order, None otherwise."""
-    c = channel_axis % x.dim()
-    if x.is_contiguous():
-        return c == x.dim() - 1
-    if c == 1 and x.dim() in (4, 5):
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        if x.is_contiguous(memory_format=fmt):
-            return True
-    return None
+_FAMILY = {spec.ROW: 0, spec.COLUMN: 1}  # the kernels' numbering
 
 
 def layout(kind: str, x: torch.Tensor, channel_axis: int, *, num_groups: int | None = None,
-           normalized_ndim: int | None = None):
-    """-> ``(family, dims, affine, mask_index)`` for the kernels (see
-    ``normlab.kernels.triton.norm``), or ``None`` when this layout is not one the kernels read
-    in place. ``mask_index`` locates an element's position in an (N, positions) mask; it is
-    ``None`` for layer and rms norm (their masks take the masked path)."""
-    if kind in ("layer", "rms"):
-        k = int(normalized_ndim)
-        trailing = channel_axis == -1 or k == x.dim() - 1
-        if not (trailing and x.is_contiguous()):
-            return None
-        length = 1
-        for s in x.shape[x.dim() - k:]:
-            length *= s
-        return ROW, (x.numel() // max(length, 1), 1, 1, length), (1, 0, 0, 0, 1), None
-    last = _channels_last_memory(x, channel_axis)
-    if last is None:
-        return None
-    n, c = x.shape[0], x.shape[channel_axis]
-    p = x.numel() // max(n * c, 1)
-    if kind == "batch":
-        return ((COLUMN, (1, n * p, c, 1), (1, 0, 0, 1, 0), (1, 0, 1, 0)) if last
-                else (ROW, (1, n, c, p), (1, 0, 0, 1, 0), (1, 0, p, 1)))
-    if kind == "instance":
-        return ((COLUMN, (n, p, c, 1), (1, 0, 0, 1, 0), (1, p, 1, 0)) if last
-                else (ROW, (n * c, 1, 1, p), (c, 1, 0, 0, 0), (c, p, 0, 1)))
-    if kind == "group":
-        g = int(num_groups)
-        k = c // g
-        return ((ROW, (n, p, g, k), (1, 0, 0, k, 1), (1, p, 1, 0)) if last
-                else (ROW, (n * g, k, 1, p), (g, k, 1, 0, 0), (g, p, 0, 1)))
-    return None
+           normalized_ndim: int | None = None) -> spec.Kernel | None:
+    """The kernels' view of ``x`` for ``kind`` (``spec.plan(...).kernel``), or None when this
+    layout is not one the kernels read in place."""
+    return spec.plan(kind, tuple(x.shape), channel_axis=channel_axis, num_groups=num_groups,
+                     normalized_ndim=normalized_ndim, strides=x.stride()).kernel
 
 
 @torch.library.custom_op("normlab::triton_norm_fwd", mutates_args=())
@@ -107,8 +65,7 @@ def _fwd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
 
 
 def _stats_like(x, dims):
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return x.new_empty(dims[0] * dims[2], dtype=dtype)
+    return x.new_empty(dims[0] * dims[2], dtype=stat_dtype(x.dtype))
 
 
 @_fwd.register_fake
@@ -169,27 +126,21 @@ def _backward(ctx, dy, _dmean, _drstd, _dcount):
 _fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def triton_norm(kind: str, x: torch.Tensor, *, eps: float, weight=None, bias=None,
-                residual=None, activation=None, channel_axis: int = 1, num_groups=None,
-                normalized_ndim=None, mask=None):
-    """-> ``(y, mean, var, count)`` with the statistics in the kind's ``plan().stats_shape``
-    (var biased; count = real elements per group), or ``None`` when the layout is not one the
-    kernels take. ``mask``: the bool (N, positions...) padding mask, True at real positions
-    (batch, instance and group norm only)."""
-    lay = layout(kind, x, channel_axis, num_groups=num_groups, normalized_ndim=normalized_ndim)
-    if lay is None or (mask is not None and lay[3] is None):
-        return None
-    family, dims, affine, mask_index = lay
+def triton_norm(plan: spec.Plan, x: torch.Tensor, *, eps: float, weight=None, bias=None,
+                residual=None, activation=None, mask=None):
+    """-> ``(y, mean, var, count)`` with the statistics in ``plan.stats_shape`` (var biased;
+    count = real elements per group). ``plan.kernel`` must be set (the dispatcher's Triton
+    backend accepts only such calls). ``mask``: the bool (N, positions...) padding mask, True
+    at real positions (batch, instance and group norm only)."""
+    k = plan.kernel
     if residual is not None and residual.stride() != x.stride():
         residual = torch.empty_like(x).copy_(residual)  # the kernels read it like x
     if mask is not None:
         mask = mask.reshape(-1).contiguous().view(torch.uint8)
     flat = [None if t is None else t.reshape(-1) for t in (weight, bias)]
-    y, mean, rstd, count = _fwd(x, flat[0], flat[1], residual, mask, family, list(dims),
-                                list(affine), list(mask_index or (1, 0, 0, 0)), kind != "rms",
-                                float(eps), activation or "")
-    plan = spec.plan(kind, tuple(x.shape), channel_axis=channel_axis, num_groups=num_groups,
-                     normalized_ndim=normalized_ndim)
+    y, mean, rstd, count = _fwd(x, flat[0], flat[1], residual, mask, _FAMILY[k.family],
+                                list(k.dims), list(k.affine), list(k.mask or (1, 0, 0, 0)),
+                                plan.centered, float(eps), activation or "")
     shape = plan.stats_shape
     rstd = rstd.reshape(shape)
     var = rstd.pow(-2) - eps

@@ -16,19 +16,23 @@ import math
 
 import torch
 
-from normlab.spec import Plan
+from normlab import spec
+from normlab.spec import ACTIVATIONS, Plan
 
 __all__ = ["ACTIVATIONS", "activation_grad", "apply_activation", "backward", "forward",
            "masked_forward", "stat_dtype"]
 
-ACTIVATIONS = ("relu", "gelu", "silu")
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+_STAT_DTYPES = {d: getattr(torch, spec.stat_dtype_name(str(d)))
+                for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype statistics are kept in: float64 for float64 input, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """The dtype statistics are kept in, by the rule in ``normlab.spec.STAT_DTYPES``."""
+    return _STAT_DTYPES[dtype]
 
 
 def apply_activation(z: torch.Tensor, activation: str | None) -> torch.Tensor:

@@ -6,10 +6,13 @@ kind from the registry), ``insert_norms`` (Linear/Conv -> Norm -> Act in Sequent
 into the layer before it), ``convert_sync_batchnorm`` and ``freeze_batch_norm``.
 """
 
+from normlab.surgery.adapters import NormAct, NormInfo, register_adapter
 from normlab.surgery.core import (
     InsertReport,
     Passthrough,
     SurgeryError,
+    SurgeryReport,
+    SurgeryWarning,
     convert_sync_batchnorm,
     freeze_batch_norm,
     insert_norms,
@@ -20,6 +23,7 @@ from normlab.surgery.core import (
 )
 from normlab.surgery.fold import FoldReport, fold_batch_norm
 
-__all__ = ["FoldReport", "InsertReport", "Passthrough", "SurgeryError",
-           "convert_sync_batchnorm", "fold_batch_norm", "freeze_batch_norm", "insert_norms",
-           "is_norm", "remove_norms", "swap_norms", "to_normlab"]
+__all__ = ["FoldReport", "InsertReport", "NormAct", "NormInfo", "Passthrough", "SurgeryError",
+           "SurgeryReport", "SurgeryWarning", "convert_sync_batchnorm", "fold_batch_norm",
+           "freeze_batch_norm", "insert_norms", "is_norm", "register_adapter", "remove_norms",
+           "swap_norms", "to_normlab"]

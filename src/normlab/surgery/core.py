@@ -7,6 +7,7 @@ changed. Layer paths in reports and errors are the dotted names of ``model.named
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,50 +15,46 @@ import torch
 from torch import nn
 
 from normlab import nn as nl
+from normlab.reference import apply_activation
 from normlab.registry import create_norm_layer
+from normlab.surgery import adapters as ad
 
-__all__ = ["InsertReport", "Passthrough", "SurgeryError", "convert_sync_batchnorm",
-           "freeze_batch_norm", "insert_norms", "is_norm", "remove_norms", "swap_norms",
-           "to_normlab"]
+__all__ = ["InsertReport", "Passthrough", "SurgeryError", "SurgeryReport", "SurgeryWarning",
+           "convert_sync_batchnorm", "freeze_batch_norm", "insert_norms", "is_norm",
+           "remove_norms", "swap_norms", "to_normlab"]
 
 
 class SurgeryError(ValueError):
     """A conversion that cannot be done, naming the layer and the reason."""
 
 
-# --------------------------------------------------------------------------------------------
-# what counts as a normalization layer, and how to read its channel count and axis
+class SurgeryWarning(UserWarning):
+    """Layers a surgery left as they are (the caller did not ask for the report)."""
 
-_TORCH_TO_NORMLAB: dict[type, type] = {
-    nn.BatchNorm1d: nl.BatchNorm1d, nn.BatchNorm2d: nl.BatchNorm2d,
-    nn.BatchNorm3d: nl.BatchNorm3d, nn.SyncBatchNorm: nl.BatchNorm,
-    nn.InstanceNorm1d: nl.InstanceNorm1d, nn.InstanceNorm2d: nl.InstanceNorm2d,
-    nn.InstanceNorm3d: nl.InstanceNorm3d, nn.LayerNorm: nl.LayerNorm,
-    nn.GroupNorm: nl.GroupNorm, nn.RMSNorm: nl.RMSNorm,
-}
-_NORMLAB = (nl.BatchNorm, nl.InstanceNorm, nl.LayerNorm, nl.GroupNorm, nl.RMSNorm,
-            nl.FrozenBatchNorm)
-_BATCH_LIKE = (nn.modules.batchnorm._BatchNorm, nl.BatchNorm, nl.FrozenBatchNorm)
+
+@dataclass
+class SurgeryReport:
+    """What a surgery did: ``changed`` as (layer path, before, after) and ``left`` as
+    (layer path, class name, reason) for every layer it left as it is."""
+
+    changed: list[tuple[str, str, str]] = field(default_factory=list)
+    left: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"changed {p}: {a} -> {b}" for p, a, b in self.changed]
+        lines += [f"left {p} ({c}): {why}" for p, c, why in self.left]
+        return "\n".join(lines) or "no normalization layer found"
+
+
+# --------------------------------------------------------------------------------------------
+# what counts as a normalization layer
 
 
 def is_norm(module: nn.Module) -> bool:
-    """Whether ``module`` is a (torch.nn or normlab) normalization layer surgery handles.
+    """Whether ``module`` is a normalization layer of the adapter table (torch.nn, normlab,
+    timm, torchvision, Hugging Face; exact classes, never a subclass) or a :class:`NormAct`.
     AdaIN takes two inputs and is left alone."""
-    return isinstance(module, tuple(_TORCH_TO_NORMLAB)) or isinstance(module, _NORMLAB)
-
-
-def _channels(path: str, m: nn.Module) -> tuple[int, int]:
-    """(channel count, channel axis) of a norm layer, for the registry's convention."""
-    if isinstance(m, (nn.modules.batchnorm._NormBase, nl.BatchNorm, nl.InstanceNorm,
-                      nl.FrozenBatchNorm)):
-        return m.num_features, getattr(m, "channel_axis", 1)
-    if isinstance(m, (nn.GroupNorm, nl.GroupNorm)):
-        return m.num_channels, getattr(m, "channel_axis", 1)
-    shape = tuple(m.normalized_shape)  # layer / rms
-    if len(shape) != 1:
-        raise SurgeryError(f"layer {path!r} ({m}) normalizes over {shape}, not over one "
-                           "channel axis; it has no channel count to give another kind")
-    return shape[0], getattr(m, "channel_axis", -1)
+    return ad.adapter_for(module) is not None or isinstance(module, ad.NormAct)
 
 
 def _factory(m: nn.Module) -> dict:
@@ -73,94 +70,233 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def _norm_paths(model: nn.Module, filter=None) -> list[tuple[str, nn.Module]]:
-    out = []
+def _candidates(model: nn.Module, filter=None) -> list[tuple[str, nn.Module]]:
+    """Every norm-like module (outermost first; none inside another), with ``filter``."""
+    out, inside = [], []
     for path, m in model.named_modules():
-        if path and is_norm(m) and (filter is None or filter(path, m)):
-            out.append((path, m))
+        if any(path.startswith(p + ".") for p in inside):
+            continue
+        if ad.looks_like_norm(m):
+            inside.append(path)
+            if filter is None or filter(path, m):
+                out.append((path, m))
     return out
+
+
+def _name(m: nn.Module) -> str:
+    return type(m).__qualname__
+
+
+def _finish(new: nn.Module, report: SurgeryReport, return_report: bool, what: str):
+    if return_report:
+        return new, report
+    if report.left:
+        shown = "; ".join(f"{p} ({c}): {why}" for p, c, why in report.left[:3])
+        more = f" and {len(report.left) - 3} more" if len(report.left) > 3 else ""
+        warnings.warn(f"{what} left {len(report.left)} layer(s) as they are: {shown}{more} "
+                      "(return_report=True gives the full report)", SurgeryWarning,
+                      stacklevel=3)
+    return new
+
+
+def _check_model(old: nn.Module, new: nn.Module, example_inputs, what: str, *, exact: bool,
+                 rtol: float, modes=("eval", "train")) -> None:
+    """Run both models on ``example_inputs`` in float64 (eval, and train where the outputs of
+    two runs of the original agree) and raise SurgeryError when they differ."""
+    if example_inputs is None:
+        return
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    args = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in args)
+    for mode in modes:
+        a = getattr(copy.deepcopy(old).double(), mode)()
+        b = getattr(copy.deepcopy(new).double(), mode)()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            ya = a(*args)
+            torch.manual_seed(0)
+            yb = b(*args)
+        ya, yb = _first_tensor(ya), _first_tensor(yb)
+        if exact:
+            err = ad._rel_err(ya, yb)
+            if not err <= rtol:
+                raise SurgeryError(f"{what}: the model's {mode} output on example_inputs "
+                                   f"differs by relative error {err:.2g} > {rtol:g}")
+        elif ya.shape != yb.shape:
+            raise SurgeryError(f"{what}: the model's {mode} output shape changed from "
+                               f"{tuple(ya.shape)} to {tuple(yb.shape)}")
+
+
+def _first_tensor(y):
+    if isinstance(y, torch.Tensor):
+        return y
+    if isinstance(y, dict) or hasattr(y, "values"):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        for v in y:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
 
 
 # --------------------------------------------------------------------------------------------
 # to_normlab
 
 
-def _normlab_twin(path: str, m: nn.Module) -> nn.Module:
-    cls = _TORCH_TO_NORMLAB[type(m)]
-    f = _factory(m)
-    if isinstance(m, nn.modules.batchnorm._NormBase):
-        new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                  bias=m.affine and m.bias is not None, **f)
-    elif isinstance(m, nn.LayerNorm):
-        new = cls(m.normalized_shape, m.eps, m.elementwise_affine, m.bias is not None, **f)
-    elif isinstance(m, nn.GroupNorm):
-        new = cls(m.num_groups, m.num_channels, m.eps, m.affine, bias=m.bias is not None, **f)
-    else:  # RMSNorm
-        new = cls(m.normalized_shape, m.eps, m.elementwise_affine, **f)
-    new.load_state_dict(m.state_dict(), strict=True)
-    new.train(m.training)
-    return new
+def _twin_of(path: str, m: nn.Module) -> tuple[nn.Module | None, str]:
+    """(normlab twin, note) or (None, reason): read by the adapter (or the structural
+    fallback), built, and checked on a probe."""
+    try:
+        info = ad.read(m)
+        twin = ad.build_twin(info, m)
+        why = ad.probe(m, lambda ref: ad.build_twin(ad.read_like(ref, info), ref),
+                       ad.probe_shape(info), upcast=info.upcast, eps=info.eps)
+    except ad.Refused as exc:
+        return None, str(exc)
+    except (ValueError, TypeError) as exc:
+        return None, f"normlab cannot build its twin: {exc}"
+    if why:
+        return None, why
+    return twin, info.note
 
 
-def to_normlab(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every torch.nn normalization layer replaced by its normlab
-    equivalent carrying its exact state (parameters, running statistics, batch count,
-    train/eval mode). ``SyncBatchNorm`` becomes ``normlab.nn.BatchNorm``."""
+def to_normlab(model: nn.Module, *, example_inputs=None, return_report: bool = False):
+    """A copy of ``model`` with every normalization layer of the adapter table (torch.nn, timm,
+    torchvision, Hugging Face) replaced by its normlab twin with its exact state (parameters,
+    running statistics, batch count, train/eval mode; a timm norm+act's activation fused where
+    normlab has it, else kept after the norm in a :class:`NormAct`). Each twin is checked on
+    float64 probe inputs (eval and train) before it is accepted; a layer that is not in the
+    table, fails its probe or has no normlab kind is left as it is, with the reason in the
+    report. ``SyncBatchNorm`` becomes ``normlab.nn.BatchNorm``.
+
+    ``example_inputs`` (a tensor or tuple): also compare the whole model's outputs on it
+    (float64, eval and train) and raise :class:`SurgeryError` if they differ by more than
+    ``PROBE_RTOL_UPCAST`` (1e-5: models with float32 layers inside) relative. Returns the new
+    model, or ``(model, SurgeryReport)`` with ``return_report=True``; without it a
+    :class:`SurgeryWarning` names the layers left."""
     new = copy.deepcopy(model)
-    if type(new) in _TORCH_TO_NORMLAB:
-        return _normlab_twin("", new)
-    for path, m in _norm_paths(new):
-        if type(m) in _TORCH_TO_NORMLAB:
-            _replace(new, path, _normlab_twin(path, m))
-    return new
+    report = SurgeryReport()
+    todo = [("", new)] if ad.looks_like_norm(new) else _candidates(new)
+    for path, m in todo:
+        if isinstance(m, (ad.NormAct, *ad.NORMLAB_CLASSES)):
+            continue  # already normlab
+        twin, note = _twin_of(path, m)
+        if twin is None:
+            report.left.append((path, _name(m), note))
+            continue
+        report.changed.append((path, _name(m), repr(twin) if not note else
+                               f"{twin!r} ({note})"))
+        if not path:
+            new = twin
+        else:
+            _replace(new, path, twin)
+    _check_model(model, new, example_inputs, "to_normlab", exact=True,
+                 rtol=ad.PROBE_RTOL_UPCAST)
+    return _finish(new, report, return_report, "to_normlab")
 
 
 # --------------------------------------------------------------------------------------------
 # swap_norms
 
 
-def _carry(old: nn.Module, new: nn.Module, c: int) -> None:
+def _carry(info: ad.NormInfo, new: nn.Module, c: int) -> None:
     """Copy per-channel affine parameters (and running statistics between batch-like kinds)
-    where they mean the same in both layers."""
+    where they mean the same in both layers; a weight offset (Gemma's 1 + w) is applied."""
+    norm = new.norm if isinstance(new, ad.NormAct) else new
+    if isinstance(norm, nn.Identity):
+        return
     with torch.no_grad():
-        for name in ("weight", "bias"):
-            src, dst = getattr(old, name, None), getattr(new, name, None)
+        for name, src in (("weight", info.weight), ("bias", info.bias)):
+            dst = getattr(norm, name, None)
             if (isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor)
                     and src.shape == dst.shape == (c,)):
-                dst.copy_(src)
-        if isinstance(old, _BATCH_LIKE) and isinstance(new, _BATCH_LIKE) \
-                and old.running_mean is not None and new.running_mean is not None:
-            new.running_mean.copy_(old.running_mean)
-            new.running_var.copy_(old.running_var)
-            old_n = getattr(old, "num_batches_tracked", None)
-            new_n = getattr(new, "num_batches_tracked", None)
-            if old_n is not None and new_n is not None:
-                new_n.copy_(old_n)
+                off = info.weight_offset if name == "weight" else 0.0
+                dst.copy_(src.detach().double() + off if off else src.detach())
+        if info.kind in ("batch", "frozen") and info.running_mean is not None \
+                and getattr(norm, "running_mean", None) is not None:
+            norm.running_mean.copy_(info.running_mean)
+            norm.running_var.copy_(info.running_var)
+            nbt = getattr(norm, "num_batches_tracked", None)
+            if nbt is not None and info.num_batches_tracked is not None:
+                nbt.copy_(info.num_batches_tracked)
 
 
 def swap_norms(model: nn.Module, to: str, *, filter: Callable[[str, nn.Module], bool] | None
-               = None, **kwargs) -> nn.Module:
-    """A copy of ``model`` with every normalization layer (torch.nn or normlab; those for
-    which ``filter(path, module)`` is true) replaced by a ``to`` layer from the registry, built
-    for the same channel count and channel axis; ``kwargs`` go to its constructor (e.g.
-    ``num_groups``). Per-channel weight and bias are carried over where both layers have them,
-    running statistics between batch-norm kinds; the train/eval mode is kept."""
+               = None, example_inputs=None, return_report: bool = False, **kwargs):
+    """A copy of ``model`` with every normalization layer (those for which
+    ``filter(path, module)`` is true) replaced by a ``to`` layer from the registry, built for
+    the channel count and channel axis the adapter reads (timm's channels-first LayerNorm2d:
+    axis 1); ``kwargs`` go to its constructor (e.g. ``num_groups``). Per-channel weight and
+    bias are carried over where both layers have them (Gemma's weight as 1 + w), running
+    statistics between batch-norm kinds; a norm+act keeps its activation (fused where normlab
+    has it); the train/eval mode is kept.
+
+    A different kind changes the function by design; each new layer is checked on a probe of
+    the old one's input shape to run and give the old output's shape. A layer the adapter
+    table does not know is left and reported. Raises :class:`SurgeryError` naming the layer
+    when the new kind cannot be built for it. ``example_inputs``: also check the whole model
+    runs on it and keeps its output shape. Returns the new model, or ``(model, report)``."""
     new = copy.deepcopy(model)
-    for path, m in _norm_paths(new, filter):
-        c, axis = _channels(path, m)
-        kw = {"channel_axis": axis, **kwargs} if to != "none" else {}
-        f = _factory(m)
-        if f and to != "none":
-            kw = {**f, **kw}
+    report = SurgeryReport()
+    todo = [("", new)] if ad.looks_like_norm(new) else _candidates(new, filter)
+    model_factory = _factory(new)  # for norms without parameters (OLMo's layer norm)
+    for path, m in todo:
         try:
-            layer = create_norm_layer(to, c, **kw)
-        except (ValueError, TypeError) as exc:
-            raise SurgeryError(f"cannot replace layer {path!r} ({m}) by {to!r}: {exc}") \
-                from None
-        _carry(m, layer, c)
+            info = ad.read(m)
+        except ad.Refused as exc:
+            report.left.append((path, _name(m), str(exc)))
+            continue
+        try:
+            c = info.channels()
+        except ad.Refused as exc:
+            raise SurgeryError(f"layer {path!r} ({m}) {exc}") from None
+        try:
+            act, rest = ad.split_rest(info)
+        except ad.Refused as exc:
+            report.left.append((path, _name(m), str(exc)))
+            continue
+        if to == "none":
+            layer = Passthrough(act) if not rest else ad.NormAct(nn.Identity(), info.drop,
+                                                                 info.act)
+        else:
+            kw = {**(_factory(m) or model_factory), "channel_axis": info.channel_axis,
+                  **kwargs}
+            if act is not None:
+                kw["activation"] = act
+            try:
+                layer = create_norm_layer(to, c, **kw)
+            except (ValueError, TypeError) as exc:
+                raise SurgeryError(f"cannot replace layer {path!r} ({m}) by {to!r}: {exc}") \
+                    from None
+            layer = ad.wrap_rest(layer, info, rest)
+            _carry(info, layer, c)
         layer.train(m.training)
-        _replace(new, path, layer)
-    return new
+        why = _shape_probe(m, layer, info)
+        if why:
+            raise SurgeryError(f"cannot replace layer {path!r} ({m}) by {to!r}: {why}")
+        report.changed.append((path, _name(m), repr(layer)))
+        if not path:
+            new = layer
+        else:
+            _replace(new, path, layer)
+    _check_model(model, new, example_inputs, "swap_norms", exact=False, rtol=0.0)
+    return _finish(new, report, return_report, "swap_norms")
+
+
+def _shape_probe(old: nn.Module, new: nn.Module, info: ad.NormInfo) -> str | None:
+    x = torch.randn(ad.probe_shape(info), dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            ya = copy.deepcopy(old).double().eval()(x)
+            yb = copy.deepcopy(new).double().eval()(x)
+    except Exception as exc:
+        return f"the new layer fails on a probe of shape {tuple(x.shape)}: {exc}"
+    if ya.shape != yb.shape:
+        return f"output shape {tuple(yb.shape)} instead of {tuple(ya.shape)}"
+    if not torch.isfinite(yb).all():
+        return "non-finite output on a probe"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,23 +313,33 @@ class Passthrough(nn.Module):
 
     def forward(self, input, residual=None):
         y = input if residual is None else input + residual
-        if self.activation is None:
-            return y
-        return {"relu": torch.relu, "gelu": nn.functional.gelu,
-                "silu": nn.functional.silu}[self.activation](y)
+        return apply_activation(y, self.activation)  # the one definition normlab's layers use
 
     def extra_repr(self) -> str:
         return "" if self.activation is None else f"activation={self.activation!r}"
 
 
+def _without_norm(m: nn.Module) -> nn.Module:
+    """What is left of a norm layer without its normalization: its activation (and drop)."""
+    if isinstance(m, ad.NormAct):
+        return ad.NormAct(nn.Identity(), m.drop, m.act)
+    try:
+        info = ad.read(m)
+        act, rest = ad.split_rest(info)
+    except ad.Refused:
+        return Passthrough(getattr(m, "activation", None))
+    return Passthrough(act) if not rest else ad.NormAct(nn.Identity(), info.drop, info.act)
+
+
 def remove_norms(model: nn.Module, *, filter=None) -> nn.Module:
     """A copy of ``model`` with every normalization layer replaced by a :class:`Passthrough`
-    (the "no normalization" baseline)."""
+    (the "no normalization" baseline); a norm+act keeps its activation and drop."""
     new = copy.deepcopy(model)
     if is_norm(new):
-        return Passthrough(getattr(new, "activation", None))
-    for path, m in _norm_paths(new, filter):
-        _replace(new, path, Passthrough(getattr(m, "activation", None)))
+        return _without_norm(new)
+    for path, m in _candidates(new, filter):
+        if is_norm(m):
+            _replace(new, path, _without_norm(m))
     return new
 
 
@@ -291,12 +437,6 @@ def insert_norms(model: nn.Module, kind: str, placement: str = "before_activatio
 # sync and freeze
 
 
-def _batch_norms(model: nn.Module, exclude=()):
-    return [(p, m) for p, m in model.named_modules()
-            if p and isinstance(m, (nn.modules.batchnorm._BatchNorm, nl.BatchNorm))
-            and not isinstance(m, exclude)]
-
-
 _PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                       nl.BatchNorm, nl.BatchNorm1d, nl.BatchNorm2d, nl.BatchNorm3d)
 
@@ -327,26 +467,32 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
 
 
 def freeze_batch_norm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every batch norm that has running statistics replaced by
+    """A copy of ``model`` with every batch norm that has running statistics (torch.nn's,
+    normlab's, timm's BatchNormAct2d with its activation kept) replaced by
     :class:`normlab.nn.FrozenBatchNorm` carrying its weight, bias and running statistics
     (affine-less ones get weight 1, bias 0). Layers without running statistics are kept."""
     new = copy.deepcopy(model)
-    todo = _batch_norms(new)
-    if not todo and isinstance(new, (nn.modules.batchnorm._BatchNorm, nl.BatchNorm)):
-        todo = [("", new)]
+    todo = [("", new)] if is_norm(new) else _candidates(new)
     for path, m in todo:
-        if m.running_mean is None:
+        if not is_norm(m) or isinstance(m, (ad.NormAct, nl.FrozenBatchNorm)):
             continue
-        frozen = nl.FrozenBatchNorm(m.num_features, m.eps, **_factory(m),
-                                    channel_axis=getattr(m, "channel_axis", 1),
-                                    activation=getattr(m, "activation", None))
+        try:
+            info = ad.read(m)
+            act, rest = ad.split_rest(info)
+        except ad.Refused:
+            continue
+        if info.kind != "batch" or info.running_mean is None:
+            continue
+        frozen = nl.FrozenBatchNorm(info.num_channels, info.eps, **_factory(m),
+                                    channel_axis=info.channel_axis, activation=act)
         with torch.no_grad():
-            frozen.running_mean.copy_(m.running_mean)
-            frozen.running_var.copy_(m.running_var)
-            if m.weight is not None:
-                frozen.weight.copy_(m.weight)
-            if m.bias is not None:
-                frozen.bias.copy_(m.bias)
+            frozen.running_mean.copy_(info.running_mean)
+            frozen.running_var.copy_(info.running_var)
+            if info.weight is not None:
+                frozen.weight.copy_(info.weight)
+            if info.bias is not None:
+                frozen.bias.copy_(info.bias)
+        frozen = ad.wrap_rest(frozen, info, rest)
         if not path:
             return frozen
         _replace(new, path, frozen)

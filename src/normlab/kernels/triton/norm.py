@@ -55,9 +55,13 @@ import torch
 import triton
 import triton.language as tl
 
+from normlab.reference import stat_dtype
+from normlab.spec import ACTIVATIONS as _NAMES
+
 __all__ = ["ACTIVATIONS", "backward", "forward"]
 
-ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2, "silu": 3}
+# the ACT numbers of _act below: 1, 2, 3 in normlab.spec.ACTIVATIONS' order (relu, gelu, silu)
+ACTIVATIONS = {None: 0, **{a: i + 1 for i, a in enumerate(_NAMES)}}
 ROW, COLUMN = 0, 1
 _TILE = 4096  # elements per tile in the row family
 _INV_SQRT2 = 0.7071067811865476
@@ -544,12 +548,12 @@ def _col_bwd(
 
 
 def _acc(x: torch.Tensor) -> torch.dtype:
-    """Statistics and sums: float32, float64 for float64 input."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    """Statistics and sums: the dtype of ``normlab.spec.STAT_DTYPES``' rule."""
+    return stat_dtype(x.dtype)
 
 
 def _tl_acc(x: torch.Tensor):
-    return tl.float64 if x.dtype == torch.float64 else tl.float32
+    return tl.float64 if _acc(x) == torch.float64 else tl.float32
 
 
 def _pow2(n: int, cap: int) -> int:

@@ -1,0 +1,438 @@
+"""One entry point for every kind: ``normalize(plan, x, ...) -> (y, stats)`` over one ordered list
+of backends.
+
+Each backend says whether it takes a call (``accepts(call) -> None`` or the reason it does not)
+and runs it (``run(call) -> (y, stats)``, ``stats = (mean, var, count)`` in
+``plan.stats_shape`` or None). ``BACKEND_LIST`` is the order ``backend=None`` tries them in;
+the first that accepts runs. A backend asked for by name that does not accept a call raises a
+``ValueError`` naming the backend, the call and the reason -- except the reasons a backend
+declares in ``hands_on``: those calls go to the next backend of the list that accepts them
+(documented here and in docs/ARCHITECTURE.md; ``trace_backends()`` shows which one ran):
+
+* ``triton`` hands on what the kernels have no work for or do not read: running statistics
+  (eval mode: a per-channel affine map), AdaIN, an empty input, a layout the kernels do not
+  read in place, masked layer/rms norm. So ``BatchNorm2d(backend="triton")`` works in eval mode.
+* ``masked`` hands on a call whose statistics came out non-finite (NaN or Inf in the padding,
+  which its multiply-by-mask passes read): the reference masked math, which never reads padded
+  values, runs instead. That is one check on the (N, C) statistics, on CPU where this backend
+  runs (the kernels take masks on GPU).
+
+Running statistics are updated in one place, ``update_running`` (torch's batch-norm kernel on
+the native path updates them in its own pass, with the factor computed here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import NamedTuple
+
+import torch
+
+from normlab import spec
+from normlab.ops import native, triton_op
+from normlab.ops.masked import masked_norm
+from normlab.ops.reference_op import reference_norm
+from normlab.reference import apply_activation, like_input, masked_forward, stat_dtype
+
+__all__ = ["BACKENDS", "BACKEND_LIST", "Call", "Running", "accepting", "last_backend",
+           "normalize", "select", "trace_backends", "update_running"]
+
+
+class Running(NamedTuple):
+    """Running statistics of one call: buffers, the momentum (None: cumulative average) and the
+    batch counter (or None)."""
+
+    mean: torch.Tensor | None
+    var: torch.Tensor | None
+    momentum: float | None = 0.1
+    num_batches_tracked: torch.Tensor | None = None
+
+
+class Call(NamedTuple):
+    """Everything one normalization call carries (inputs validated by ``functional``)."""
+
+    plan: spec.Plan
+    x: torch.Tensor
+    weight: torch.Tensor | None  # (C,), normalized_shape, or AdaIN's per-sample std
+    bias: torch.Tensor | None
+    eps: float
+    residual: torch.Tensor | None
+    activation: str | None
+    mask: torch.Tensor | None  # bool (N, positions...), True at real positions
+    running: Running | None
+    factor: float  # the running-average factor for this batch (after counting it)
+    channel_axis: int
+    extra: tuple  # num_groups (group) or normalized_shape (layer, rms)
+    explicit: bool  # the backend was asked for by name
+
+    def describe(self) -> str:
+        p = self.plan
+        what = [f"{p.kind} norm", f"input {tuple(self.x.shape)} {self.x.dtype}",
+                f"{self.x.device.type}", f"{p.stats} statistics"]
+        if self.mask is not None:
+            what.append("masked")
+        return ", ".join(what)
+
+
+def _affine(t, plan):
+    return None if t is None or plan.affine == "style" else t.reshape(plan.affine_shape)
+
+
+def _mask_on_x(call):
+    """The (N, positions) mask as a view that broadcasts against ``x``."""
+    return call.mask.unsqueeze(call.channel_axis % call.x.dim())
+
+
+def _running_on_x(call):
+    shape = call.plan.affine_shape
+    return call.running.mean.reshape(shape), call.running.var.reshape(shape)
+
+
+class Backend:
+    """A way to compute a call. ``hands_on``: reasons (``accepts``' return values) that send an
+    explicitly requested call on to the next backend instead of raising."""
+
+    name = ""
+    hands_on: frozenset = frozenset()
+
+    def accepts(self, call: Call) -> str | None:
+        raise NotImplementedError
+
+    def run(self, call: Call):
+        raise NotImplementedError
+
+
+NOT_CUDA = "the input is not a CUDA tensor"
+RUNNING = "running statistics: a per-channel affine map, no reduction for the kernels"
+ADAIN = "no AdaIN kernel"
+EMPTY = "an empty input: nothing to launch"
+LAYOUT = "a memory layout the kernels do not read in place"
+MASKED_BLOCK = "masks of layer and rms norm are not fused"
+
+
+class Triton(Backend):
+    """The fused kernels (``triton_op``): training statistics, any channel axis, the epilogue
+    and (batch/instance/group) the mask fused."""
+
+    name = "triton"
+    hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, MASKED_BLOCK})
+
+    def accepts(self, call):
+        p = call.plan
+        if not (call.x.is_cuda or call.explicit):  # explicit: functional checked Triton runs
+            return NOT_CUDA
+        if not triton_op.available():
+            return "Triton is not installed"
+        if p.stats == "running":
+            return RUNNING
+        if p.kind == "adain":
+            return ADAIN
+        if call.x.numel() == 0:
+            return EMPTY
+        if p.kernel is None:
+            return LAYOUT
+        if call.mask is not None and p.kernel.mask is None:
+            return MASKED_BLOCK
+        return None
+
+    def run(self, call):
+        p = call.plan
+        y, mean, var, count = triton_op.triton_norm(
+            p, call.x, eps=call.eps, weight=call.weight, bias=call.bias, residual=call.residual,
+            activation=call.activation, mask=call.mask)
+        return y, (mean, var, count if call.mask is not None else None)
+
+
+MASKED_KINDS = ("batch", "instance", "group")
+
+
+class Masked(Backend):
+    """``ops/masked.py``: masked batch/instance/group norm in the fewest eager passes (CPU)."""
+
+    name = "masked"
+
+    def accepts(self, call):
+        p = call.plan
+        if call.mask is None:
+            return "no mask given"
+        if p.kind not in MASKED_KINDS:
+            return f"only {MASKED_KINDS} (the kinds with a channel axis and positions)"
+        if p.stats == "running":
+            return "running statistics (eval mode): the reference masked math runs them"
+        if call.x.dim() <= 2:
+            return "no positions to mask (a 2-D input)"
+        if torch.compiler.is_compiling():
+            return "under torch.compile (its finiteness check is data-dependent)"
+        return None
+
+    def run(self, call):
+        p = call.plan
+        m = _mask_on_x(call)
+        out = masked_norm(call.x, p, m, eps=call.eps, weight=call.weight, bias=call.bias)
+        if out is None:  # non-finite statistics: NaN/Inf padding (see the module docstring)
+            return None
+        y, mean, var, count = out
+        if call.residual is not None:
+            y = y + torch.where(m, call.residual, 0.0)
+        return like_input(apply_activation(y, call.activation), call.x), (mean, var, count)
+
+
+def _closed_form_backward_is_faster(x, channel_axis) -> bool:
+    """Instance norm with the channel innermost in memory: torch's group-norm backward for that
+    layout is slow on CPU (1.6x torch.nn's contiguous-copy path at 32x64x56x56), the closed form
+    over the same layout is faster than both (``normlab bench``)."""
+    return x.dim() > 2 and x.stride(channel_axis) == 1 and x.shape[channel_axis] > 1
+
+
+class Hybrid(Backend):
+    """Instance norm whose channel is innermost in memory: torch's group-norm kernel forward
+    (which returns mean and rstd too) and the closed-form backward (``reference_op``)."""
+
+    name = "hybrid"
+
+    def accepts(self, call):
+        p = call.plan
+        if p.kind != "instance" or p.stats == "running" or call.mask is not None:
+            return "only instance norm with input statistics and no mask"
+        if not _closed_form_backward_is_faster(call.x, call.channel_axis):
+            return "only a channel innermost in memory (torch's backward is fast otherwise)"
+        return None
+
+    def run(self, call):
+        p, x = call.plan, call.x
+        y, mean, var = reference_norm(
+            x, p, eps=call.eps, weight=_affine(call.weight, p), bias=_affine(call.bias, p),
+            forward_impl=functools.partial(native.instance_norm_with_stats,
+                                           channel_axis=call.channel_axis))
+        return native.epilogue(y, call.residual, call.activation), (mean, var, None)
+
+
+class Native(Backend):
+    """torch's own kernels, through views (``native.py``); the fastest correct path on CPU."""
+
+    name = "native"
+
+    def accepts(self, call):
+        if call.mask is not None:
+            return "torch has no masked normalization kernel (use backend=None, 'masked' or " \
+                   "'reference')"
+        return None
+
+    def run(self, call):
+        p, x, ax = call.plan, call.x, call.channel_axis
+        w, b, eps, stats = call.weight, call.bias, call.eps, None
+        if p.stats == "running":  # batch or instance norm: the same per-channel affine map
+            r = call.running
+            y = native.batch_norm(x, r.mean, r.var, w, b, False, 0.0, eps, ax)
+        elif p.kind == "batch":  # torch's kernel updates the running statistics in its pass
+            r = call.running
+            rm, rv = (None, None) if r is None else (r.mean, r.var)
+            y = native.batch_norm(x, rm, rv, w, b, True, call.factor, eps, ax)
+        elif p.kind == "instance":
+            y = native.instance_norm(x, w, b, eps, ax)
+            if call.running is not None and call.running.mean is not None:
+                with torch.no_grad():
+                    var, mean = torch.var_mean(x.to(stat_dtype(x.dtype)), p.reduce_dims,
+                                               correction=0)
+                stats = (mean, var, None)
+        elif p.kind == "group":
+            y = native.group_norm(x, call.extra, w, b, eps, ax)
+        elif p.kind == "layer":
+            y = native.layer_norm(x, call.extra, w, b, eps, ax)
+        elif p.kind == "rms":
+            y = native.rms_norm(x, call.extra, w, eps, ax)
+        else:  # adain: weight/bias are the style's std and mean
+            xhat = native.instance_norm(x, None, None, eps, ax)
+            y = (xhat.to(w.dtype) * w + b).to(x.dtype)
+        if call.residual is None and call.activation is None:
+            return y, stats
+        return native.epilogue(y, call.residual, call.activation), stats
+
+
+class Reference(Backend):
+    """The readable math (``reference/``) with the closed-form backward; takes every call
+    (masked ones through ``masked_forward``, whose backward is autograd's)."""
+
+    name = "reference"
+
+    def accepts(self, call):
+        return None
+
+    def run(self, call):
+        p, x = call.plan, call.x
+        w, b = _affine(call.weight, p), _affine(call.bias, p)
+        if p.affine == "style":
+            w, b = call.weight, call.bias
+        rm = rv = None
+        if p.stats == "running":
+            rm, rv = _running_on_x(call)
+        if call.mask is not None:
+            y, mean, var, count = masked_forward(
+                x, p, _mask_on_x(call), eps=call.eps, weight=w, bias=b,
+                residual=call.residual, activation=call.activation, running_mean=rm,
+                running_var=rv)
+            return y, (mean, var, count)
+        y, mean, var = reference_norm(x, p, eps=call.eps, weight=w, bias=b,
+                                      residual=call.residual, activation=call.activation,
+                                      running_mean=rm, running_var=rv)
+        return y, (mean, var, None)
+
+
+# The order backend=None tries; every accept rule of every path is in these classes.
+BACKEND_LIST: tuple[Backend, ...] = (Triton(), Masked(), Hybrid(), Native(), Reference())
+BACKENDS: tuple[str, ...] = tuple(b.name for b in BACKEND_LIST)
+_BY_NAME = {b.name: i for i, b in enumerate(BACKEND_LIST)}
+
+
+_CHOICES: dict = {}  # (plan, is_cuda, has mask, backend) -> the backend select() chose
+
+
+def select(call: Call, backend: str | None, start: int = 0) -> Backend:
+    """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
+    accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
+    rule reads only the plan, the device, whether there is a mask and whether the backend was
+    named (and ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
+    compiling = torch.compiler.is_compiling()
+    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start)
+    if not compiling:
+        b = _CHOICES.get(key)
+        if b is not None:
+            return b
+    b = _select(call, backend, start)
+    if not compiling:
+        if len(_CHOICES) > 4096:
+            _CHOICES.clear()
+        _CHOICES[key] = b
+    return b
+
+
+def _select(call, backend, start):
+    if backend is None or start:
+        for b in BACKEND_LIST[start:]:
+            if b.accepts(call) is None:
+                return b
+        raise AssertionError("the reference backend accepts every call")
+    i = _BY_NAME[backend]
+    b = BACKEND_LIST[i]
+    why = b.accepts(call)
+    if why is None:
+        return b
+    if why in b.hands_on:
+        return _select(call, None, i + 1)
+    raise ValueError(f"backend={backend!r} cannot run this call ({call.describe()}): {why}")
+
+
+def accepting(call: Call) -> list[str]:
+    """The names of every backend that accepts ``call`` by its own rules (for the tests)."""
+    return [b.name for b in BACKEND_LIST if b.accepts(call) is None]
+
+
+_last: list[str | None] = [None]
+_traces: list[list[str]] = []
+
+
+def last_backend() -> str | None:
+    """The backend the last eager call ran on (a debug query; nothing reads it to decide)."""
+    return _last[0]
+
+
+@contextlib.contextmanager
+def trace_backends():
+    """Collect, in order, the name of the backend each eager call inside runs on."""
+    names: list[str] = []
+    _traces.append(names)
+    try:
+        yield names
+    finally:
+        _traces.remove(names)
+
+
+def _record(name: str) -> None:
+    _last[0] = name
+    for t in _traces:
+        t.append(name)
+
+
+def count_batch(running: Running | None, moves: bool) -> float:
+    """Count a batch that moves the running statistics in ``num_batches_tracked`` and return the
+    running-average factor: ``momentum``, or ``1 / num_batches_tracked`` (the cumulative
+    average) when ``momentum`` is None."""
+    if running is None:
+        return 0.0
+    nbt, momentum = running.num_batches_tracked, running.momentum
+    if nbt is None or not moves:
+        return 0.0 if momentum is None else momentum
+    nbt.add_(1)
+    return momentum if momentum is not None else 1.0 / float(nbt)
+
+
+def update_running(running_mean, running_var, mean, var, count, rows, channels, group_size,
+                   factor, num_batches_tracked=None):
+    """running = (1 - factor) * running + factor * batch value, with the unbiased variance;
+    ``mean``/``var`` hold ``rows`` per-sample rows of ``channels`` (instance norm's N rows are
+    averaged, as torch does).
+
+    With ``count`` (masked calls: real elements per group), groups with fewer than 2 real
+    elements are left out; if none is left the running statistics do not move and the batch is
+    not counted. That depends on the mask's values, so it is tensor arithmetic (no host sync,
+    no branch on data: ``torch.compile(fullgraph=True)`` traces it), and with ``factor=None``
+    the cumulative factor ``1 / num_batches_tracked`` is a tensor too."""
+    if running_mean is None:
+        return
+    mean, var = mean.reshape(rows, channels), var.reshape(rows, channels)
+    with torch.no_grad():
+        if count is None:
+            unbiased = var * (group_size / max(group_size - 1, 1))
+            running_mean.mul_(1.0 - factor).add_(mean.mean(0).to(running_mean.dtype),
+                                                 alpha=factor)
+            running_var.mul_(1.0 - factor).add_(unbiased.mean(0).to(running_var.dtype),
+                                                alpha=factor)
+            return
+        count = count.reshape(rows, channels)
+        ok = count > 1
+        has = ok.any(0)  # per channel: some group of this channel has 2 real values
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(has.any().to(num_batches_tracked.dtype))
+            if factor is None:
+                factor = 1.0 / num_batches_tracked.clamp_min(1).to(mean.dtype)
+        unbiased = var * count / (count - 1).clamp_min(1)
+        w = ok.to(mean.dtype)
+        per_c = w.sum(0).clamp_min(1)
+        new_mean = (mean * w).sum(0) / per_c
+        new_var = (unbiased * w).sum(0) / per_c
+        rm = (1 - factor) * running_mean + factor * new_mean.to(running_mean.dtype)
+        rv = (1 - factor) * running_var + factor * new_var.to(running_var.dtype)
+        running_mean.copy_(torch.where(has, rm, running_mean))
+        running_var.copy_(torch.where(has, rv, running_var))
+
+
+def normalize(plan: spec.Plan, x: torch.Tensor, weight=None, bias=None, *, eps: float,
+              residual=None, activation=None, mask=None, running: Running | None = None,
+              channel_axis: int = 1, extra=None, backend: str | None = None):
+    """Normalize ``x`` as ``plan`` says -> ``(y, stats)``; ``stats = (mean, var, count)`` in
+    ``plan.stats_shape`` (var biased, count None without a mask), or None where the backend
+    does not compute them (torch's kernels). With ``running`` and training statistics the
+    running statistics (and ``num_batches_tracked``) are updated here."""
+    training = plan.stats != "running"
+    moving = training and running is not None and running.mean is not None
+    if moving and x.numel() == 0:  # an empty batch leaves the running statistics unchanged
+        running, moving = None, False
+    factor = count_batch(running, True) if moving and mask is None else 0.0
+    call = Call(plan, x, weight, bias, eps, residual, activation, mask, running, factor,
+                channel_axis, extra, backend is not None)
+    b = select(call, backend)
+    out = b.run(call)
+    if out is None:  # handed on after looking at the data (Masked)
+        b = select(call, None, _BY_NAME[b.name] + 1)
+        out = b.run(call)
+    if not torch.compiler.is_compiling():
+        _record(b.name)
+    y, stats = out
+    if moving and stats is not None:
+        mean, var, count = stats
+        update_running(running.mean, running.var, mean, var, count, plan.running_rows,
+                       plan.channels, plan.group_size,
+                       factor if mask is None else running.momentum,
+                       running.num_batches_tracked if mask is not None else None)
+    return y, stats

@@ -1,0 +1,97 @@
+"""The backend matrix: every case of the functional table on every backend that accepts it,
+against the float64 oracle and torch.nn; which backend ran is visible; a backend asked for by
+name that cannot run a call says so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import normlab.functional as F
+import normlab.nn as nl
+from normlab import ops
+from tests import oracle
+from tests import test_functional as tf
+from tests.matrix import BACKENDS, on_backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", tf.CASES, ids=[c[0] for c in tf.CASES])
+def test_every_accepting_backend_matches_the_oracle(case, backend):
+    _, kind, shape, opts = case
+    on_backend(backend, lambda: tf.check_against_oracle(kind, shape, opts, torch.float64,
+                                                        backend, residual=True,
+                                                        activation="silu"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", tf.CASES, ids=[c[0] for c in tf.CASES])
+def test_every_accepting_backend_matches_torch_nn(case, backend):
+    _, kind, shape, opts = case
+    x, w, b, style = tf._make(kind, shape, opts, torch.float64)
+    y = on_backend(backend, lambda: tf._normlab(kind, x, w, b, style, opts, backend))
+    torch.testing.assert_close(y, tf._torch_nn(kind, x, w, b, style, opts),
+                               **oracle.tol(torch.float64))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("case", tf.CASES[::3], ids=[c[0] for c in tf.CASES[::3]])
+def test_every_accepting_backend_in_low_precision(case, dtype, backend):
+    _, kind, shape, opts = case
+    on_backend(backend, lambda: tf.check_against_oracle(kind, shape, opts, dtype, backend))
+
+
+def test_the_default_choice_is_visible():
+    x = torch.randn(4, 3, 5, 5)
+    with ops.trace_backends() as ran:
+        F.batch_norm(x, None, None, training=True)
+        F.instance_norm(x.to(memory_format=torch.channels_last))
+        F.group_norm(x, 3, mask=torch.ones(4, 5, 5, dtype=torch.bool))
+        F.layer_norm(x, (5,), mask=torch.ones(4, 3, 5, dtype=torch.bool))
+        F.layer_norm(x, (5,), backend="reference")
+    assert ran == ["native", "hybrid", "masked", "reference", "reference"]
+    assert ops.last_backend() == "reference"
+
+
+def test_a_backend_that_cannot_run_the_call_says_why():
+    x = torch.randn(4, 3, 5)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"backend='native' cannot run this call \(group norm, "
+                                         r"input \(4, 3, 5\).*masked\): torch has no masked"):
+        F.group_norm(x, 3, mask=mask, backend="native")
+    with pytest.raises(ValueError, match=r"backend='masked' cannot run this call .*: no mask"):
+        F.batch_norm(x, None, None, training=True, backend="masked")
+    with pytest.raises(ValueError, match=r"backend='hybrid' cannot run this call .*only "
+                                         r"instance norm"):
+        F.layer_norm(x, (5,), backend="hybrid")
+    m = nl.LayerNorm(5, backend="native")
+    with pytest.raises(ValueError, match="backend='native' cannot run this call"):
+        m(x, mask=torch.ones(4, 3, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not ops.triton_available(), reason="Triton is not installed")
+def test_triton_hands_on_what_it_has_no_kernel_for():
+    """backend='triton' in eval mode (running statistics) and on AdaIN runs native, visibly."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    m = nl.BatchNorm1d(3, backend="triton").double()
+    with ops.trace_backends() as ran:
+        m(x)
+        m.eval()
+        m(x)
+        F.adaptive_instance_norm(x, x, backend="triton")
+    assert ran == ["triton", "native", "native"]
+
+
+def test_running_statistics_move_the_same_on_every_backend():
+    x = torch.randn(6, 3, 7, dtype=torch.float64) * 2 + 1
+    got = {}
+    for backend in ("native", "reference"):
+        rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+        F.batch_norm(x, rm, rv, training=True, momentum=0.3, backend=backend)
+        got[backend] = (rm, rv)
+    ref = torch.nn.BatchNorm1d(3, momentum=0.3).double()
+    ref(x)
+    for rm, rv in got.values():
+        torch.testing.assert_close(rm, ref.running_mean, **oracle.tol(torch.float64))
+        torch.testing.assert_close(rv, ref.running_var, **oracle.tol(torch.float64))

@@ -1,0 +1,238 @@
+"""Surgery on real model definitions: timm, torchvision and Hugging Face transformers with random
+weights (nothing downloaded). Needs the zoo extra (``pip install -e .[zoo]``); skipped without
+it. The fixed sample covers every timm family, torchvision's families and the Hugging Face
+model types of tests/zoo.py; ``python benchmarks/zoo.py`` runs the whole list."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import normlab.nn as nl
+from normlab.surgery import (
+    NormAct,
+    SurgeryWarning,
+    fold_batch_norm,
+    is_norm,
+    swap_norms,
+    to_normlab,
+)
+from tests import zoo
+
+try:
+    timm, tv, transformers = zoo.load_zoo()
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    pytest.skip(f"the zoo extra is not installed ({exc}); pip install -e .[zoo]",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: these models' small float64 ops run several times faster on a shared
+    machine without OpenMP's threads competing."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _timm(name, **kw):
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **kw).double()
+
+
+def _hf(model_type):
+    m, _ = zoo.build(zoo.Entry("hf", model_type, model_type))
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# the classes of the issue, one at a time
+
+
+def test_batch_norm_act_keeps_its_activation_and_state_dict_keys():
+    from timm.layers import BatchNormAct2d
+    bn = BatchNormAct2d(6, act_layer=nn.Hardswish).double()
+    relu = BatchNormAct2d(6, act_layer=nn.ReLU).double()
+    for m in (bn, relu):
+        with torch.no_grad():
+            m.weight.uniform_(0.5, 2)
+            m.bias.uniform_(-1, 1)
+        m(torch.randn(4, 6, 3, 3, dtype=torch.float64))  # move the running statistics
+    new = to_normlab(nn.Sequential(bn, relu))
+    assert isinstance(new[0], NormAct) and isinstance(new[0].norm, nl.BatchNorm2d)
+    assert isinstance(new[0].act, nn.Hardswish)
+    assert type(new[1]) is nl.BatchNorm2d and new[1].activation == "relu"
+    assert list(new.state_dict()) == list(nn.Sequential(bn, relu).state_dict())
+    back = nn.Sequential(BatchNormAct2d(6, act_layer=nn.Hardswish),
+                         BatchNormAct2d(6)).double()
+    back.load_state_dict(new.state_dict(), strict=True)
+    x = torch.randn(3, 6, 4, 4, dtype=torch.float64) * 2 + 1
+    for mode in ("train", "eval"):
+        a = getattr(copy.deepcopy(nn.Sequential(bn, relu)), mode)()
+        b = getattr(copy.deepcopy(new), mode)()
+        torch.testing.assert_close(b(x), a(x), rtol=1e-12, atol=1e-12)
+        c = getattr(copy.deepcopy(back), mode)()
+        torch.testing.assert_close(c(x), getattr(copy.deepcopy(nn.Sequential(bn, relu)),
+                                                 mode)()(x), rtol=1e-12, atol=1e-12)
+
+
+def test_fold_keeps_the_activation_of_timm_norm_act_and_reports_densenet():
+    for name, size in (("efficientnet_b0", 32), ("mobilenetv3_small_100", 32)):
+        model, x = zoo.build(zoo.Entry("timm", name, name, size))
+        folded, report = fold_batch_norm(model)
+        assert report.not_folded == [] and len(report.folded) > 10
+        ref = copy.deepcopy(model).eval()(x)
+        assert zoo.rel_err(ref, folded(x)) < 1e-10
+    model, x = zoo.build(zoo.Entry("timm", "densenet121", "densenet121", 32))
+    folded, report = fold_batch_norm(model)
+    reasons = {why for _, why in report.not_folded}
+    assert reasons == {"its input is the result of cat(), not a Conv, ConvTranspose or "
+                       "Linear layer"}
+    assert zoo._foldable_left(folded, x) == []
+    assert zoo.rel_err(copy.deepcopy(model).eval()(x), folded(x)) < 1e-10
+
+
+def test_convnext_layer_norm_2d_is_channels_first_and_swaps_to_group():
+    model = _timm("convnext_atto")
+    ln = model.stem[1]
+    assert type(ln).__name__ == "LayerNorm2d"
+    new = to_normlab(model)
+    twin = new.stem[1]
+    assert type(twin) is nl.LayerNorm and twin.channel_axis == 1
+    x = torch.randn(2, ln.normalized_shape[0], 5, 3, dtype=torch.float64)
+    ref = nn.functional.layer_norm(x.movedim(1, -1), ln.normalized_shape, ln.weight, ln.bias,
+                                   ln.eps).movedim(-1, 1)
+    torch.testing.assert_close(twin(x), ref, rtol=1e-12, atol=1e-12)
+    g = swap_norms(model, "group", num_groups=4)
+    gn = g.stem[1]
+    assert type(gn) is nl.GroupNorm and gn.num_channels == ln.normalized_shape[0]
+    torch.testing.assert_close(gn(x), nn.functional.group_norm(x, 4, ln.weight, ln.bias,
+                                                               gn.eps))
+    assert g(torch.randn(1, 3, 64, 64, dtype=torch.float64)).shape == (1, 1000)
+
+
+def test_llm_rms_norms_swap_to_layer_and_back_with_their_weights():
+    for model_type in ("llama", "qwen2", "mistral", "gemma"):
+        model = _hf(model_type)
+        norms = [(p, m) for p, m in model.named_modules() if "RMSNorm" in type(m).__name__]
+        assert norms
+        offset = 1.0 if model_type == "gemma" else 0.0
+        ln = swap_norms(model, "layer")
+        back = swap_norms(ln, "rms")
+        for path, m in norms:
+            a, b = ln.get_submodule(path), back.get_submodule(path)
+            assert type(a) is nl.LayerNorm and type(b) is nl.RMSNorm
+            torch.testing.assert_close(b.weight, m.weight + offset, rtol=0, atol=0)
+            torch.testing.assert_close(a.weight, m.weight + offset, rtol=0, atol=0)
+        rms = to_normlab(model)
+        path, m = norms[0]
+        x = torch.randn(2, 3, m.weight.shape[0], dtype=torch.float64)
+        twin = rms.get_submodule(path)
+        ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + twin.eps) * (m.weight + offset)
+        torch.testing.assert_close(twin(x), ref, rtol=1e-12, atol=1e-12)
+        assert not any("RMSNorm" in type(m).__name__ and type(m).__module__.startswith(
+            "transformers") for m in rms.modules())
+
+
+def test_t5_layer_norm_is_rms_norm():
+    model = _hf("t5")
+    new = to_normlab(model)
+    assert not any(type(m).__name__ == "T5LayerNorm" for m in new.modules())
+    assert sum(type(m) is nl.RMSNorm for m in new.modules()) == \
+        sum(type(m).__name__ == "T5LayerNorm" for m in model.modules())
+
+
+def test_a_subclass_is_not_its_base_class():
+    class Shifted(nn.BatchNorm2d):  # a subclass that does one more thing
+        def forward(self, x):
+            return super().forward(x) + 1
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), Shifted(4))
+    with pytest.warns(SurgeryWarning, match=r"left 1 layer.*Shifted"):
+        new = to_normlab(model)
+    assert type(new[1]) is Shifted
+    _, report = to_normlab(model, return_report=True)
+    assert report.left[0][0] == "1" and "not in the adapter table" in report.left[0][2]
+    folded, rep = fold_batch_norm(model)
+    assert rep.folded == [] and type(folded.get_submodule("1")) is Shifted
+    assert rep.not_folded[0][0] == "1" and "not in the adapter table" in rep.not_folded[0][1]
+    assert not is_norm(Shifted(4))
+
+
+def test_torchvision_frozen_batch_norm_and_convnext():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    fb = FrozenBatchNorm2d(5).double()
+    with torch.no_grad():
+        for t in (fb.weight, fb.bias, fb.running_mean):
+            t.uniform_(-1, 1)
+        fb.running_var.uniform_(0.5, 2)
+    new = to_normlab(nn.Sequential(fb))
+    assert type(new[0]) is nl.FrozenBatchNorm2d
+    x = torch.randn(2, 5, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(new(x), fb(x), rtol=1e-12, atol=1e-12)
+    model = tv.models.convnext_tiny().double()
+    new, report = to_normlab(model, return_report=True)
+    assert report.left == []
+    assert all(type(m).__name__ != "LayerNorm2d" for m in new.modules())
+
+
+# --------------------------------------------------------------------------------------------
+# the fixed sample of the zoo
+
+_RESULTS: dict[str, zoo.Result] = {}
+
+
+_KINDS = ("group", "layer", "rms")
+
+
+def _result(entry):
+    """The sample's checks; swap_norms to one kind per model, in turn (benchmarks/zoo.py swaps
+    every model to all three)."""
+    key = f"{entry.source}:{entry.name}"
+    if key not in _RESULTS:
+        kind = _KINDS[zoo.SAMPLE.index(entry) % 3]
+        _RESULTS[key] = zoo.check(entry, swaps=(kind,))
+    return _RESULTS[key]
+
+
+@pytest.mark.parametrize("entry", zoo.SAMPLE, ids=lambda e: f"{e.source}:{e.name}")
+def test_zoo_sample(entry):
+    res = _result(entry)
+    assert res.error is None, res.error
+    assert res.failures == [], res.failures
+    assert all(why for _, why in res.left)
+
+
+def test_zoo_sample_converts_98_percent_and_covers_every_family():
+    results = [_result(e) for e in zoo.SAMPLE]
+    layers = sum(r.norm_layers for r in results)
+    converted = sum(r.converted for r in results)
+    assert converted >= 0.98 * layers, (converted, layers)
+    families = {e.family for e in zoo.SAMPLE if e.source == "timm"}
+    assert families >= set(zoo.SAMPLE_TIMM_FAMILIES)
+    kinds = {zoo.HF_TYPES[e.name][0] for e in zoo.SAMPLE if e.source == "hf"}
+    assert kinds == {"decoder", "encoder", "encoder-decoder"}
+
+
+def test_a_norm_act_wrapper_folds_and_swaps_with_its_activation():
+    from timm.layers import BatchNormAct2d
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), BatchNormAct2d(6, act_layer=nn.Hardswish))
+    model = model.double()
+    model(torch.randn(4, 3, 6, 6, dtype=torch.float64))
+    nlm = to_normlab(model)
+    assert isinstance(nlm[1], NormAct)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    folded, report = fold_batch_norm(nlm)
+    assert report.folded == [("0", "1")] and isinstance(folded.get_submodule("1"), nn.Hardswish)
+    assert zoo.rel_err(copy.deepcopy(model).eval()(x), folded(x)) < 1e-10
+    g = swap_norms(nlm, "group", num_groups=2)
+    assert isinstance(g[1], NormAct) and type(g[1].norm) is nl.GroupNorm
+    ref = nn.functional.hardswish(nn.functional.group_norm(model[0](x), 2, model[1].weight,
+                                                           model[1].bias, 1e-5))
+    torch.testing.assert_close(g(x), ref, rtol=1e-12, atol=1e-12)
