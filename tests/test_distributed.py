@@ -114,7 +114,7 @@ def test_single_process_and_eval_need_no_process_group():
 
 def test_lab_runs_data_parallel_like_one_process(tmp_path):
     """The lab's data-parallel training (2 processes, synchronized batch norm, DDP) follows
-    the single-process run step by step, to float32 rounding."""
+    the single-process run step by step, to float32 rounding (ghost batches: the training)."""
     from normlab.lab.claims import BASE
     from normlab.lab.train import train_run
 
@@ -125,7 +125,11 @@ def test_lab_runs_data_parallel_like_one_process(tmp_path):
         single = train_run(cfg)
         assert dp["processes"] == 2 and single["processes"] == 1
         for a, b in zip(dp["evals"], single["evals"], strict=True):
-            for key in ("test_acc", "train_acc"):
+            # ghost batch norm trains on the same chunks either way, but its running
+            # statistics move chunk by chunk: one process applies all 16 chunks in sequence,
+            # two average their 8 each, so eval-mode accuracies differ slightly; its training
+            # loss (batch statistics only) is still compared below
+            for key in ("test_acc", "train_acc") if cfg["norm"] != "ghost:4" else ():
                 assert a[key] == pytest.approx(b[key], abs=2e-3), (cfg["norm"], key)
             if a["train_loss"] is not None:
                 assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)

@@ -58,6 +58,9 @@ TWINS = [
     ("BatchRenorm1d r_max=1 d_max=0",
      lambda: nl.BatchRenorm1d(3, momentum=0.1, r_max=1.0, d_max=0.0),
      lambda: tnn.BatchNorm1d(3), [(1, 3), (2, 3), (0, 3), (1, 3, 1), (1, 3, 2)]),
+    ("BatchRenorm1d r_max=1 d_max=0 virtual_batch_size=4",
+     lambda: nl.BatchRenorm1d(3, momentum=0.1, r_max=1.0, d_max=0.0, virtual_batch_size=4),
+     lambda: tnn.BatchNorm1d(3), [(1, 3), (2, 3), (0, 3), (1, 3, 1), (4, 3)]),
 ]
 
 # Where torch.nn fails inside its kernels rather than refusing the input: normlab computes

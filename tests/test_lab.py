@@ -253,6 +253,61 @@ def test_config_change_reruns_only_what_it_touches(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# the setup line states the settings of the runs shown
+
+
+def _settings(page: str, claim: str) -> str:
+    section = page.split(f'<section id="{claim}">', 1)[1].split("</section>", 1)[0]
+    return section.split("Settings of the runs shown: ", 1)[1].split("</p>", 1)[0]
+
+
+@pytest.mark.slow
+def test_setup_line_states_the_settings_that_ran(tmp_path):
+    """A preset's scaled steps and an override (--lr=0.2) are what the page states; a claim's
+    own values (higher-learning-rates sets lr per run, momentum 0) stay its own; the terminal's
+    summary and summary.json carry the same line."""
+    out, preset, steps = tmp_path / "lab", "--quick", 6  # 15% of --steps=40
+    assert main(["lab", "--out", str(out), preset, "--only", "placement,higher-learning-rates",
+                 "--seeds", "1", "--workers", "1", "--no-progress", "--data=tabular",
+                 "--hidden=8,4", "--steps=40", "--eval_every=5", "--lr=0.2"]) == 0
+    page = (out / "index.html").read_text()
+    placement = _settings(page, "placement")
+    assert placement.startswith("model mlp, data tabular, hidden 8-4, activation relu, "
+                                "placement before (before); after (after), optimizer sgd, "
+                                "lr 0.2, momentum 0.9, batch size 64, ")
+    n = len(data.load("tabular", 0).x_train)
+    assert placement.endswith(f"steps {steps}, epochs {round(steps * 64 / n, 2):g}, "
+                              "eval every 5, 1 seed.")
+    lr = _settings(page, "higher-learning-rates")
+    assert "lr = x (0.03, 0.3, 1, 3), momentum 0, " in lr and "lr 0.2" not in lr
+    assert "steps 45, " in lr  # the claim's own 300, scaled by the preset
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["settings"] + "." for c in summary["claims"]] == [
+        html_unescape(_settings(page, c["id"])) for c in summary["claims"]]
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+def test_setup_line_by_hand():
+    from normlab.results.setup import setup_line
+
+    def row(arm, x, seed, **cfg):
+        return {"config": {"arm": arm, "x": x, "seed": seed, **cfg}, "epochs": 1.5}
+
+    rows = [row("a", 0.1, 0, lr=0.1, data="d", hidden=[8, 8], spans=[[2, 4], [8, 9]]),
+            row("a", 1.0, 1, lr=1.0, data="d", hidden=[8, 8], spans=[[2, 4], [8, 9]]),
+            row("b", 0.1, 0, lr=0.1, data="e", hidden=[8, 8], spans=[[2, 4], [8, 9]])]
+    assert setup_line(rows, ["data", "lr", "hidden", "spans", "epochs", "missing"]) == (
+        "data d (a); e (b), lr = x (0.1, 1), hidden 8-8, spans 2-4 or 8-9, epochs 1.5, "
+        "2 seeds")
+    assert setup_line([], ["lr"]) == "" and setup_line(rows, None) == ""
+
+
+# --------------------------------------------------------------------------------------------
 # end to end
 
 
@@ -369,29 +424,24 @@ def test_explain_cli_writes_a_picture(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# the lab's vectorized ghost layers against the library's per-group definitions
+# the lab's arms are the library's layers
 
 
-def test_lab_ghost_layers_match_per_group_definitions():
-    from normlab.lab.models import GhostBatchNorm, GhostRenorm
-    from normlab.nn import GhostBatchNorm as LibraryGhost
+def test_lab_ghost_and_renorm_arms_are_the_library_layers():
+    import normlab.nn as nl
+    from normlab.lab.models import MLP, RENORM
 
+    ghost, renorm = (MLP(40, 10, hidden=(8,), norm=n).net[2] for n in ("ghost:4", "renorm:2"))
+    assert type(ghost) is nl.GhostBatchNorm and ghost.virtual_batch_size == 4
+    assert type(renorm) is nl.BatchRenorm and renorm.virtual_batch_size == 2
+    assert (renorm.r_max, renorm.d_max, renorm.momentum, renorm.warmup_steps) == (
+        RENORM["r_max"], RENORM["d_max"], RENORM["momentum"], RENORM["warmup_steps"])
     torch.manual_seed(0)
-    x = torch.randn(12, 5, dtype=torch.float64) * 2 + 1
-    lab, lib = GhostBatchNorm(5, 4).double(), LibraryGhost(5, virtual_batch_size=4).double()
-    torch.testing.assert_close(lab(x), lib(x))  # same statistics per group of 4
-    ren = GhostRenorm(5, 4, r_max=2.0, d_max=0.5, momentum=0.1).double()
-    with torch.no_grad():
-        ren.running_mean.fill_(0.3)
-        ren.running_var.fill_(2.0)
-    rm, rv = ren.running_mean.clone(), ren.running_var.clone()
-    y = ren(x)
-    for i, chunk in enumerate(x.split(4)):  # Ioffe 2017's formula on each group
-        mu, var = chunk.mean(0), chunk.var(0, correction=0)
-        sb, s = torch.sqrt(var + ren.eps), torch.sqrt(rv + ren.eps)
-        r = (sb / s).clamp(0.5, 2.0)
-        d = ((mu - rm) / s).clamp(-0.5, 0.5)
-        torch.testing.assert_close(y[4 * i:4 * i + 4], (chunk - mu) / sb * r + d)
+    x = torch.randn(12, 8, dtype=torch.float64) * 3 + 1
+    ghost = ghost.double()
+    ref = torch.nn.BatchNorm1d(8, dtype=torch.float64)  # batch norm on each chunk, in order
+    torch.testing.assert_close(ghost(x), torch.cat([ref(c) for c in x.split(4)]))
+    torch.testing.assert_close(ghost.running_mean, ref.running_mean)
 
 
 def test_style_contrast_measurement_on_a_tiny_configuration():

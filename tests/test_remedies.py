@@ -107,6 +107,104 @@ def test_ghost_batch_norm_equals_batch_norm_on_each_chunk(n, k):
     torch.testing.assert_close(ghost(x.detach()), ref(x.detach()))
 
 
+def _limits(r_max, d_max, warmup, seen):
+    """The warm-up ramp written out: (1, 0) -> (r_max, d_max) over ``warmup`` batches."""
+    t = min(1.0, seen / warmup) if warmup else 1.0
+    return 1.0 + (r_max - 1.0) * t, d_max * t
+
+
+def _renorm_chunk_by_chunk(x, rm, rv, w, b, eps, momentum, r_max, d_max, warmup, k):
+    """Ioffe 2017's formula on each chunk of ``k`` samples of an (N, C, L) input, in order: the
+    limits from the chunks seen before, r and d from the running statistics as they stand,
+    which each chunk then moves (unbiased variance)."""
+    outs = []
+    for seen, chunk in enumerate(x.split(k)):
+        outs.append(_renorm_formula(chunk, rm, rv, w, b, eps, *_limits(r_max, d_max, warmup,
+                                                                         seen)))
+        var, mean = torch.var_mean(chunk.detach(), (0, 2), correction=1)
+        rm, rv = (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * var
+    return torch.cat(outs), rm, rv
+
+
+# (N, k, L, channel_axis): even and uneven chunks, primes, one sample per chunk, the whole
+# batch in one chunk (N == k, N < k), channels last
+GHOST_RENORM_CASES = [(12, 4, 3, 1), (10, 4, 5, 1), (7, 3, 2, -1), (13, 1, 3, 1), (5, 5, 3, 1),
+                      (3, 8, 2, 1), (10, 4, 1, -1)]
+
+
+@pytest.mark.parametrize("n,k,length,axis", GHOST_RENORM_CASES)
+def test_batch_renorm_over_ghost_batches_is_renorm_of_each_chunk(n, k, length, axis):
+    torch.manual_seed(0)
+    c, momentum, r_max, d_max, warmup = 5, 0.3, 2.0, 0.5, 3
+    m = nl.BatchRenorm(c, momentum=momentum, r_max=r_max, d_max=d_max, warmup_steps=warmup,
+                       virtual_batch_size=k, channel_axis=axis, dtype=D)
+    with torch.no_grad():
+        m.running_mean.copy_(torch.linspace(-1, 1, c))
+        m.running_var.copy_(torch.linspace(0.5, 3, c))
+        m.weight.uniform_(0.5, 2)
+        m.bias.uniform_(-1, 1)
+    rm0, rv0 = m.running_mean.clone(), m.running_var.clone()
+    x = torch.randn(n, c, length, dtype=D) * torch.linspace(0.5, 4, c).view(1, c, 1) + 1
+    if axis == -1:
+        x = x.transpose(1, 2).contiguous()  # N, L, C
+    x.requires_grad_()
+    xo = x.detach().clone().requires_grad_()
+    wo, bo = m.weight.detach().clone().requires_grad_(), m.bias.detach().clone().requires_grad_()
+    y = m(x)
+    xo_ncl = xo if axis == 1 else xo.transpose(1, 2)
+    want, rm, rv = _renorm_chunk_by_chunk(xo_ncl, rm0, rv0, wo, bo, m.eps, momentum, r_max,
+                                          d_max, warmup, k)
+    want = want if axis == 1 else want.transpose(1, 2)
+    torch.testing.assert_close(y, want)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    want.backward(dy)
+    for got, ref, name in ((x.grad, xo.grad, "x"), (m.weight.grad, wo.grad, "weight"),
+                           (m.bias.grad, bo.grad, "bias")):
+        torch.testing.assert_close(got, ref, msg=name)
+    torch.testing.assert_close(m.running_mean, rm)
+    torch.testing.assert_close(m.running_var, rv)
+    assert m.num_batches_tracked.item() == -(-n // k)  # one per chunk
+    m.eval()  # eval: batch norm with the running statistics, no chunks
+    torch.testing.assert_close(
+        m(x.detach()), F.batch_norm(x.detach(), m.running_mean, m.running_var, m.weight,
+                                    m.bias, False, channel_axis=axis))
+
+
+@pytest.mark.parametrize("n,k", [(12, 4), (10, 3)])
+def test_batch_renorm_over_ghost_batches_without_limits_is_ghost_batch_norm(n, k):
+    """With r_max=1, d_max=0 renorm is batch norm, chunk by chunk: torch.nn.BatchNorm1d on
+    each chunk in order (and normlab's GhostBatchNorm), running statistics included."""
+    torch.manual_seed(1)
+    m = nl.BatchRenorm1d(3, momentum=0.1, r_max=1.0, d_max=0.0, virtual_batch_size=k, dtype=D)
+    ref, ghost = torch.nn.BatchNorm1d(3, dtype=D), nl.GhostBatchNorm1d(3, k, dtype=D)
+    x = torch.randn(n, 3, 4, dtype=D) * 2 - 1
+    for _ in range(2):
+        y = m(x)
+        torch.testing.assert_close(y, torch.cat([ref(chunk) for chunk in x.split(k)]))
+        torch.testing.assert_close(y, ghost(x))
+    for key, v in ref.state_dict().items():
+        torch.testing.assert_close(m.state_dict()[key], v, msg=key)
+        torch.testing.assert_close(ghost.state_dict()[key], v, msg=key)
+
+
+def test_batch_renorm_over_ghost_batches_edges():
+    m = nl.BatchRenorm1d(3, virtual_batch_size=2)
+    assert "virtual_batch_size=2" in repr(m) and "virtual_batch_size" not in repr(
+        nl.BatchRenorm1d(3))
+    assert normlab.create_norm_layer("renorm", 3, virtual_batch_size=2).virtual_batch_size == 2
+    whole = nl.BatchRenorm1d(3)
+    for layer in (m, whole):  # an empty batch: an empty output, nothing counted or moved
+        assert layer(torch.randn(0, 3, 4)).shape == (0, 3, 4)
+        assert layer.num_batches_tracked.item() == 0
+        assert torch.equal(layer.running_mean, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"^residual must have the input's shape \(6, 3\), "
+                                         r"got \(5, 3\)$"):
+        m(torch.randn(6, 3), residual=torch.randn(5, 3))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        m(torch.randn(5, 3))  # the last chunk is one sample without positions
+
+
 def test_frozen_batch_norm_is_fixed_affine():
     bn = torch.nn.BatchNorm2d(3, dtype=D)
     with torch.no_grad():

@@ -5,10 +5,9 @@
 """
 
 from normlab import functional, nn
+from normlab._version import __version__
 from normlab.functional import lengths_to_mask
 from normlab.registry import create_norm_layer, get_norm_layer, list_norm_layers
-
-__version__ = "0.1.0"
 
 __all__ = ["__version__", "create_norm_layer", "functional", "get_norm_layer",
            "lengths_to_mask", "list_norm_layers", "nn"]

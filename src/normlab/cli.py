@@ -13,7 +13,7 @@ import math
 import os
 import sys
 
-import normlab
+from normlab._version import __version__
 
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
 
@@ -58,7 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normlab",
         description="Normalization layers for PyTorch, and a lab that shows what they do.")
-    parser.add_argument("--version", action="version", version=f"normlab {normlab.__version__}")
+    parser.add_argument("--version", action="version", version=f"normlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     from normlab.bench import CASES
@@ -280,7 +280,7 @@ def _run_lab_in(args, extra) -> int:
               "redone)", file=sys.stderr)
     print(f"{counts['ran']} runs trained, {counts['already_done']} already done "
           f"({counts['planned']} planned)")
-    _print_summary(result["summary"])  # this process's own verdicts, never a file re-read
+    _print_summary(result["summary"])  # what the report wrote, computed from the rows
     print(f"report: {args.out}/index.html")
     return 0
 

@@ -8,6 +8,10 @@ verdict is taken and why, fixed before any run (``rule`` "seed": the two arms as
 by seed; "area": a sweep's mean over log x at the points where an arm trains). The report reads
 the same spec from ``claims.json`` and never imports this module.
 
+A claim's ``setup`` prose says what kind of experiment it is (model family, data, what is
+measured) and holds no setting: the report states every setting from the rows, those that
+``setup_keys`` names for the claim's runs (``normlab.results.setup``).
+
 Presets: ``default`` (3 seeds, about 100 s on 2 cores), ``quick`` (2 seeds,
 shorter training: a smoke run), ``full`` (5 seeds, longer training, wider grids). A claim
 with ``presets`` runs only in those presets, or when ``--only`` names it.
@@ -19,10 +23,10 @@ import copy
 
 from normlab.lab.checks import Bool, ListOf, Number, OneOf, Span, Tagged, check_settings
 from normlab.lab.data import DATASETS
-from normlab.lab.models import ACTIVATIONS
+from normlab.lab.models import ACTIVATIONS, RENORM
 
 __all__ = ["BASE", "CHECKS", "CLAIMS", "PRESETS", "RULES", "check_run", "check_settings",
-           "expand", "resolve_base"]
+           "expand", "resolve_base", "setup_keys"]
 
 # Fixed hyperparameters shared by every run unless a claim overrides them.
 BASE = {
@@ -98,6 +102,31 @@ RULES = [
      or c["data"] in ("digits", "digits_rgb"), "test_shifts need image data (digits, "
      "digits_rgb)"),
 ]
+
+
+# The settings each model reads (the setup line states these, from the rows); the rest of
+# BASE does not change what such a run computes.
+_MODEL_KEYS = {
+    "mlp": ("data", "hidden", "activation", "placement", "dropout"),
+    "cnn": ("data", "channels", "kernel_size", "stride", "activation", "placement"),
+    "rnn": ("data", "seq_lengths", "long_lengths", "rnn_hidden"),
+    "seqcnn": ("data", "seq_lengths", "channels", "kernel_size", "activation"),
+    "stylizer": (),  # its architecture, data and optimizer are fixed (lab.style.feedforward)
+}
+_OFF = {"dropout": 0.0, "long_lengths": []}  # not stated when off in every run
+
+
+def setup_keys(runs: list[dict]) -> list[str]:
+    """The settings the setup line of a claim with these resolved runs states, in order."""
+    keys: list[str] = []
+    for cfg in runs:
+        training = ["steps"] if cfg["model"] == "stylizer" else [
+            "optimizer", "lr", *(["momentum"] if cfg["optimizer"] == "sgd" else []),
+            "batch_size", "steps", "epochs", "eval_every"]
+        for k in ("model", *_MODEL_KEYS[cfg["model"]], *training):
+            if k not in keys:
+                keys.append(k)
+    return [k for k in keys if k not in _OFF or any(c[k] != _OFF[k] for c in runs)]
 
 
 def check_run(cfg: dict, where: str = "", overridden=()) -> str | None:
@@ -266,9 +295,9 @@ CLAIMS = [
      "paper": "Ioffe & Szegedy 2015: BN-Inception reached Inception's 72.2% top-1 in 14x "
               "fewer steps (2.1M vs 31.0M, with x5 learning rate); Fig. 1a (MNIST): test "
               "accuracy rises faster with BN.",
-     "setup": "1D CNN (3 unpadded conv layers of 16, kernel 5) on MNIST-1D, SGD lr 0.05 "
-              "momentum 0.9, batch 64, 300 steps; steps until test accuracy >= 0.7 (runs that "
-              "never get there count as the last step + one evaluation)."},
+     "setup": "1D CNN (unpadded convolutions) on MNIST-1D, the same learning rate for every "
+              "norm; steps until test accuracy >= 0.7 (runs that never get there count as the "
+              "last step + one evaluation)."},
     {"id": "higher-learning-rates", "title": "Batch norm tolerates higher learning rates",
      "build": _higher_lr,
      "effect": {"metric": "final:test_acc", "arm": "batch", "baseline": "none",
@@ -278,9 +307,9 @@ CLAIMS = [
      "paper": "Ioffe & Szegedy 2015, Sec. 4.2: BN-x5 and BN-x30 train at 5 and 30 times "
               "Inception's rate; the x5 rate without BN made the parameters reach machine "
               "infinity.",
-     "setup": "MLP 40-100-100-10 (ReLU) on MNIST-1D, plain SGD (no momentum), batch 64, 300 "
-              "steps, per learning rate; the verdict is the mean accuracy over log rate at the "
-              "rates where an arm trains (mean test accuracy >= 0.2)."},
+     "setup": "MLP on MNIST-1D, plain SGD, one run per learning rate and norm; the verdict "
+              "is the mean accuracy over log rate at the rates where an arm trains (mean test "
+              "accuracy at least chance 0.1 + 0.1)."},
     {"id": "small-batches", "title": "Small batches hurt batch norm, not group or layer norm",
      "build": _small_batch,
      "effect": {"metric": "final:test_acc", "arm": "batch:k=64", "baseline": "batch:k=2",
@@ -291,8 +320,9 @@ CLAIMS = [
                 "statistics (ghost group k)", "logx": True, "ylabel": "final test accuracy"},
      "paper": "Wu & He 2018, Table 2 (ResNet-50, ImageNet, error %): BN 23.6 at 32 images "
               "per GPU, 34.7 at 2; GN 24.1 at 32 and 24.1 at 2.",
-     "setup": "MLP on MNIST-1D, batch 64 for every arm; batch norm's statistics over ghost "
-              "groups of k samples; the verdict compares k=64 with k=2."},
+     "setup": "MLP on MNIST-1D, the same batch size for every arm; batch norm's statistics "
+              "over ghost groups of k samples (normlab.nn.GhostBatchNorm, virtual_batch_size=k;"
+              " k equal to the batch is plain batch norm); the verdict compares k=64 with k=2."},
     {"id": "small-batch-remedies", "title": "Batch renormalization recovers most of the "
      "small-batch loss",
      "build": _remedies,
@@ -304,10 +334,13 @@ CLAIMS = [
      "paper": "Ioffe 2017 (batch renorm), sets of 4 samples: BN 74.2% vs BRN 76.5% top-1 "
               "(ImageNet); Wu & He 2018 at 4 images per GPU: BN 27.3%, batch renorm 26.3%, "
               "GN 24.2% error.",
-     "setup": "MLP on MNIST-1D, batch 64 split into ghost groups of k samples, each a "
-              "'process' with its own statistics: batch norm over k, batch renorm over k "
-              "(r_max 3, d_max 5 ramped over 50 steps, momentum 0.1), synchronized batch norm "
-              "over 2 processes (statistics over 2k); verdict: renorm vs batch norm at k=4."},
+     "setup": "MLP on MNIST-1D, each batch split into ghost groups of k samples, each a "
+              "'process' with its own statistics: batch norm over k (normlab.nn.GhostBatchNorm), "
+              "batch renorm over k (normlab.nn.BatchRenorm with virtual_batch_size=k, "
+              f"r_max {RENORM['r_max']:g}, d_max {RENORM['d_max']:g} ramped over the first "
+              f"{RENORM['warmup_steps']} ghost batches, momentum {RENORM['momentum']:g}; its "
+              "running statistics move once per ghost batch), synchronized batch norm over 2 "
+              "processes (statistics over 2k); verdict: renorm vs batch norm at k=4."},
     {"id": "batch-size-one", "title": "With one example per step batch norm cannot train an "
      "MLP, layer norm can",
      "build": _batch_size_one,
@@ -318,10 +351,10 @@ CLAIMS = [
      "figure": {"type": "bars", "key": "test_acc", "ylabel": "final test accuracy"},
      "paper": "Ba et al. 2016 (layer norm): batch norm depends on the mini-batch and is hard "
               "to apply to online learning (batch size 1); layer norm does not.",
-     "setup": "Batch size 1, SGD lr 0.01 momentum 0.9, 400 steps. MLP 30-100-100-2 on the "
-              "breast-cancer table: batch norm refuses one value per channel (the run stops "
-              "with that error; its accuracy is the untrained model's) vs layer norm. Also "
-              "shown: a 2D CNN on the digits, where batch norm averages over positions."},
+     "setup": "One example per step. An MLP on the breast-cancer table: batch norm refuses "
+              "one value per channel (the run stops with that error; its accuracy is the "
+              "untrained model's) vs layer norm. Also shown: a 2D CNN on the digits, where "
+              "batch norm averages over positions."},
     {"id": "placement", "title": "Batch norm before the activation beats after it",
      "build": _placement,
      "effect": {"metric": "final:test_acc", "arm": "before", "baseline": "after",
@@ -331,8 +364,8 @@ CLAIMS = [
      "figure": {"type": "curve", "key": "test_acc", "ylabel": "test accuracy"},
      "paper": "Ioffe & Szegedy 2015, Sec. 3.2: BN is applied to Wu + b, before the "
               "nonlinearity (no accuracy comparison with the other placement is given).",
-     "setup": "MLP on MNIST-1D with batch norm, Linear -> BN -> ReLU vs Linear -> ReLU -> BN, "
-              "400 steps."},
+     "setup": "MLP on MNIST-1D with batch norm, Linear -> BN -> activation vs Linear -> "
+              "activation -> BN."},
     {"id": "regularization", "title": "Batch norm regularizes: a smaller train/test gap",
      "build": _regularization,
      "effect": {"metric": "gap", "arm": "batch", "baseline": "none", "better": "lower",
@@ -342,8 +375,8 @@ CLAIMS = [
      "figure": {"type": "bars", "key": "gap", "ylabel": "train - test accuracy"},
      "paper": "Ioffe & Szegedy 2015, Sec. 3.4: batch norm regularizes; dropout 'can be either "
               "removed or reduced in strength'.",
-     "setup": "MLP on MNIST-1D trained 800 steps (13 epochs): no normalization, dropout 0.3, "
-              "batch norm; gap = train accuracy - test accuracy at the end."},
+     "setup": "MLP on MNIST-1D trained long: no normalization, dropout, batch norm; gap = "
+              "train accuracy - test accuracy at the end."},
     {"id": "contrast-invariance", "title": "Instance norm removes contrast and colour shifts",
      "build": _contrast,
      "effect": {"metric": "drop:contrast", "arm": "instance", "baseline": "batch",
@@ -354,8 +387,8 @@ CLAIMS = [
                                              "inverted"], "ylabel": "test accuracy"},
      "paper": "Ulyanov et al. 2016 (instance norm, Fig. 2, qualitative): with instance norm "
               "the stylized output no longer depends on the content image's contrast.",
-     "setup": "2D CNN (2 unpadded conv layers of 16) on coloured 8x8 digits, trained as "
-              "given; tested on contrast x0.3, brightness +0.5, per-channel colour gains, and "
+     "setup": "2D CNN (unpadded convolutions) on coloured 8x8 digits, trained as given; "
+              "tested on contrast x0.3, brightness +0.5, per-channel colour gains, and "
               "inverted copies (a negative gain: the honest limit). Effect: accuracy lost "
               "under the contrast shift, batch norm minus instance norm."},
     {"id": "style-contrast", "title": "Instance norm makes stylization independent of the "
@@ -370,7 +403,7 @@ CLAIMS = [
               "in the generator the stylized result no longer depends on the content image's "
               "contrast.",
      "setup": "A 4-layer feed-forward stylizer (reflect-padded 3x3 convs, widths 16-32-16) "
-              "trained 150 Adam steps on random 64x64 crops of scikit-image's astronaut, "
+              "trained with Adam on random 64x64 crops of scikit-image's astronaut, "
               "coffee and rocket towards the immunohistochemistry style (AdaIN statistics loss "
               "on a random encoder plus a content loss); measured on the unseen chelsea image: "
               "relative L2 change of the output when its contrast drops to 30%."},
@@ -385,12 +418,12 @@ CLAIMS = [
      "paper": "PyTorch issues #70529 and #81985 (open): torch.nn's batch, instance and group "
               "norm have no mask, so padded positions enter the statistics; masked "
               "normalization is the fix proposed there (no published measurement).",
-     "setup": "MNIST-1D as sequences resampled to 8-12 or 36-40 steps (half each), zero-padded "
-              "per batch of 16; 1D CNN (3 same-padded conv layers of 32, kernel 5, batch norm, "
-              "ReLU), mean over the real positions, linear head; SGD lr 0.05 momentum 0.9, 300 "
-              "steps. Batch norm with the padding mask vs the same model without it. Measured: "
-              "the fraction of test sequences whose predicted class changes when each is run "
-              "alone at its own length instead of padded in a batch (eval mode)."},
+     "setup": "MNIST-1D as sequences resampled to lengths from two ranges (half each), "
+              "zero-padded per batch; 1D CNN (same-padded convolutions, batch norm), mean over "
+              "the real positions, linear head. Batch norm with the padding mask vs the same "
+              "model without it. Measured: the fraction of test sequences whose predicted "
+              "class changes when each is run alone at its own length instead of padded in a "
+              "batch (eval mode)."},
     {"id": "recurrent-nets", "title": "Layer norm suits recurrent nets; per-step batch norm "
      "fails on sequences longer than any seen in training",
      "presets": ("full",),  # LSTMs step by step in Python: a few minutes; --full or --only
@@ -404,12 +437,12 @@ CLAIMS = [
               "statistics per time step, a problem when a test sequence is longer than the "
               "training ones; Cooijmans et al. 2016 (recurrent batch norm) reuse the last "
               "step's statistics beyond the training length.",
-     "setup": "MNIST-1D as sequences of 1 value per step, each signal resampled to 20-40 steps "
-              "(padded, with lengths); per-step embedding (Linear 1->16, tanh), one LSTM layer "
-              "of 32, linear readout of the last real step's state; Adam lr 0.003, batch 64, "
-              "300 steps. Plain LSTM cell vs layer-normalized (Ba et al.) vs batch-normalized "
-              "per time step (Cooijmans et al., 40 steps of statistics). Verdict: accuracy on "
-              "the test signals resampled to 60-80 steps."},
+     "setup": "MNIST-1D as sequences of 1 value per step, each signal resampled to a length "
+              "of the sequence-length range (padded, with lengths); per-step embedding (Linear "
+              "1->16, tanh), one LSTM layer, linear readout of the last real step's state. "
+              "Plain LSTM cell vs layer-normalized (Ba et al.) vs batch-normalized per time "
+              "step (Cooijmans et al., statistics for each step up to the longest training "
+              "sequence). Verdict: accuracy on the test signals resampled to the long lengths."},
     {"id": "online-recurrent", "title": "With one sequence per step batch norm cannot train an "
      "LSTM, layer norm can",
      "presets": ("full",),
@@ -420,8 +453,8 @@ CLAIMS = [
      "figure": {"type": "bars", "key": "test_acc", "ylabel": "final test accuracy"},
      "paper": "Ba et al. 2016 (layer norm): batch norm depends on the mini-batch and is hard "
               "to apply to recurrent nets and online learning; layer norm does not.",
-     "setup": "The recurrent-nets model trained on a stream of single sequences (batch size "
-              "1), Adam lr 0.003, 600 steps: batch norm per time step refuses one value per "
+     "setup": "The recurrent-nets model trained on a stream of single sequences: batch norm "
+              "per time step refuses one value per "
               "channel (the run stops with that error; its accuracy is the untrained model's); "
               "layer-normalized and plain LSTM cells."},
     {"id": "activation-drift", "title": "Batch norm stabilizes the distribution of a unit's "
@@ -434,9 +467,9 @@ CLAIMS = [
      "paper": "Ioffe & Szegedy 2015, Fig. 1b,c: the 15th/50th/85th percentiles of a sigmoid's "
               "input in the last hidden layer drift during training without BN and stay "
               "stable with it.",
-     "setup": "MLP with three sigmoid hidden layers of 100 on MNIST-1D, SGD lr 0.5, 600 "
-              "steps; drift = largest move of the median from its value after the first "
-              "evaluation, in units of the initial 15-85 spread; last hidden layer."},
+     "setup": "MLP with sigmoid hidden layers on MNIST-1D, plain SGD; drift = largest move "
+              "of the median from its value after the first evaluation, in units of the "
+              "initial 15-85 spread; last hidden layer."},
 ]
 
 

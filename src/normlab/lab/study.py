@@ -1,9 +1,10 @@
 """``normlab lab``: plan the claims' runs, run them (resuming), and decide the verdicts.
 
 Writes into the output folder: ``config.json`` (the resolved settings), ``claims.json`` (each
-claim's spec: effect rule, figure, paper, and the keys of its current runs), ``results.jsonl``
-(one row per finished run, appended) and ``summary.json`` (the verdicts, recomputed from the
-rows). The report reads only these files.
+claim's spec: effect rule, figure, paper, the keys of its current runs and the settings its
+setup line states) and ``results.jsonl`` (one row per finished run, appended). The report reads
+only these files and writes ``summary.json`` and ``index.html`` from them (``normlab lab``
+renders through the report, inside the lab's lock).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from normlab.lab import claims as claims_mod
 from normlab.lab.checks import shown
 from normlab.lab.runner import run_all, run_key
 from normlab.results import FolderBusy, folder_lock, write_atomic
-from normlab.results.stats import RULE, claim_verdict
+from normlab.results.stats import summarize
 
-__all__ = ["CLAIM_IDS", "LabError", "parse_overrides", "plan_study", "run_lab", "summarize"]
+__all__ = ["CLAIM_IDS", "LabError", "parse_overrides", "plan_study", "run_lab"]
 
 CLAIM_IDS = tuple(c["id"] for c in claims_mod.CLAIMS)
 MAX_SEEDS = 100
@@ -122,17 +123,8 @@ def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
 def _claim_spec(claim: dict, runs: list[dict]) -> dict:
     spec = {k: v for k, v in claim.items() if k not in ("build", "presets")}
     spec["run_keys"] = [run_key(c) for c in runs]
+    spec["setup_keys"] = claims_mod.setup_keys(runs)
     return spec
-
-
-def summarize(claim_specs: list[dict], rows: list[dict]) -> dict:
-    """Verdicts of every claim from the rows of its current runs (latest row per key)."""
-    latest = {r["key"]: r for r in rows if r.get("kind") == "run"}
-    claims = []
-    for spec in claim_specs:
-        current = [latest[k] for k in spec["run_keys"] if k in latest]
-        claims.append(claim_verdict(spec, current))
-    return {"rule": RULE, "claims": claims}
 
 
 def _check_writable(out: Path) -> None:
@@ -151,8 +143,10 @@ def run_lab(out, *, preset="default", only=None, seeds=None, workers=None, overr
 
     The folder is locked for the whole call (``results.folder_lock``): a second lab on the
     same folder is refused at once (``LabError`` naming the holder's pid). ``render(out)``,
-    if given, runs last, inside the lock (the CLI renders the page there); the returned
-    summary is the one computed here from the rows, never re-read from a file.
+    if given, runs last, inside the lock, and returns the summary it wrote: the CLI passes
+    ``normlab.report.render_report``, the one writer of summary.json and index.html. Without
+    it nothing but config.json, claims.json and the rows is written, and the summary is
+    computed from the rows in memory by the same ``results.stats.summarize``.
 
     Inside an initialized process group (``normlab lab`` under ``torchrun``) every process
     runs each run together, data-parallel; process 0 writes the files and holds the lock
@@ -196,8 +190,5 @@ def _run_locked(out, chosen, plans, settings, workers, progress, stream, render,
                            stream=stream)
     summary = None
     if lead:
-        summary = summarize(specs, rows)
-        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-        if render is not None:
-            render(out)
+        summary = summarize(specs, rows) if render is None else render(out)
     return {"summary": summary, "counts": counts, "settings": settings}

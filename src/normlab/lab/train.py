@@ -114,8 +114,11 @@ def train_run(cfg: dict) -> dict:
         from normlab.surgery import convert_sync_batchnorm
 
         # buffers are averaged over the processes after each step (below) instead of copied
-        # from process 0: a ghost-batch layer's running statistics then move by the average
-        # over all the groups of the batch, as in one process
+        # from process 0, so every process holds the same ones. A ghost-batch layer's running
+        # statistics then move by the average of the processes' chunk-by-chunk updates, where
+        # one process applies all the chunks in sequence: close, not equal (ghost batch norm
+        # still trains exactly as in one process; batch renorm's r and d read the running
+        # statistics, so its training differs slightly too)
         model = DistributedDataParallel(convert_sync_batchnorm(model), broadcast_buffers=False)
         float_buffers = [b for b in model.buffers() if b.is_floating_point()]
     if cfg["optimizer"] == "adam":  # the recurrent claims (plain SGD trains LSTMs slowly)
@@ -194,4 +197,5 @@ def train_run(cfg: dict) -> dict:
     final = dict(evals[-1]) if evals else {}
     final.pop("probe", None)
     return {"status": status, "error": error, "evals": evals, "final": final,
-            "train_seconds": train_seconds, "processes": world if dp else 1}
+            "train_seconds": train_seconds, "processes": world if dp else 1,
+            "epochs": round(cfg["steps"] * bs / n, 2)}  # as configured: passes over the data

@@ -31,15 +31,25 @@ class BatchRenorm(BatchNorm):
     paper does. With ``r_max=1, d_max=0`` it is batch norm. The running statistics are always
     tracked (they are part of the method); ``momentum`` defaults to 0.01 as in the paper's
     experiments (a larger one makes sigma follow the batch and r stay near 1).
+
+    ``virtual_batch_size=k`` renormalizes ghost batches, as :class:`GhostBatchNorm` does batch
+    norm: in training the batch is split into consecutive chunks of ``k`` samples (the last
+    may be smaller), each renormalized with its own statistics against the running ones as they
+    stand, which it then updates — exactly this module applied to each chunk in order, so the
+    running statistics, the batch count and the warm-up all move once per chunk (Ioffe 2017's
+    small-minibatch setting, its "sets of 4", inside one batch). ``None`` (the default): the
+    whole batch.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.01, affine=True, r_max=3.0,
                  d_max=5.0, warmup_steps=0, device=None, dtype=None, *, bias=True,
-                 channel_axis=1, activation=None):
+                 channel_axis=1, activation=None, virtual_batch_size=None):
         super().__init__(num_features, eps, momentum, affine, True, device, dtype, bias=bias,
                          channel_axis=channel_axis, activation=activation)
         self.r_max, self.d_max = F.validate_renorm_limits(r_max, d_max)
         self.warmup_steps = F.validate_nonnegative_int(warmup_steps, "warmup_steps")
+        self.virtual_batch_size = None if virtual_batch_size is None else \
+            F.validate_positive_int(virtual_batch_size, "virtual_batch_size")
 
     def current_limits(self) -> tuple[float, float]:
         """(r_max, d_max) at this point of the warm-up."""
@@ -50,6 +60,11 @@ class BatchRenorm(BatchNorm):
 
     def forward(self, input, residual=None):
         check_batch_input(self, input)
+        if self.training and self.virtual_batch_size is not None:
+            return _per_chunk(self._renorm, input, residual, self.virtual_batch_size)
+        return self._renorm(input, residual)
+
+    def _renorm(self, input, residual):
         r_max, d_max = self.current_limits()
         factor = self._factor(input)
         return F.batch_renorm(input, self.running_mean, self.running_var, self.weight,
@@ -59,7 +74,21 @@ class BatchRenorm(BatchNorm):
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + f", r_max={self.r_max}, d_max={self.d_max}"
-        return s + (f", warmup_steps={self.warmup_steps}" if self.warmup_steps else "")
+        s += f", warmup_steps={self.warmup_steps}" if self.warmup_steps else ""
+        return s + (f", virtual_batch_size={self.virtual_batch_size}"
+                    if self.virtual_batch_size is not None else "")
+
+
+def _per_chunk(step, input, residual, size: int):
+    """``step(chunk, residual_chunk)`` on consecutive chunks of ``size`` samples of ``input``
+    (the last may be smaller), in order, concatenated: ghost batches. A batch of at most
+    ``size`` samples, or a residual of another shape (``step`` then raises the functional's
+    error), is one call."""
+    if input.shape[0] <= size or (residual is not None and residual.shape != input.shape):
+        return step(input, residual)
+    chunks = input.split(size)
+    res = (None,) * len(chunks) if residual is None else residual.split(size)
+    return torch.cat([step(x, r) for x, r in zip(chunks, res, strict=True)])
 
 
 class BatchRenorm1d(BatchRenorm):
@@ -90,14 +119,10 @@ class GhostBatchNorm(BatchNorm):
                                                           "virtual_batch_size")
 
     def forward(self, input, residual=None):
-        if not self.training or input.shape[0] <= self.virtual_batch_size:
+        if not self.training:
             return super().forward(input, residual)
         check_batch_input(self, input)
-        chunks = input.split(self.virtual_batch_size)
-        res = (None,) * len(chunks) if residual is None else residual.split(
-            self.virtual_batch_size)
-        return torch.cat([super(GhostBatchNorm, self).forward(x, r)
-                          for x, r in zip(chunks, res, strict=True)])
+        return _per_chunk(super().forward, input, residual, self.virtual_batch_size)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"

@@ -1,7 +1,7 @@
 """Two lab folders of the same study (other machines, other versions), claim by claim.
 
-Each folder's verdicts are recomputed from its own rows (``results.stats``), exactly as its
-page would show them; the comparison (``stats.compare_verdicts``) lists both verdicts and
+Each folder's verdicts are recomputed from its own rows (``results.stats.summarize``), exactly
+as its page would show them; the comparison (``stats.compare_verdicts``) lists both verdicts and
 effects and flags what disagrees. Neither folder is written: the page goes to its own file.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from normlab.report.render import _CSS, _fmt, _interval, load_folder
 from normlab.results import write_atomic
-from normlab.results.stats import claim_verdict, compare_verdicts, stability_words
+from normlab.results.stats import compare_verdicts, stability_words, summarize
 
 __all__ = ["ENV_KEYS", "compare_folders"]
 
@@ -22,8 +22,7 @@ _SETTINGS = ("preset", "seeds", "steps_scale", "only", "overrides")
 
 def _verdicts(folder, warn):
     specs, rows, settings, _ = load_folder(folder, warn)
-    verdicts = [claim_verdict(c, [r for r in rows if r.get("claim") == c["id"]])
-                for c in specs]
+    verdicts = summarize(specs, rows)["claims"]
     env: dict[str, set] = {}
     for r in rows:
         for k in ENV_KEYS:

@@ -1,7 +1,8 @@
 """Render a lab folder into ``index.html`` from its files alone (never from the training code).
 
 Reads ``claims.json`` (specs), ``results.jsonl`` (rows) and ``config.json``; recomputes every
-verdict from the rows (``normlab.results.stats``), rewrites ``summary.json`` and writes one
+verdict and each claim's settings line from the rows (``normlab.results.stats.summarize``),
+writes ``summary.json`` (its only writer: ``normlab lab`` renders through here too) and one
 self-contained page: figures embedded as PNG data, no script, nothing fetched.
 """
 
@@ -20,12 +21,12 @@ from normlab.report.explain import describe, draw
 from normlab.results import read_rows, write_atomic
 from normlab.results.stats import (
     RULE,
-    claim_verdict,
     decision_problem,
     metric,
     metric_problem,
     seeds_words,
     stability_words,
+    summarize,
 )
 
 __all__ = ["ReportError", "load_folder", "render_report"]
@@ -54,9 +55,10 @@ def _spec_problem(spec) -> str | None:
     fig = spec.get("figure")
     if not isinstance(fig, dict) or fig.get("type") not in _FIGURES:
         return f"needs a 'figure' object whose type is one of {', '.join(_FIGURES)}"
-    keys = spec.get("run_keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        return "'run_keys' is not a list of strings"
+    for name in ("run_keys", "setup_keys"):
+        keys = spec.get(name, [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            return f"{name!r} is not a list of strings"
     return None
 
 
@@ -390,7 +392,9 @@ def _claim_section(claim, verdict, rows) -> str:
             f"effect {effect}; n = {verdict['n_seeds']} seeds{_seeds_html(verdict)}</p>"
             f"<p class=small>Decided: {html.escape(verdict.get('decision') or '')}.<br>"
             f"Comparison: {html.escape(verdict['comparison'])}.<br>"
-            f"Setup: {html.escape(claim.get('setup', ''))}</p>"
+            f"Setup: {html.escape(claim.get('setup', ''))}"
+            + (f"<br>Settings of the runs shown: {html.escape(verdict['settings'])}."
+               if verdict.get("settings") else "") + "</p>"
             f"{fig_html}{_table(claim, rows)}"
             f"<p><b>Published:</b> {html.escape(claim.get('paper') or '')}</p></section>")
 
@@ -425,18 +429,16 @@ def _explain_section() -> str:
 
 
 def render_report(folder, warn=None) -> dict:
-    """Recompute the verdicts from the rows, write summary.json and index.html (each whole or
-    not at all: ``results.write_atomic``); return the summary. ``warn(message)`` hears of
-    every line or entry skipped (``load_folder``)."""
+    """Recompute the verdicts and settings lines from the rows, write summary.json and
+    index.html (each whole or not at all: ``results.write_atomic``); return the summary.
+    ``warn(message)`` hears of every line or entry skipped (``load_folder``)."""
     folder = Path(folder)
     specs, rows, settings, bad = load_folder(folder, warn)
-    verdicts, sections = [], []
-    for claim in specs:
+    summary = summarize(specs, rows)
+    verdicts, sections = summary["claims"], []
+    for claim, verdict in zip(specs, verdicts, strict=True):
         crows = [r for r in rows if r.get("claim") == claim["id"]]
-        verdict = claim_verdict(claim, crows)
-        verdicts.append(verdict)
         sections.append(_claim_section(claim, verdict, crows))
-    summary = {"rule": RULE, "claims": verdicts}
     write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
     overview = "".join(
         f'<tr><td><a href="#{html.escape(v["id"])}">{html.escape(v["title"])}</a></td>'

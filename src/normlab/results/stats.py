@@ -63,10 +63,11 @@ from normlab.results.inference import (
     stability,
     t_quantile,
 )
+from normlab.results.setup import setup_line
 
 __all__ = ["DECISIONS", "RULE", "claim_verdict", "compare_verdicts", "decision_problem",
            "metric", "metric_problem", "paired_effect", "reached", "seeds_words",
-           "stability_words", "t_quantile"]
+           "stability_words", "summarize", "t_quantile"]
 
 RULE = ("For each seed, d = metric(claimed arm) - metric(baseline), signed so that d > 0 is "
         "the claimed direction, at the claim's declared decision point. Effect = mean(d) with "
@@ -352,6 +353,20 @@ def _decision_text(spec) -> str:
     text = {"seed": "the two arms as declared, paired by seed",
             "area": "mean over log x of the points where at least one arm trains"}[rule]
     return text + (f": {dec['why']}" if dec.get("why") else "")
+
+
+def summarize(specs: list[dict], rows: list[dict]) -> dict:
+    """The summary of a lab folder (what ``summary.json`` holds): for each claim spec, the
+    verdict over the latest row of each of its current run keys, and the settings line of those
+    rows (``results.setup``). The one computation of it; the report writes it."""
+    latest = {r["key"]: r for r in rows if r.get("kind") == "run"}
+    claims = []
+    for spec in specs:
+        current = [latest[k] for k in spec.get("run_keys", []) if k in latest]
+        verdict = claim_verdict(spec, current)
+        verdict["settings"] = setup_line(current, spec.get("setup_keys"))
+        claims.append(verdict)
+    return {"rule": RULE, "claims": claims}
 
 
 def stability_words(v: dict) -> str:

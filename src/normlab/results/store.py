@@ -21,10 +21,10 @@ def environment() -> dict:
     """Versions and machine, recorded in every row."""
     import torch
 
-    import normlab
+    from normlab._version import __version__
 
     return {
-        "normlab": normlab.__version__,
+        "normlab": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
