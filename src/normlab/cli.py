@@ -115,16 +115,26 @@ def _build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--only", metavar="ID,...",
                      help=f"only these claims: {', '.join(CLAIM_IDS)}")
     lab.add_argument("--seeds", type=_bounded_int(1, MAX_SEEDS),
-                     help=f"seeds per arm, at most {MAX_SEEDS} (default: by preset)")
+                     help=f"seeds per arm, at most {MAX_SEEDS} (default: by preset); the "
+                          "summary names the --seeds that would decide an inconclusive claim, "
+                          "and a rerun with more keeps the seeds already finished")
     lab.add_argument("--workers", type=_bounded_int(1, _CORES, " (the number of cores)"),
                      help="worker processes, one torch thread each, at most the number of "
                           "cores (default: all cores, up to 8)")
     lab.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    report = sub.add_parser("report", help="re-render a lab folder's page from its rows",
-                            description="Recompute every verdict from DIR/results.jsonl and "
-                                        "write DIR/summary.json and DIR/index.html.")
+    report = sub.add_parser(
+        "report", help="re-render a lab folder's page from its rows, or compare two folders",
+        description="Recompute every verdict from DIR/results.jsonl and write DIR/summary.json "
+                    "and DIR/index.html. With a second folder OTHER (the same study run on "
+                    "another machine or version): recompute both folders' verdicts, print them "
+                    "claim by claim with the disagreements flagged, and write the comparison "
+                    "page to --out; neither folder is written.")
     report.add_argument("dir", type=_path, help="a folder written by `normlab lab`")
+    report.add_argument("other", nargs="?", type=_path,
+                        help="a second such folder to compare DIR with")
+    report.add_argument("--out", type=_path, default=None,
+                        help="with OTHER: the comparison page (default: normlab-compare.html)")
 
     from normlab.style.core import MAX_SIZE, MIN_SIZE
 
@@ -184,15 +194,38 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _print_summary(summary: dict) -> None:
-    print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}")
+    from normlab.lab.study import MAX_SEEDS
+    from normlab.results.inference import STABLE
+    from normlab.results.stats import seeds_words
+
+    print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
+          f"  stability")
+    needed = []
     for c in summary["claims"]:
         if c["effect"] is None:  # nothing was measured: say so, no number
             print(f"{c['id']:<24}{c['verdict']:<16}  {c.get('note') or 'not measured'}")
             continue
         eff = f"{c['effect']:.3g}"
         ci = "-" if not c["ci"] else f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
-        note = f"  ({c['note']})" if c.get("note") else ""
-        print(f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}{note}")
+        share = c.get("stability")
+        stab = "-" if share is None else f"{share:.0%}" + (" fragile" if c.get("fragile")
+                                                          else "")
+        extra = [t for t in (seeds_words(c), c.get("note")) if t]
+        print((f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}  "
+               f"{stab:<14}" + "; ".join(extra)).rstrip())
+        if c.get("seeds_needed"):
+            needed.append(c["seeds_needed"])
+    if any(c.get("fragile") for c in summary["claims"]):
+        print(f"fragile: fewer than {STABLE:.0%} of seed-bootstrap resamples give the same "
+              "verdict")
+    doable = [n for n in needed if n <= MAX_SEEDS]
+    if doable:
+        print(f"to decide the inconclusive claims, rerun the same command with "
+              f"--seeds={max(doable)} (finished runs are kept)"
+              + (f"; {len(needed) - len(doable)} would need more than --seeds allows "
+                 f"({MAX_SEEDS})" if len(doable) < len(needed) else ""))
+    elif needed:
+        print(f"the inconclusive claims would need more seeds than --seeds allows ({MAX_SEEDS})")
 
 
 def _warn(prog: str):
@@ -249,6 +282,37 @@ def _run_lab_in(args, extra) -> int:
           f"({counts['planned']} planned)")
     _print_summary(result["summary"])  # what the report wrote, computed from the rows
     print(f"report: {args.out}/index.html")
+    return 0
+
+
+def _run_compare(args) -> int:
+    from normlab.report import ReportError, compare_folders
+
+    out = args.out or "normlab-compare.html"
+    try:
+        result = compare_folders(args.dir, args.other, out, warn=_warn("report"))
+    except ReportError as exc:
+        print(f"normlab report: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        return _cannot_write("report", exc)
+
+    def one(v):
+        if v is None:
+            return "-"
+        if v["effect"] is None:
+            return f"{v['verdict']} (not measured)"
+        share = "" if v.get("stability") is None else f", {v['stability']:.0%}" + (
+            " fragile" if v.get("fragile") else "")
+        return f"{v['verdict']} {v['effect']:.3g}{share}"
+    print(f"A = {args.dir}\nB = {args.other}")
+    print(f"{'claim':<24}{'A':<34}{'B':<34}flags")
+    for c in result["claims"]:
+        print(f"{c['id']:<24}{one(c['a']):<34}{one(c['b']):<34}{'; '.join(c['flags'])}")
+    for line in result["differences"]:
+        print(f"differs: {line}")
+    n = sum(bool(c["flags"]) for c in result["claims"])
+    print(f"{n} of {len(result['claims'])} claims disagree or differ; page: {out}")
     return 0
 
 
@@ -315,6 +379,11 @@ def main(argv=None) -> int:
         if bad:
             parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are --key=value)")
         return _run_lab(args, extra)
+    if args.command == "report" and args.other is not None:
+        return _run_compare(args)
+    if args.command == "report" and args.out is not None:
+        parser.error("argument --out: only with a second folder OTHER (the comparison page); "
+                     "a folder's own page is DIR/index.html")
     if args.command == "report":
         from normlab.report import ReportError, render_report
 

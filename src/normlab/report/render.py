@@ -19,7 +19,15 @@ from pathlib import Path
 from normlab import spec
 from normlab.report.explain import describe, draw
 from normlab.results import read_rows, write_atomic
-from normlab.results.stats import RULE, metric, metric_problem, summarize
+from normlab.results.stats import (
+    RULE,
+    decision_problem,
+    metric,
+    metric_problem,
+    seeds_words,
+    stability_words,
+    summarize,
+)
 
 __all__ = ["ReportError", "load_folder", "render_report"]
 
@@ -42,6 +50,8 @@ def _spec_problem(spec) -> str | None:
     if metric_problem(eff["metric"]) or eff["better"] not in ("higher", "lower"):
         return (metric_problem(eff["metric"]) or
                 f"effect 'better' must be higher or lower, got {eff['better']!r}")
+    if decision_problem(eff):
+        return decision_problem(eff)
     fig = spec.get("figure")
     if not isinstance(fig, dict) or fig.get("type") not in _FIGURES:
         return f"needs a 'figure' object whose type is one of {', '.join(_FIGURES)}"
@@ -344,8 +354,16 @@ td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:
 .v{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;color:white;font-weight:600}
 .reproduced{background:#2e7d32}.not-reproduced{background:#c62828}
 .inconclusive{background:#757575} img{max-width:100%} .small{font-size:.85rem;color:#555}
+.fragile{color:#b45309;font-weight:600}
 code{font-size:.8rem}
 """
+
+
+def _stability_cell(v) -> str:
+    if v.get("stability") is None:
+        return "–"
+    text = f"{v['stability']:.0%}"
+    return f"<span class=fragile>{text} fragile</span>" if v.get("fragile") else text
 
 
 def _claim_section(claim, verdict, rows) -> str:
@@ -370,14 +388,32 @@ def _claim_section(claim, verdict, rows) -> str:
     else:
         fig_html = "<p class=small>no finished runs yet</p>"
     return (f'<section id="{html.escape(claim["id"])}"><h2>{html.escape(claim["title"])}</h2>'
-            f'<p><span class="v {v.replace(" ", "-")}">{v}</span> '
-            f"effect {effect}; n = {verdict['n_seeds']} seeds</p>"
-            f"<p class=small>Comparison: {html.escape(verdict['comparison'])}.<br>"
+            f'<p><span class="v {v.replace(" ", "-")}">{v}</span>{_stability_html(verdict)} '
+            f"effect {effect}; n = {verdict['n_seeds']} seeds{_seeds_html(verdict)}</p>"
+            f"<p class=small>Decided: {html.escape(verdict.get('decision') or '')}.<br>"
+            f"Comparison: {html.escape(verdict['comparison'])}.<br>"
             f"Setup: {html.escape(claim.get('setup', ''))}"
             + (f"<br>Settings of the runs shown: {html.escape(verdict['settings'])}."
                if verdict.get("settings") else "") + "</p>"
             f"{fig_html}{_table(claim, rows)}"
             f"<p><b>Published:</b> {html.escape(claim.get('paper') or '')}</p></section>")
+
+
+def _stability_html(v) -> str:
+    words = stability_words(v)
+    if not words:
+        return ""
+    cls = " class=fragile" if v.get("fragile") else ""
+    return f", <span{cls}>{html.escape(words)}</span>;"
+
+
+def _seeds_html(v) -> str:
+    words = seeds_words(v)
+    if not words:
+        return ""
+    n = v["seeds_needed"]
+    return (f". <b>{html.escape(words)}</b> (rerun the same <code>normlab lab</code> command "
+            f"with <code>--seeds={n}</code>; finished runs are kept)")
 
 
 def _explain_section() -> str:
@@ -410,7 +446,8 @@ def render_report(folder, warn=None) -> dict:
         + (f'<td colspan=2>{html.escape(v.get("note") or "not measured")}</td>'
            if v["effect"] is None else
            f'<td>{_fmt(v["effect"])}</td><td>{_interval(v["ci"])}</td>') +
-        f'<td>{v["n_seeds"]}</td></tr>' for v in verdicts)
+        f'<td>{v["n_seeds"]}</td><td>{_stability_cell(v)}</td>'
+        f'<td>{v["seeds_needed"] or ""}</td></tr>' for v in verdicts)
     env = rows[0].get("env", {}) if rows else {}
     note = f"<p class=small>{bad} unreadable line(s) in results.jsonl were skipped.</p>" \
         if bad else ""
@@ -423,7 +460,7 @@ def render_report(folder, warn=None) -> dict:
             f"{html.escape(str(env.get('machine')))}.</p>{note}"
             f"<p><b>Rule.</b> {html.escape(RULE)}</p>"
             f"<table><tr><th>claim</th><th>verdict</th><th>effect</th><th>95% interval</th>"
-            f"<th>seeds</th></tr>{overview}</table>"
+            f"<th>seeds</th><th>stability</th><th>seeds to decide</th></tr>{overview}</table>"
             + "".join(sections) + _explain_section() + "</body></html>")
     write_atomic(folder / "index.html", page)
     return summary

@@ -1,14 +1,37 @@
 """From result rows to verdicts, with the rule written down once (the report prints it).
 
 A claim's ``effect`` spec names a metric (below), the arm claimed better, a baseline arm, and
-whether higher or lower is better. For every seed that both arms finished, the difference
-``d = metric(arm) - metric(baseline)`` (sign flipped when lower is better, so that positive
-always means "as claimed") is one paired observation. Then:
+whether higher or lower is better; its ``decide`` entry says, as data fixed before the runs,
+*where* the verdict is taken and why (``DECISIONS``). Each seed that both arms finished gives
+one paired difference ``d`` (sign flipped when lower is better, so that positive always means
+"as claimed"). Then (``normlab.results.inference``):
 
     effect = mean(d);  95% interval = mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n)
     reproduced      if the interval lies above 0,
     not reproduced  if it lies below 0,
-    inconclusive    otherwise (or with fewer than 2 paired seeds).
+    inconclusive    otherwise (or with fewer than 2 paired seeds);
+    stability       the share of seed-bootstrap resamples that give the same verdict, the
+                    decision made again on each (fragile below ``inference.STABLE``);
+    seeds needed    for an inconclusive verdict, the seeds that would give the observed effect
+                    a 95% interval excluding zero with 80% power, from the observed spread.
+
+Where the verdict is taken (``effect["decide"]["rule"]``):
+
+* ``seed`` (the default): the two arms as declared, one row per arm and seed.
+* ``area``: for a sweep over ``x`` (a learning-rate grid), the mean of the metric over
+  ``log x`` (the trapezoid area under the metric-vs-log-x curve divided by the span), taken
+  only over the points where at least one of the two arms *trains*: its mean ``trains.key``
+  over the seeds reaches ``trains.chance + trains.margin``. A point where every arm sits at
+  chance says nothing about the claim and never decides it. The area rather than one test per
+  point with a Holm correction: with 3 to 5 seeds the per-point tests at ``0.05 / m`` need t
+  quantiles near 9 (3 seeds, 4 points) and decide almost nothing, while the area gives one
+  pre-declared number per seed, to which the interval, the bootstrap and the power figure
+  apply unchanged. The selection looks at the arms' accuracy, never at their difference, and
+  is made again on every bootstrap resample.
+* A ``trains`` entry on a ``seed`` decision is a guard: if neither arm trains at the decision
+  point the verdict is "not measured" instead of a difference between two chance levels.
+* ``at_max_x: true`` (effect specs written before ``decide`` existed): the largest ``x`` of the
+  claimed arm, kept so that old folders re-render as they were decided.
 
 A run that stopped with an error (e.g. batch norm refusing one value per channel) counts with
 its last evaluation: the model as it stood when it could not go on.
@@ -31,32 +54,34 @@ from __future__ import annotations
 import math
 import statistics
 
+from normlab.results.inference import (
+    MAX_SEEDS_ESTIMATE,
+    RESAMPLES,
+    STABLE,
+    paired_interval,
+    seeds_needed,
+    stability,
+    t_quantile,
+)
 from normlab.results.setup import setup_line
 
-__all__ = ["RULE", "claim_verdict", "metric", "metric_problem", "paired_effect", "reached",
-           "summarize", "t_quantile"]
+__all__ = ["DECISIONS", "RULE", "claim_verdict", "compare_verdicts", "decision_problem",
+           "metric", "metric_problem", "paired_effect", "reached", "seeds_words",
+           "stability_words", "summarize", "t_quantile"]
 
 RULE = ("For each seed, d = metric(claimed arm) - metric(baseline), signed so that d > 0 is "
-        "the claimed direction. Effect = mean(d) with a 95% t interval over seeds. "
-        "Reproduced if the interval lies above 0, not reproduced if it lies below 0, "
-        "inconclusive otherwise or with fewer than 2 seeds. A run stopped by an error counts "
-        "with its last evaluation. For steps to a target, a seed where neither arm reached "
-        "it is left out.")
+        "the claimed direction, at the claim's declared decision point. Effect = mean(d) with "
+        "a 95% t interval over seeds. Reproduced if the interval lies above 0, not reproduced "
+        "if it lies below 0, inconclusive otherwise or with fewer than 2 seeds. A run stopped "
+        "by an error counts with its last evaluation. For steps to a target, a seed where "
+        "neither arm reached it is left out. Stability: the share of "
+        f"{RESAMPLES} seed-bootstrap resamples (seeds drawn with replacement, the decision "
+        f"made again on each) that give the same verdict; below {STABLE:.0%} the verdict is "
+        "fragile. For an inconclusive verdict: the seeds that would give the observed effect "
+        "a 95% interval excluding 0 with 80% power, taking the observed mean and spread of d "
+        "as the truth.")
 
-# two-sided 95% t quantiles for small df (scipy used when present, these otherwise)
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
-    try:
-        from scipy.stats import t
-
-        return float(t.ppf(0.975, df))
-    except ImportError:  # pragma: no cover - scipy comes with the lab extra
-        keys = sorted(k for k in _T975 if k <= df)
-        return _T975[keys[-1]] if df <= 30 else 1.96
+DECISIONS = ("seed", "area")
 
 
 def metric(row: dict, name: str) -> float | None:
@@ -129,58 +154,205 @@ def paired_effect(diffs: list[float]) -> dict:
     if n == 0:
         return {"effect": None, "ci": None, "n_seeds": 0, "verdict": "inconclusive"}
     mean = statistics.fmean(diffs)
-    if n < 2:
+    ci = paired_interval(diffs)
+    if ci is None:
         return {"effect": mean, "ci": None, "n_seeds": n, "verdict": "inconclusive"}
-    half = t_quantile(n - 1) * statistics.stdev(diffs) / math.sqrt(n)
-    lo, hi = mean - half, mean + half
+    lo, hi = ci
     verdict = "reproduced" if lo > 0 else "not reproduced" if hi < 0 else "inconclusive"
     return {"effect": mean, "ci": [lo, hi], "n_seeds": n, "verdict": verdict}
 
 
-def _arm_rows(rows, arm, at_x):
-    out = {}
-    for r in rows:
-        if r["config"]["arm"] != arm:
-            continue
-        if at_x is not None and r["config"].get("x") != at_x:
-            continue
-        out[r["config"]["seed"]] = r
-    return out
+def decision_problem(effect: dict) -> str | None:
+    """Why an effect spec's ``decide`` entry cannot be used, or None (absent is fine)."""
+    dec = effect.get("decide")
+    if dec is None:
+        return None
+    if not isinstance(dec, dict):
+        return "'decide' must be an object"
+    if dec.get("rule", "seed") not in DECISIONS:
+        return f"decide rule must be one of {', '.join(DECISIONS)}, got {dec.get('rule')!r}"
+    trains = dec.get("trains")
+    if dec.get("rule") == "area" and trains is None:
+        return "decide rule 'area' needs 'trains' (key, chance, margin)"
+    if trains is not None:
+        if not isinstance(trains, dict) or not isinstance(trains.get("key"), str) or not all(
+                isinstance(trains.get(k), int | float) and not isinstance(trains.get(k), bool)
+                for k in ("chance", "margin")):
+            return "decide 'trains' needs a string key and numbers chance and margin"
+    if "why" in dec and not isinstance(dec["why"], str):
+        return "decide 'why' must be a string"
+    return None
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _trains_value(row: dict, key: str) -> float | None:
+    v = (row.get("final") or {}).get(key)
+    return float(v) if v is not None else None
+
+
+def _rows_by(rows, arm):
+    """{(seed, x): row} of one arm (the latest row wins)."""
+    return {(r["config"]["seed"], r["config"].get("x")): r for r in rows
+            if r["config"]["arm"] == arm}
+
+
+def _pair(ra, rb, spec, trains_key):
+    """One seed's observation at one point: the two metric values, whether neither reached
+    a steps_to target, and the two arms' trains values (for the decision's guard)."""
+    m = spec["metric"]
+    neither = reached(ra, m) is False and reached(rb, m) is False
+    return {"a": metric(ra, m), "b": metric(rb, m), "neither": neither,
+            "ta": _trains_value(ra, trains_key) if trains_key else None,
+            "tb": _trains_value(rb, trains_key) if trains_key else None}
+
+
+def _entries(spec, rows):
+    """One entry per paired seed: ``{x: observation}`` (x is None for a plain seed rule)."""
+    dec = spec.get("decide") or {}
+    trains_key = (dec.get("trains") or {}).get("key")
+    a, b = _rows_by(rows, spec["arm"]), _rows_by(rows, spec["baseline"])
+    if spec.get("at_max_x") and dec.get("rule", "seed") == "seed":
+        xs = [x for (_, x) in a if x is not None]
+        top = max(xs) if xs else None
+        a = {k: r for k, r in a.items() if k[1] == top}
+        b = {k: r for k, r in b.items() if k[1] == top}
+    by_seed: dict = {}
+    for (seed, x), ra in a.items():
+        rb = b.get((seed, x))
+        if rb is None and dec.get("rule", "seed") == "seed":
+            # the arms carry different x (ghost group k=64 vs k=2): pair by seed alone
+            rb = next((r for (s, _), r in b.items() if s == seed), None)
+        if rb is not None:
+            by_seed.setdefault(seed, {})[x] = _pair(ra, rb, spec, trains_key)
+    return [by_seed[s] for s in sorted(by_seed)]
+
+
+def _trains_at(entries, x, trains) -> bool:
+    """Whether at least one arm's mean ``trains.key`` over the entries reaches chance+margin."""
+    need = trains["chance"] + trains["margin"]
+    for side in ("ta", "tb"):
+        vals = [e[x][side] for e in entries if x in e and _finite(e[x][side])]
+        if vals and statistics.fmean(vals) >= need:
+            return True
+    return False
+
+
+def _area(points, log):
+    """Mean of a curve over (log) x: trapezoid area / span; the value itself at one point."""
+    if len(points) == 1:
+        return points[0][1]
+    xs = [math.log10(x) if log else x for x, _ in points]
+    ys = [y for _, y in points]
+    area = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))
+    return area / (xs[-1] - xs[0])
+
+
+def _decide(spec, entries) -> dict:
+    """The paired differences at the declared decision point, and what was left out."""
+    dec = spec.get("decide") or {}
+    sign = 1.0 if spec["better"] == "higher" else -1.0
+    trains = dec.get("trains")
+    if dec.get("rule", "seed") == "area":
+        xs = sorted({x for e in entries for x in e if x is not None})
+        used = [x for x in xs if _trains_at(entries, x, trains)]
+        diffs = []
+        for e in entries:
+            if not used or not all(x in e and _finite(e[x]["a"]) and _finite(e[x]["b"])
+                                   for x in used):
+                continue
+            area_a = _area([(x, e[x]["a"]) for x in used], dec.get("log", True))
+            area_b = _area([(x, e[x]["b"]) for x in used], dec.get("log", True))
+            diffs.append(sign * (area_a - area_b))
+        return {"diffs": diffs, "neither": 0, "used": used,
+                "left_out": [x for x in xs if x not in used]}
+    obs = [o for e in entries for o in e.values()]
+    if trains is not None:
+        probe = [{None: o} for o in obs]
+        if probe and not _trains_at(probe, None, trains):
+            return {"diffs": [], "neither": 0, "at_chance": True}
+    diffs, neither = [], 0
+    for o in obs:
+        if o["neither"]:
+            neither += 1  # both censored: says nothing about which is faster
+        elif _finite(o["a"]) and _finite(o["b"]):
+            diffs.append(sign * (o["a"] - o["b"]))
+    return {"diffs": diffs, "neither": neither}
+
+
+def _fmt_x(x) -> str:
+    return f"{x:g}" if isinstance(x, int | float) else str(x)
+
+
+def _comparison(spec, decided, at_x) -> str:
+    text = (f"{spec['metric']}: {spec['arm']} vs {spec['baseline']} "
+            f"({spec['better']} is better")
+    dec = spec.get("decide") or {}
+    if dec.get("rule") == "area":
+        tr = dec["trains"]
+        used = ", ".join(map(_fmt_x, decided["used"])) or "none"
+        text += (f"; mean over log x at x = {used}, where an arm trains: mean {tr['key']} >= "
+                 f"{_fmt_x(tr['chance'] + tr['margin'])} (chance {_fmt_x(tr['chance'])} + "
+                 f"{_fmt_x(tr['margin'])})")
+        if decided["left_out"]:
+            text += (f"; left out, every arm at chance: x = "
+                     f"{', '.join(map(_fmt_x, decided['left_out']))}")
+    elif at_x is not None:
+        text += f", at x={at_x}"
+    return text + ")"
 
 
 def claim_verdict(claim: dict, rows: list[dict]) -> dict:
-    """The verdict of ``claim`` (its spec from claims.json) over its rows."""
+    """The verdict of ``claim`` (its spec from claims.json) over its rows: effect, interval,
+    stability over seed resamples, and for an inconclusive verdict the seeds that would
+    decide it."""
     spec = claim["effect"]
     rows = [r for r in rows if r.get("claim") == claim["id"]]
-    at_x = None
-    if spec.get("at_max_x"):
-        xs = [r["config"]["x"] for r in rows if r["config"]["arm"] == spec["arm"]
-              and r["config"].get("x") is not None]
-        at_x = max(xs) if xs else None
-    a = _arm_rows(rows, spec["arm"], at_x)
-    b = _arm_rows(rows, spec["baseline"], at_x)
-    sign = 1.0 if spec["better"] == "higher" else -1.0
-    diffs, neither = [], 0
-    for seed in sorted(set(a) & set(b)):
-        if reached(a[seed], spec["metric"]) is False and \
-                reached(b[seed], spec["metric"]) is False:
-            neither += 1  # both censored: says nothing about which is faster
-            continue
-        ma, mb = metric(a[seed], spec["metric"]), metric(b[seed], spec["metric"])
-        if ma is not None and mb is not None and math.isfinite(ma) and math.isfinite(mb):
-            diffs.append(sign * (ma - mb))
+    entries = _entries(spec, rows)
+    decided = _decide(spec, entries)
+    diffs = decided["diffs"]
     out = paired_effect(diffs)
     note = None
-    if neither and not diffs:
+    neither = decided["neither"]
+    if decided.get("at_chance"):
+        note = "not measured: neither arm trains above chance at the decision point"
+    elif spec.get("decide", {}).get("rule") == "area" and not decided["used"] and entries:
+        note = "not measured: every arm is at chance at every x"
+    elif neither and not diffs:
         note = "not measured: the target was never reached in any run"
     elif neither:
-        note = (f"{neither} seed(s) where neither arm reached the target are left out")
+        note = f"{neither} seed(s) where neither arm reached the target are left out"
+    stable = None
+    if out["effect"] is not None and len(entries) >= 2:
+        stable = stability(entries, lambda es: paired_effect(_decide(spec, es)["diffs"])
+                           ["verdict"])
+    needed = None
+    if out["verdict"] == "inconclusive" and len(diffs) >= 2:
+        needed = seeds_needed(out["effect"], statistics.stdev(diffs))
+    at_x = None
+    if spec.get("at_max_x"):
+        xs = [r["config"].get("x") for r in rows if r["config"]["arm"] == spec["arm"]
+              and r["config"].get("x") is not None]
+        at_x = max(xs) if xs else None
     return {"id": claim["id"], "title": claim["title"], "verdict": out["verdict"],
             "effect": out["effect"], "ci": out["ci"], "n_seeds": out["n_seeds"],
+            "sd": statistics.stdev(diffs) if len(diffs) >= 2 else None,
+            "stability": stable, "fragile": stable is not None and stable < STABLE,
+            "seeds_needed": needed, "decision": _decision_text(spec),
             "rule": RULE, "paper": claim.get("paper"), "note": note,
-            "comparison": f"{spec['metric']}: {spec['arm']} vs {spec['baseline']} "
-                          f"({spec['better']} is better"
-                          + (f", at x={at_x}" if at_x is not None else "") + ")"}
+            "comparison": _comparison(spec, decided, at_x)}
+
+
+def _decision_text(spec) -> str:
+    dec = spec.get("decide") or {}
+    if spec.get("at_max_x") and dec.get("rule", "seed") == "seed":
+        return "at the largest x of the grid (a rule of folders written before 'decide')"
+    rule = dec.get("rule", "seed")
+    text = {"seed": "the two arms as declared, paired by seed",
+            "area": "mean over log x of the points where at least one arm trains"}[rule]
+    return text + (f": {dec['why']}" if dec.get("why") else "")
 
 
 def summarize(specs: list[dict], rows: list[dict]) -> dict:
@@ -195,3 +367,50 @@ def summarize(specs: list[dict], rows: list[dict]) -> dict:
         verdict["settings"] = setup_line(current, spec.get("setup_keys"))
         claims.append(verdict)
     return {"rule": RULE, "claims": claims}
+
+
+def stability_words(v: dict) -> str:
+    """"stable in 97% of resamples" / "fragile: the same verdict in 60% of resamples" (or
+    "" when no stability was computed)."""
+    share = v.get("stability")
+    if share is None:
+        return ""
+    if v.get("fragile"):
+        return f"fragile: the same verdict in only {share:.0%} of resamples"
+    return f"stable in {share:.0%} of resamples"
+
+
+def seeds_words(v: dict) -> str:
+    """"about 14 seeds would decide this" for an inconclusive verdict with an estimate."""
+    n = v.get("seeds_needed")
+    if n is None:
+        return ""
+    if n > MAX_SEEDS_ESTIMATE:
+        return f"more than {MAX_SEEDS_ESTIMATE} seeds would be needed to decide this"
+    return f"about {n} seeds would decide this"
+
+
+def compare_verdicts(a: list[dict], b: list[dict]) -> list[dict]:
+    """Claim by claim, two lists of verdicts (two folders of the same study: other machines or
+    versions): both verdicts and effects, and what disagrees (``flags``, empty when none)."""
+    by_a, by_b = {v["id"]: v for v in a}, {v["id"]: v for v in b}
+    ids = list(by_a) + [i for i in by_b if i not in by_a]
+    out = []
+    for cid in ids:
+        va, vb = by_a.get(cid), by_b.get(cid)
+        flags = []
+        if va is None or vb is None:
+            flags.append(f"only in {'A' if vb is None else 'B'}")
+        else:
+            if va["verdict"] != vb["verdict"]:
+                flags.append(f"verdicts differ: {va['verdict']} vs {vb['verdict']}")
+            if va.get("decision") != vb.get("decision") or \
+                    va.get("comparison") != vb.get("comparison"):
+                flags.append("decided differently (rule or decision points)")
+            if va.get("n_seeds") != vb.get("n_seeds"):
+                flags.append(f"seeds differ: {va.get('n_seeds')} vs {vb.get('n_seeds')}")
+        v = va or vb
+        out.append({"id": cid, "title": v["title"], "a": va, "b": vb, "flags": flags,
+                    "agree": va is not None and vb is not None and
+                    va["verdict"] == vb["verdict"]})
+    return out
