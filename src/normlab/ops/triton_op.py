@@ -137,7 +137,8 @@ def triton_norm(plan: spec.Plan, x: torch.Tensor, *, eps: float, weight=None, bi
         residual = torch.empty_like(x).copy_(residual)  # the kernels read it like x
     if mask is not None:
         mask = mask.reshape(-1).contiguous().view(torch.uint8)
-    flat = [None if t is None else t.reshape(-1) for t in (weight, bias)]
+    # the kernels index the affine parameters densely: a strided view (w[:, 0]) is copied
+    flat = [None if t is None else t.reshape(-1).contiguous() for t in (weight, bias)]
     y, mean, rstd, count = _fwd(x, flat[0], flat[1], residual, mask, _FAMILY[k.family],
                                 list(k.dims), list(k.affine), list(k.mask or (1, 0, 0, 0)),
                                 plan.centered, float(eps), activation or "")
