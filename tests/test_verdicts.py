@@ -396,3 +396,15 @@ def test_report_out_without_a_second_folder_is_refused(tmp_path, capsys):
     assert "--out: only with a second folder OTHER" in capsys.readouterr().err
     assert main(["report", str(folder), str(tmp_path / "missing")]) == 2
     assert "no claims.json here" in capsys.readouterr().err
+
+
+def test_comparison_flags_a_different_decision_point():
+    rows = _sweep({"batch": {1.0: 0.6, 10.0: 0.1}, "none": {1.0: 0.5, 10.0: 0.1}})
+    old = {**LR, "effect": {k: w for k, w in LR["effect"].items() if k != "decide"}
+           | {"at_max_x": True}}
+    out = compare_verdicts([claim_verdict(old, rows)], [claim_verdict(LR, rows)])
+    assert out[0]["flags"] == ["verdicts differ: inconclusive vs reproduced",
+                               "decided differently (rule or decision points)"]
+    why = {**LR, "effect": {**LR["effect"], "decide": {**LR["effect"]["decide"], "why": "b"}}}
+    same = compare_verdicts([claim_verdict(LR, rows)], [claim_verdict(why, rows)])
+    assert same[0]["flags"] == []  # another reason in words is not another decision

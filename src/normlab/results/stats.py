@@ -404,8 +404,7 @@ def compare_verdicts(a: list[dict], b: list[dict]) -> list[dict]:
         else:
             if va["verdict"] != vb["verdict"]:
                 flags.append(f"verdicts differ: {va['verdict']} vs {vb['verdict']}")
-            if va.get("decision") != vb.get("decision") or \
-                    va.get("comparison") != vb.get("comparison"):
+            if va.get("comparison") != vb.get("comparison"):  # metric, arms or points
                 flags.append("decided differently (rule or decision points)")
             if va.get("n_seeds") != vb.get("n_seeds"):
                 flags.append(f"seeds differ: {va.get('n_seeds')} vs {vb.get('n_seeds')}")
