@@ -33,6 +33,18 @@ sys.path.insert(0, str(ROOT))
 from tests import zoo  # noqa: E402
 
 
+def _init_worker(parent: int) -> None:
+    """A worker ends with the benchmark (Linux: the kernel kills it when its parent dies, so an
+    interrupted or killed run leaves no model-building processes behind)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _work(entry):
     import torch
     torch.set_num_threads(1)
@@ -145,7 +157,8 @@ def main(argv=None) -> int:
             sizes = json.loads(Path(a.timm_sizes).read_text())
         else:  # parameter counts on the meta device, one family per worker
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
+            with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(os.getpid(),)) as pool:
                 fams = timm.list_modules()
                 sizes = dict(zip(fams, pool.map(_sizes, fams), strict=True))
         entries += zoo.timm_entries(sizes)[: a.limit or None]
@@ -176,7 +189,8 @@ def main(argv=None) -> int:
         _atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows},
                                                             indent=1, default=str))
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:  # (max_tasks_per_child hangs)
+    with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(os.getpid(),)) as pool:  # (max_tasks_per_child hangs)
         futs = {pool.submit(_work, e): e for e in entries}
         for i, f in enumerate(cf.as_completed(futs), 1):
             e = futs[f]

@@ -235,7 +235,8 @@ def test_freeze_convert_and_fold_frozen():
     for _ in range(3):
         model(torch.randn(5, 3, 5, 5) + 1)
     snapshot = copy.deepcopy(model.state_dict())
-    frozen = freeze_batch_norm(model)
+    frozen, report = freeze_batch_norm(model, return_report=True)
+    assert report.left == [("5", "BatchNorm2d", "no running statistics to freeze")]
     assert isinstance(frozen[1], nl.FrozenBatchNorm) and frozen[4].activation == "relu"
     assert isinstance(frozen[5], torch.nn.BatchNorm2d)  # no running stats: kept
     x = torch.randn(2, 3, 5, 5)

@@ -236,3 +236,48 @@ def test_a_norm_act_wrapper_folds_and_swaps_with_its_activation():
     ref = nn.functional.hardswish(nn.functional.group_norm(model[0](x), 2, model[1].weight,
                                                            model[1].bias, 1e-5))
     torch.testing.assert_close(g(x), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "regnetx_002", "resnet18"])
+def test_sync_and_freeze_convert_timm_norm_act_layers(name):
+    """timm's BatchNormAct2d (efficientnet, regnet) and plain BatchNorm2d (resnet): every batch
+    norm becomes SyncBatchNorm / FrozenBatchNorm with its activation, and the eval output stays
+    the original's (float64; one process, so synchronized statistics are the batch's)."""
+    from normlab.surgery import SurgeryReport, convert_sync_batchnorm, freeze_batch_norm
+    model = timm.create_model(name, pretrained=False, num_classes=10).double()
+    model.train()
+    with torch.no_grad():  # running statistics that are not the initial ones
+        model(torch.randn(4, 3, 64, 64, dtype=torch.float64))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    ref = copy.deepcopy(model).eval()(x)
+    bns = [p for p, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns
+    for fn, cls in ((convert_sync_batchnorm, nl.SyncBatchNorm),
+                    (freeze_batch_norm, nl.FrozenBatchNorm)):
+        new, report = fn(model, return_report=True)
+        assert isinstance(report, SurgeryReport) and report.left == [], report.left
+        assert sorted(p for p, _, _ in report.changed) == sorted(bns)
+        kinds = {type(m.norm if isinstance(m, NormAct) else m) for p, m in new.named_modules()
+                 if p in bns}
+        assert kinds == {cls}, kinds
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in new.modules())
+        assert zoo.rel_err(ref, new.eval()(x)) < 1e-10
+    # the original was left as it was
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_sync_and_freeze_leave_and_name_what_they_cannot_convert():
+    class MyBatchNorm(nn.BatchNorm2d):  # a subclass: may compute anything
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    from normlab.surgery import convert_sync_batchnorm, freeze_batch_norm
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), MyBatchNorm(4), nl.GhostBatchNorm2d(4, 2))
+    with pytest.warns(SurgeryWarning, match="MyBatchNorm"):
+        convert_sync_batchnorm(model)
+    new, report = convert_sync_batchnorm(model, return_report=True)
+    assert [p for p, _, _ in report.left] == ["1", "2"] and report.changed == []
+    assert "ghost" in report.left[1][2]
+    new, report = freeze_batch_norm(model, return_report=True)
+    assert [p for p, _, _ in report.left] == ["1"]
+    assert type(new[1]) is MyBatchNorm and isinstance(new[2], nl.FrozenBatchNorm)

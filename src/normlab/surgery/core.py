@@ -7,6 +7,7 @@ changed. Layer paths in reports and errors are the dotted names of ``model.named
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -437,63 +438,182 @@ def insert_norms(model: nn.Module, kind: str, placement: str = "before_activatio
 # sync and freeze
 
 
-_PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-                      nl.BatchNorm, nl.BatchNorm1d, nl.BatchNorm2d, nl.BatchNorm3d)
+_OTHER_STATISTICS = (nl.BatchRenorm, nl.GhostBatchNorm)
 
 
-def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
-    """A copy of ``model`` with every plain batch norm (torch.nn's, normlab's, with or without a
-    fused activation) replaced by :class:`normlab.nn.SyncBatchNorm` with the same state, on
-    ``process_group``: works on any torch.distributed backend (gloo on CPU included). Batch
-    norm's variants with other statistics (renorm, ghost, frozen, or any subclass) are left
-    as they are."""
-    new = copy.deepcopy(model)
-    todo = [(p, m) for p, m in new.named_modules()
-            if p and type(m) in _PLAIN_BATCH_NORMS]
-    if not todo and type(new) in _PLAIN_BATCH_NORMS:
-        todo = [("", new)]
+def _batch_like(m: nn.Module) -> bool:
+    """Whether ``m`` keeps batch-norm state (a subclass normlab does not know included)."""
+    return (isinstance(m, nn.modules.batchnorm._BatchNorm)
+            or isinstance(getattr(m, "running_mean", None), torch.Tensor))
+
+
+def _batch_norms(new: nn.Module, report: SurgeryReport, want: Callable):
+    """(path, module, info, fused act, rest) of every batch-norm layer ``want(info)`` accepts;
+    every other layer holding batch-norm state goes in ``report.left`` with the reason."""
+    todo = [("", new)] if ad.looks_like_norm(new) or _batch_like(new) else []
+    if not todo:
+        inside: list[str] = []
+        for path, m in new.named_modules():
+            if not path or any(path.startswith(p + ".") for p in inside):
+                continue
+            if ad.looks_like_norm(m) or _batch_like(m):
+                inside.append(path)
+                todo.append((path, m))
+    out = []
     for path, m in todo:
-        sync = nl.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine,
-                                m.track_running_stats, process_group, **_factory(m),
-                                bias=m.affine and m.bias is not None,
-                                channel_axis=getattr(m, "channel_axis", 1),
-                                activation=getattr(m, "activation", None))
-        sync.load_state_dict(m.state_dict(), strict=True)
-        sync.train(m.training)
-        if not path:
-            return sync
-        _replace(new, path, sync)
-    return new
-
-
-def freeze_batch_norm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every batch norm that has running statistics (torch.nn's,
-    normlab's, timm's BatchNormAct2d with its activation kept) replaced by
-    :class:`normlab.nn.FrozenBatchNorm` carrying its weight, bias and running statistics
-    (affine-less ones get weight 1, bias 0). Layers without running statistics are kept."""
-    new = copy.deepcopy(model)
-    todo = [("", new)] if is_norm(new) else _candidates(new)
-    for path, m in todo:
-        if not is_norm(m) or isinstance(m, (ad.NormAct, nl.FrozenBatchNorm)):
-            continue
         try:
             info = ad.read(m)
             act, rest = ad.split_rest(info)
-        except ad.Refused:
+        except ad.Refused as exc:
+            if _batch_like(m):
+                report.left.append((path, _name(m), str(exc)))
             continue
-        if info.kind != "batch" or info.running_mean is None:
-            continue
-        frozen = nl.FrozenBatchNorm(info.num_channels, info.eps, **_factory(m),
-                                    channel_axis=info.channel_axis, activation=act)
-        with torch.no_grad():
-            frozen.running_mean.copy_(info.running_mean)
-            frozen.running_var.copy_(info.running_var)
-            if info.weight is not None:
-                frozen.weight.copy_(info.weight)
-            if info.bias is not None:
-                frozen.bias.copy_(info.bias)
-        frozen = ad.wrap_rest(frozen, info, rest)
-        if not path:
-            return frozen
-        _replace(new, path, frozen)
+        why = want(m, info)
+        if why is None:
+            out.append((path, m, info, act, rest))
+        elif why:
+            report.left.append((path, _name(m), why))
+    return out
+
+
+def _with_state(new: nn.Module, info: ad.NormInfo) -> nn.Module:
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            src, dst = getattr(info, name), getattr(new, name, None)
+            if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor):
+                dst.copy_(src.detach().double() + info.weight_offset
+                          if name == "weight" and info.weight_offset else src.detach())
     return new
+
+
+def _sync_of(m: nn.Module, info: ad.NormInfo, act, rest, process_group) -> nn.Module:
+    affine = info.weight is not None
+    sync = nl.SyncBatchNorm(info.num_channels, info.eps, info.momentum, affine,
+                            info.track_running_stats, process_group, **_factory(m),
+                            bias=info.bias is not None or not affine,
+                            channel_axis=info.channel_axis, activation=act)
+    _with_state(sync, info).train(m.training)
+    return ad.wrap_rest(sync, info, rest)
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group=None, *,
+                           return_report: bool = False):
+    """A copy of ``model`` with every batch norm whose statistics are the batch's (torch.nn's,
+    normlab's, timm's ``BatchNormAct2d``/``SyncBatchNormAct`` with the activation fused where
+    normlab has it, else kept after it) replaced by :class:`normlab.nn.SyncBatchNorm` with the
+    same state, on ``process_group``: works on any torch.distributed backend (gloo on CPU
+    included). Each new layer is checked, in one process, on float64 probe inputs (eval and
+    train, running statistics after the step) before it is accepted. Batch norms with other
+    statistics (renorm, ghost batches, frozen) and batch-norm subclasses normlab does not know
+    are left as they are and named in the report (``return_report=True`` returns
+    ``(model, SurgeryReport)``; without it a :class:`SurgeryWarning` names them)."""
+    new = copy.deepcopy(model)
+    report = SurgeryReport()
+
+    def want(m, info):
+        if info.kind == "frozen":
+            return ""  # no batch statistics to synchronize: nothing to say
+        if info.kind != "batch":
+            return "" if not _batch_like(m) else f"a {info.kind} norm"
+        if isinstance(m, _OTHER_STATISTICS):
+            return ("its statistics are not the whole batch's (batch renorm or ghost "
+                    "batches): no synchronized version")
+        return None
+
+    for path, m, info, act, rest in _batch_norms(new, report, want):
+        sync = _sync_of(m, info, act, rest, process_group)
+        def make(ref, i=info):
+            return _sync_of(ref, ad.read_like(ref, i), *ad.split_rest(i), None)
+
+        if _distributed():  # a train-mode probe would start a collective on this process only
+            why = _eval_probe(m, make, info, modes=("eval",))
+        else:
+            why = ad.probe(m, make, ad.probe_shape(info), upcast=info.upcast, eps=info.eps)
+        if why:
+            report.left.append((path, _name(m), why))
+            continue
+        report.changed.append((path, _name(m), repr(sync)))
+        if not path:
+            new = sync
+        else:
+            _replace(new, path, sync)
+    return _finish(new, report, return_report, "convert_sync_batchnorm")
+
+
+def _frozen_of(m: nn.Module, info: ad.NormInfo, act, rest) -> nn.Module:
+    frozen = nl.FrozenBatchNorm(info.num_channels, info.eps, **_factory(m),
+                                channel_axis=info.channel_axis, activation=act)
+    _with_state(frozen, info).train(m.training)
+    return ad.wrap_rest(frozen, info, rest)
+
+
+def freeze_batch_norm(model: nn.Module, *, return_report: bool = False):
+    """A copy of ``model`` with every batch norm that has running statistics (torch.nn's,
+    normlab's, the norm+act layers of timm and normlab's ``NormAct``, with their activation
+    kept) replaced by :class:`normlab.nn.FrozenBatchNorm` carrying its weight, bias and running
+    statistics (affine-less ones get weight 1, bias 0). Each frozen layer is checked against
+    the original in eval mode on float64 probe inputs (a frozen layer computes in training what
+    the original computes in evaluation). Layers without running statistics, and batch-norm
+    subclasses normlab does not know, are kept and named in the report (``return_report=True``
+    returns ``(model, SurgeryReport)``; without it a :class:`SurgeryWarning` names them)."""
+    new = copy.deepcopy(model)
+    report = SurgeryReport()
+
+    def want(m, info):
+        if info.kind == "frozen":
+            return ""  # frozen already
+        if info.kind != "batch":
+            return "" if not _batch_like(m) else f"a {info.kind} norm"
+        if info.running_mean is None:
+            return "no running statistics to freeze"
+        return None
+
+    for path, m, info, act, rest in _batch_norms(new, report, want):
+        frozen = _frozen_of(m, info, act, rest)
+        why = _eval_probe(m, lambda ref, i=info: _frozen_of(ref, ad.read_like(ref, i),
+                                                            *ad.split_rest(i)), info)
+        if why:
+            report.left.append((path, _name(m), why))
+            continue
+        report.changed.append((path, _name(m), repr(frozen)))
+        if not path:
+            new = frozen
+        else:
+            _replace(new, path, frozen)
+    return _finish(new, report, return_report, "freeze_batch_norm")
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _eval_probe(m: nn.Module, make_new: Callable, info: ad.NormInfo,
+                modes=("eval", "train")) -> str | None:
+    """The original in eval mode against the new layer in eval and in train mode (a frozen
+    layer computes the same in both): float64, random affine and running statistics, inputs
+    at unit scale and at sqrt(eps). None when equal within ``ad.PROBE_RTOL``, else the reason."""
+    gen = torch.Generator().manual_seed(1234)
+    ref = copy.deepcopy(m).double()
+    ad._randomize(ref, gen)
+    ref.eval()
+    new = make_new(ref).double()
+    x = torch.randn(ad.probe_shape(info), generator=gen, dtype=torch.float64) * 1.5 + 0.3
+    tol = ad.PROBE_RTOL_UPCAST if info.upcast else ad.PROBE_RTOL
+    for s in [1.0] + ([math.sqrt(info.eps)] if info.eps else []):
+        with torch.no_grad():
+            try:
+                ya = ref(x * s)
+            except Exception as exc:
+                return f"the original layer fails on a probe of shape {tuple(x.shape)}: {exc}"
+            for mode in modes:
+                try:
+                    yb = getattr(new, mode)()(x * s)
+                except Exception as exc:
+                    return f"the new layer fails on the probe: {type(exc).__name__}: {exc}"
+                err = ad._rel_err(ya, yb)
+                if not err <= tol:
+                    return (f"the new layer's {mode} output differs from the original's eval "
+                            f"output on a probe (scale {s:.2g}): relative error {err:.2g} > "
+                            f"{tol:g}")
+    return None
