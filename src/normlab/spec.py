@@ -201,7 +201,7 @@ def _element_kernel(shape, strides, block) -> Kernel | None:
     logical order) must follow each other in memory in that order; then the memory is
     (OUTER, PERIOD, INNER) with PERIOD = the block's size and INNER = what lies inside it."""
     ndim = len(shape)
-    order = sorted((d for d in range(ndim) if shape[d] != 1), key=lambda d: -strides[d])
+    order = sorted([d for d in range(ndim) if shape[d] != 1], key=lambda d: -strides[d])
     if not _dense(shape, strides, order) or prod(shape) == 0:
         return None
     inblock = [d for d in order if d in block]
@@ -209,10 +209,10 @@ def _element_kernel(shape, strides, block) -> Kernel | None:
         first = order.index(inblock[0])
         if order[first:first + len(inblock)] != inblock or inblock != sorted(inblock):
             return None
-        inner = prod(shape[d] for d in order[first + len(inblock):])
+        inner = prod([shape[d] for d in order[first + len(inblock):]])
     else:
         inner = 1
-    period = prod(shape[d] for d in block)
+    period = prod([shape[d] for d in block])
     return Kernel(ELEMENT, (prod(shape) // (period * inner), period, inner, 1), (1, 0, 0, 0, 0),
                   None)
 
@@ -266,8 +266,9 @@ def plan(
     block: the trailing ones when ``channel_axis == -1`` (torch.nn's convention), the ones
     starting at axis 1 when ``channel_axis == 1``; a pointwise kind reduces nothing
     (``reduce_dims == ()``, ``stats_shape == ()``): the block only lays out its affine.
-    ``strides`` (the input's, in elements) gives the kernels' view (``Plan.kernel``); ``running`` asks for the running statistics (only where the table's
-    eval statistics allow them); ``dtype`` is the input dtype's name (``Plan.stat_dtype``).
+    ``strides`` (the input's, in elements) gives the kernels' view (``Plan.kernel``);
+    ``running`` asks for the running statistics (only where the table's eval statistics allow
+    them); ``dtype`` is the input dtype's name (``Plan.stat_dtype``).
     Inputs are assumed valid: ``functional`` checks them first. Cached: a plan is immutable.
     """
     spec = SPECS.get(kind)

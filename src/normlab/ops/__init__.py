@@ -1,7 +1,8 @@
 """Autograd-aware ops, one per kind (the pointwise DyT and Derf too), over one dispatcher
 (``dispatch.normalize``) and its ordered list of backends (Triton kernels, the masked
-Function, the instance-norm hybrid, torch's native kernels, the reference Function). Inputs are assumed valid: ``normlab.functional``
-checks them. ``trace_backends()`` / ``last_backend()`` show which backend ran."""
+Function, the instance-norm hybrid, torch's native kernels, the reference Function). Inputs
+are assumed valid: ``normlab.functional`` checks them. ``trace_backends()`` /
+``last_backend()`` show which backend ran."""
 
 from normlab.ops.dispatch import (
     BACKEND_LIST,
