@@ -68,7 +68,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench", help="time normlab against torch.nn on CPU (ratios, GB/s)",
         description="Time every normalization kind, normlab vs torch.nn, forward and "
                     "forward+backward, alternating the order in one process; append long-format "
-                    "rows to a JSONL file and print a table. For stable figures run it under "
+                    "rows to a JSONL file and print a table. DynamicTanh and Derf, which "
+                    "torch.nn lacks, are timed against the plain torch composition "
+                    "w*tanh(a*x)+b, with a layer norm of the same shape for context and the "
+                    "bytes each saves for backward. For stable figures run it under "
                     "jemalloc (LD_PRELOAD), e.g. ../shared/tools/jemalloc-run normlab bench.")
     bench.add_argument("--quick", action="store_true",
                        help="smaller shapes and fewer repetitions (about 10 s)")
@@ -161,13 +164,13 @@ def _build_parser() -> argparse.ArgumentParser:
     style.add_argument("--seed", type=int, default=0,
                        help="seed of the random encoder (default: %(default)s)")
 
-    from normlab.spec import KINDS
+    from normlab.spec import STATISTICS_KINDS
 
     explain = sub.add_parser(
         "explain", help="draw which elements share one set of statistics",
         description="Print in words, and draw as N panels of C channels x H*W positions, the "
                     "elements that share one mean and variance for a normalization kind.")
-    explain.add_argument("kind", choices=KINDS)
+    explain.add_argument("kind", choices=STATISTICS_KINDS)
     explain.add_argument("--shape", default="2,6,3,3", type=_shape,
                          help=f"N,C,H,W (or N,C,L), at most {_MAX_SHAPE} elements "
                               "(default: %(default)s)")
