@@ -164,7 +164,7 @@ def test_resume_after_a_kill(tmp_path):
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "normlab", "study", "--model", f"{HERE}:make_net",
            "--data", f"{HERE}:make_data", "--norms", "as-is,layer", "--batch-sizes", "8",
-           "--lr", "0.03,0.1", "--seeds", "3", "--steps", "200", "--workers", "1",
+           "--lr", "0.03,0.1", "--seeds", "3", "--steps", "60", "--workers", "1",
            "--no-progress", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,

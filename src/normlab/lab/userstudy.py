@@ -206,13 +206,13 @@ def split_train(train, val_fraction: float, split_seed: int):
     return perm[n_val:], perm[:n_val]
 
 
-_DATA_CACHE: dict[str, tuple] = {}  # per process: the data factory is called once
+_DATA_CACHE: dict[tuple, tuple] = {}  # per process: the data factory is called once
 
 
 def _data(cfg: dict):
-    key = cfg["data"]
+    key = (cfg["data"], cfg["val_fraction"], cfg["split_seed"])
     if key not in _DATA_CACHE:
-        train, test = load_data(resolve(key, "--data"))
+        train, test = load_data(resolve(cfg["data"], "--data"))
         fit, val = split_train(train, cfg["val_fraction"], cfg["split_seed"])
         _DATA_CACHE[key] = (train, test, fit, val)
     return _DATA_CACHE[key]
