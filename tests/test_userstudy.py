@@ -326,6 +326,8 @@ def test_advice_on_synthetic_rows():
     assert group["verdict"] == "wins"
     assert _arm(four, "layer")["verdict"] == "ties"
     assert _arm(four, "none")["verdict"] == "loses"
+    # 3 seeds: the 3 of 27 resamples that repeat one seed are undecided, the rest agree
+    assert _arm(four, "none")["stability"] == pytest.approx(24 / 27)
     assert four["decision"] == "switch" and four["use"] == "group"
     assert "decisive" in four["text"] and "2.00x as-is" in four["text"]
     thirty_two = _regime(advice, 32)

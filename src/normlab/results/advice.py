@@ -14,7 +14,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from normlab.results.inference import paired_interval, seeds_needed
+from normlab.results.inference import STABLE, paired_interval, seeds_needed, stability
 from normlab.results.store import read_rows
 
 __all__ = ["BASELINE", "RULE", "advice_lines", "advise", "advise_folder", "study_claims",
@@ -32,7 +32,8 @@ RULE = ("Per batch size, each arm's learning rate is the one with the best mean 
         "An arm whose runs all stopped with an error (a surgery refusal, batch norm on a batch "
         "of 1) is reported with the reason and never recommended; if as-is itself cannot run, "
         "the arm with the best mean validation metric is named, against the next best. Cost: "
-        "the mean measured training time per step at the chosen rate.")
+        "the mean measured training time per step at the chosen rate. Stability: the share of "
+        f"seed-bootstrap resamples giving the same verdict (fragile below {STABLE:.0%}).")
 
 
 def study_rows(rows: list[dict], keys=None) -> list[dict]:
@@ -101,6 +102,11 @@ def _arm_summary(rows: list[dict], sign: float) -> dict:
             "surgery": next((r.get("surgery") for r in chosen if r.get("surgery")), None)}
 
 
+def _verdict(diffs) -> str | None:
+    ci = paired_interval(diffs)
+    return None if ci is None else "wins" if ci[0] > 0 else "loses" if ci[1] < 0 else "ties"
+
+
 def _paired(a: dict, b: dict, sign: float) -> dict:
     """Paired by seed: d = sign * (test(a) - test(b)), its mean and 95% interval."""
     tb = {r["config"]["seed"]: _value(r, "test") for r in b["rows"]}
@@ -109,14 +115,16 @@ def _paired(a: dict, b: dict, sign: float) -> dict:
         va, vb = _value(r, "test"), tb.get(r["config"]["seed"])
         if va is not None and vb is not None:
             diffs.append(sign * (va - vb))
+    verdict = _verdict(diffs)
     ci = paired_interval(diffs)
-    verdict = None if ci is None else "wins" if ci[0] > 0 else "loses" if ci[1] < 0 else "ties"
+    share = stability(diffs, _verdict)
     needed = None
     if verdict == "ties" and len(diffs) >= 2:
         needed = seeds_needed(statistics.fmean(diffs), statistics.stdev(diffs))
     return {"effect": statistics.fmean(diffs) if diffs else None,
             "ci": None if ci is None else list(ci), "paired_seeds": len(diffs),
-            "verdict": verdict, "seeds_needed": needed}
+            "verdict": verdict, "seeds_needed": needed, "stability": share,
+            "fragile": share is not None and share < STABLE}
 
 
 def advise(rows: list[dict]) -> dict:
@@ -158,6 +166,14 @@ def _cost(arm: dict, base: dict | None) -> str:
     return text
 
 
+def _stable(a: dict) -> str:
+    share = a.get("stability")
+    if share is None:
+        return ""
+    return (f" but fragile (the same verdict in only {share:.0%} of seed-bootstrap resamples)"
+            if a.get("fragile") else f" (stable in {share:.0%} of seed-bootstrap resamples)")
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:+.3g}"
 
@@ -170,7 +186,7 @@ def _decide(bs: int, arms: dict, metric: str, sign: float) -> dict:
         for a in ran:
             a.update(_paired(a, base, sign) if a is not base else
                      {"effect": None, "ci": None, "verdict": None, "paired_seeds": None,
-                      "seeds_needed": None})
+                      "seeds_needed": None, "stability": None, "fragile": False})
         others = [a for a in ran if a is not base]
         if base["n_seeds"] < 2 or any(a["paired_seeds"] < 2 for a in others):
             out["text"] = ("no recommendation: fewer than 2 paired seeds (run the same "
@@ -182,7 +198,8 @@ def _decide(bs: int, arms: dict, metric: str, sign: float) -> dict:
                 out.update(use=best["arm"], decision="switch", text=(
                     f"use {best['arm']} (lr {best['lr']:g}): better than as-is by "
                     f"{_fmt(best['effect'])} {metric}, 95% interval [{_fmt(best['ci'][0])}, "
-                    f"{_fmt(best['ci'][1])}], decisive; cost {_cost(best, base)}"))
+                    f"{_fmt(best['ci'][1])}], decisive{_stable(best)}; cost "
+                    f"{_cost(best, base)}"))
             else:
                 ties = [a for a in others if a["verdict"] == "ties"]
                 text = (f"keep what you have (as-is, lr {base['lr']:g}): no arm beats it "
@@ -200,7 +217,7 @@ def _decide(bs: int, arms: dict, metric: str, sign: float) -> dict:
         best = ranked[0]
         for a in ran:
             a.update({"effect": None, "ci": None, "verdict": None, "paired_seeds": None,
-                      "seeds_needed": None})
+                      "seeds_needed": None, "stability": None, "fragile": False})
         if len(ranked) > 1:
             best.update(_paired(best, ranked[1], sign))
             best["against"] = ranked[1]["arm"]
@@ -245,6 +262,8 @@ def advice_lines(advice: dict) -> list[str]:
                 f"  vs {a.get('against', BASELINE)} {_fmt(a['effect'])}{ci} {word}"
             seeds = f" (about {a['seeds_needed']} seeds would decide)" \
                 if a.get("seeds_needed") else ""
+            if a.get("fragile"):
+                seeds += f" fragile ({a['stability']:.0%})"
             test = "-" if a["test"] is None else f"{a['test']:.3g}"
             lines.append(f"  {a['arm']:<14} lr {a['lr']:<6g} test {test:<7} n={a['n_seeds']}"
                          f"  {a['cost']}{vs}{seeds}"
