@@ -1,7 +1,8 @@
 """normlab: normalization layers for PyTorch, and a lab that shows what they do.
 
 ``normlab.nn`` (modules), ``normlab.functional`` (functions), ``get_norm_layer`` /
-``create_norm_layer`` (the registry). See README.md and docs/ARCHITECTURE.md.
+``create_norm_layer`` (the registry), ``study`` (the lab on your own model and data: which
+normalization to use). See README.md and docs/ARCHITECTURE.md.
 """
 
 from normlab import functional, nn
@@ -10,4 +11,19 @@ from normlab.functional import lengths_to_mask
 from normlab.registry import create_norm_layer, get_norm_layer, list_norm_layers
 
 __all__ = ["__version__", "create_norm_layer", "functional", "get_norm_layer",
-           "lengths_to_mask", "list_norm_layers", "nn"]
+           "lengths_to_mask", "list_norm_layers", "nn", "study"]
+
+
+def study(model, data, out="normlab-study", **kwargs) -> dict:
+    """``normlab study`` from Python: train ``model`` (an import path ``pkg.mod:factory`` or
+    the factory itself) as given and with other normalizations on ``data`` (a factory of
+    ``(train, test)``), and return ``{"rows", "advice", "counts", "settings"}``; the folder
+    ``out`` holds the rows (a rerun resumes) and the page. ``kwargs``: ``norms``,
+    ``batch_sizes``, ``lrs``, ``seeds``, ``steps``, ``workers``, ``device``, ... as in
+    :func:`normlab.lab.userstudy.plan_user_study` and :func:`~normlab.lab.userstudy.run_study`.
+    A factory defined in a notebook runs in this process (``workers=1``, the default then)."""
+    from normlab.lab.userstudy import run_study
+    from normlab.report import render_report
+
+    kwargs.setdefault("render", render_report)
+    return run_study(model, data, out, **kwargs)

@@ -139,6 +139,75 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=_path, default=None,
                         help="with OTHER: the comparison page (default: normlab-compare.html)")
 
+    from normlab.lab.userstudy import MAX_SEEDS as STUDY_MAX_SEEDS
+
+    study = sub.add_parser(
+        "study", help="the lab on your own model and data: which normalization to use",
+        description="Train the model your factory builds, as given (as-is: its own "
+                    "normalization, the baseline) and with other normalizations put in by "
+                    "normlab.surgery (swap_norms; remove_norms for none), at each batch size, "
+                    "learning rate and seed, on the data your factory returns (a validation "
+                    "split is carved from train, the same for every run). Rows are appended "
+                    "to OUT/results.jsonl as runs finish: rerun the same command to resume. "
+                    "An arm that cannot run (a surgery refusal, batch norm on a batch of 1) is "
+                    "a row with the reason. Then writes OUT/index.html and prints the advice "
+                    "(normlab advise OUT).",
+        epilog="Factories: --model returns a torch.nn.Module (or accepts norm= and builds the "
+               "arm itself); --data returns (train, test), each a map-style Dataset of "
+               "(input, ..., target) examples or a DataLoader over one (its batch size is "
+               "replaced by --batch-sizes). Both must be importable by worker processes: "
+               "put their package on PYTHONPATH.")
+    study.add_argument("--model", required=True, metavar="PKG.MOD:FACTORY",
+                       help="import path of the model factory")
+    study.add_argument("--data", required=True, metavar="PKG.MOD:FACTORY",
+                       help="import path of the data factory")
+    study.add_argument("--norms", default="as-is,group,layer,none", metavar="NORM,...",
+                       help="arms: as-is (always included: the baseline), none, or a registry "
+                            "name (batch, group, layer, instance, rms, renorm, ghost, frozen; "
+                            "group:G, ghost:K, renorm:K) (default: %(default)s)")
+    study.add_argument("--batch-sizes", default="32", metavar="B,...",
+                       help="batch sizes, the scientific knob (default: %(default)s)")
+    study.add_argument("--lr", default="0.01,0.03,0.1", metavar="LR,...",
+                       help="learning rates; each arm gets its best on the validation split "
+                            "(default: %(default)s)")
+    study.add_argument("--seeds", type=_bounded_int(1, STUDY_MAX_SEEDS), default=3,
+                       help=f"seeds per point, at most {STUDY_MAX_SEEDS}; the advice needs 2 "
+                            "or more (default: %(default)s)")
+    study.add_argument("--steps", type=_bounded_int(1, 10_000_000), default=500,
+                       help="training steps per run (default: %(default)s)")
+    study.add_argument("--out", default="normlab-study", type=_path,
+                       help="study folder (default: %(default)s); one study at a time per "
+                            "folder")
+    study.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="cpu (default), or cuda where it is available")
+    study.add_argument("--task", choices=("classification", "regression"),
+                       default="classification",
+                       help="classification: cross-entropy, accuracy; regression: mean squared "
+                            "error (default: %(default)s)")
+    study.add_argument("--loss", metavar="PKG.MOD:FN",
+                       help="a loss(output, target) -> tensor instead of the task's")
+    study.add_argument("--metric", metavar="PKG.MOD:FN",
+                       help="a metric(output, target) -> float (batch mean) instead of the "
+                            "task's; needs --better")
+    study.add_argument("--better", choices=("higher", "lower"),
+                       help="whether a higher or lower --metric is better")
+    study.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                       help="sgd (momentum 0.9) or adam (default: %(default)s)")
+    study.add_argument("--val-fraction", type=float, default=0.1,
+                       help="share of train held out for choosing the rate, in (0, 0.5] "
+                            "(default: %(default)s)")
+    study.add_argument("--workers", type=_bounded_int(1, _CORES, " (the number of cores)"),
+                       help="worker processes, one torch thread each (default: all cores, up "
+                            "to 8; 1 with --device cuda)")
+    study.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    advise = sub.add_parser(
+        "advise", help="the recommendation of a study folder, from its rows alone",
+        description="Per batch size: the arm to use, its effect against as-is with a 95% "
+                    "interval, whether decisive or a tie, and its cost (time per step), "
+                    "computed from DIR/results.jsonl; the rule is printed.")
+    advise.add_argument("dir", type=_path, help="a folder written by `normlab study`")
+
     from normlab.style.core import MAX_SIZE, MIN_SIZE
 
     style = sub.add_parser(
@@ -369,6 +438,65 @@ def _run_style(args, parser) -> int:
     return 0
 
 
+def _split_list(text: str, arg: str, kind):
+    try:
+        return [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{arg}: expected comma-separated {kind.__name__} values, got "
+                         f"{text!r}") from None
+
+
+def _run_study(args) -> int:
+    from normlab.lab.runner import RunFailed
+    from normlab.lab.userstudy import StudyError, run_study
+    from normlab.report import render_report
+    from normlab.results.advice import advice_lines
+
+    if args.workers is None and args.device == "cpu":
+        args.workers = max(1, min(_CORES, 8))
+    try:
+        batch_sizes = _split_list(args.batch_sizes, "--batch-sizes", int)
+        lrs = _split_list(args.lr, "--lr", float)
+        result = run_study(args.model, args.data, args.out, workers=args.workers,
+                           progress=not args.no_progress, render=render_report,
+                           norms=args.norms, batch_sizes=batch_sizes, lrs=lrs,
+                           seeds=args.seeds, steps=args.steps, device=args.device,
+                           task=args.task, loss=args.loss, metric=args.metric,
+                           better=args.better, optimizer=args.optimizer,
+                           val_fraction=args.val_fraction)
+    except (StudyError, ValueError, RunFailed) as exc:
+        print(f"normlab study: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        return _cannot_write("study", exc)
+    except KeyboardInterrupt:
+        print(f"\nnormlab study: interrupted; finished runs are saved in {args.out}/"
+              "results.jsonl - rerun the same command to resume", file=sys.stderr)
+        return 130
+    counts = result["counts"]
+    for message in counts["skipped"]:
+        print(f"normlab study: warning: {args.out}/results.jsonl {message}; skipped (its run "
+              "is redone)", file=sys.stderr)
+    print(f"{counts['ran']} runs trained, {counts['already_done']} already done "
+          f"({counts['planned']} planned)")
+    print("\n".join(advice_lines(result["advice"])))
+    print(f"report: {args.out}/index.html")
+    return 0
+
+
+def _run_advise(args) -> int:
+    from pathlib import Path
+
+    from normlab.results.advice import advice_lines, advise_folder
+
+    if not (Path(args.dir) / "results.jsonl").is_file():
+        print(f"normlab advise: error: {args.dir}: no results.jsonl here; is it a `normlab "
+              "study` output folder?", file=sys.stderr)
+        return 2
+    print("\n".join(advice_lines(advise_folder(args.dir))))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -382,6 +510,10 @@ def main(argv=None) -> int:
         if bad:
             parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are --key=value)")
         return _run_lab(args, extra)
+    if args.command == "study":
+        return _run_study(args)
+    if args.command == "advise":
+        return _run_advise(args)
     if args.command == "report" and args.other is not None:
         return _run_compare(args)
     if args.command == "report" and args.out is not None:
@@ -397,6 +529,10 @@ def main(argv=None) -> int:
             return 2
         except OSError as exc:  # a full disk: the old page and summary stay whole
             return _cannot_write("report", exc)
+        if "advice" in summary:  # a study folder: its recommendation
+            from normlab.results.advice import advice_lines
+
+            print("\n".join(advice_lines(summary["advice"])))
         _print_summary(summary)
         print(f"report: {args.dir}/index.html")
         return 0

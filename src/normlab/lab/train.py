@@ -93,6 +93,10 @@ def train_run(cfg: dict) -> dict:
     then measured as they are) or ``error`` (the model refused the input, e.g. batch norm on
     one value per channel; ``error`` holds the message).
     """
+    if cfg.get("study"):  # a run of `normlab study`: the user's model and data
+        from normlab.lab.userstudy import train_user
+
+        return train_user(cfg)
     torch.set_num_threads(1)
     if cfg["model"] == "stylizer":  # the style-contrast claim: a generator, not a classifier
         from normlab.style.feedforward import train_stylizer

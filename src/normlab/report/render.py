@@ -19,6 +19,8 @@ from pathlib import Path
 from normlab import spec
 from normlab.report.explain import describe, draw
 from normlab.results import read_rows, write_atomic
+from normlab.results.advice import RULE as ADVICE_RULE
+from normlab.results.advice import advise_folder
 from normlab.results.stats import (
     RULE,
     decision_problem,
@@ -428,6 +430,30 @@ def _explain_section() -> str:
             + "".join(parts) + "</section>")
 
 
+def _advice_section(advice: dict) -> str:
+    """The study's recommendation per batch size, each arm's rate, effect and cost."""
+    parts = []
+    for reg in advice["regimes"]:
+        rows_html = "".join(
+            f"<tr><td>{html.escape(a['arm'])}</td>"
+            + (f"<td colspan=5>cannot run: <code>{html.escape(str(a['reason']))}</code></td>"
+               if a["status"] == "error" else
+               f"<td>{a['lr']:g}</td><td>{_fmt(a['test'])}</td><td>"
+               + ("–" if a.get("effect") is None else
+                  f"{_fmt(a['effect'])} {_interval(a.get('ci'))} "
+                  f"{html.escape(a['verdict'] or 'one seed: no interval')}")
+               + f"</td><td>{a['n_seeds']}</td><td>{html.escape(a['cost'])}</td>")
+            + "</tr>" for a in reg["arms"])
+        parts.append(f"<h3>batch size {reg['batch_size']}</h3><p><b>"
+                     f"{html.escape(reg['text'])}</b></p><table><tr><th>arm</th><th>lr "
+                     f"(best on validation)</th><th>test {html.escape(str(advice['metric']))}"
+                     "</th><th>effect vs as-is, 95% interval</th><th>seeds</th><th>cost</th>"
+                     f"</tr>{rows_html}</table>")
+    return ('<section id="advice"><h2>Recommendation</h2>' + "".join(parts) +
+            f"<p class=small><b>Rule of the advice.</b> {html.escape(ADVICE_RULE)}</p>"
+            "</section>")
+
+
 def render_report(folder, warn=None) -> dict:
     """Recompute the verdicts and settings lines from the rows, write summary.json and
     index.html (each whole or not at all: ``results.write_atomic``); return the summary.
@@ -437,8 +463,14 @@ def render_report(folder, warn=None) -> dict:
     summary = summarize(specs, rows)
     verdicts, sections = summary["claims"], []
     for claim, verdict in zip(specs, verdicts, strict=True):
-        crows = [r for r in rows if r.get("claim") == claim["id"]]
+        crows = [r for r in rows if r.get("claim") == claim.get("claim_of_rows", claim["id"])
+                 and r["key"] in set(claim.get("run_keys", []))]
         sections.append(_claim_section(claim, verdict, crows))
+    study = settings.get("kind") == "study"
+    advice_html = ""
+    if study:  # `normlab study`: the recommendation first, from the rows alone
+        summary["advice"] = advise_folder(folder)
+        advice_html = _advice_section(summary["advice"])
     write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
     overview = "".join(
         f'<tr><td><a href="#{html.escape(v["id"])}">{html.escape(v["title"])}</a></td>'
@@ -452,13 +484,17 @@ def render_report(folder, warn=None) -> dict:
     note = f"<p class=small>{bad} unreadable line(s) in results.jsonl were skipped.</p>" \
         if bad else ""
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<title>normlab lab report</title><style>{_CSS}</style></head><body>"
-            f"<h1>normlab lab report</h1><p class=small>{len(rows)} runs; preset "
-            f"{html.escape(str(settings.get('preset', '?')))}, "
+            f"<title>normlab {'study' if study else 'lab'} report</title><style>{_CSS}"
+            f"</style></head><body>"
+            f"<h1>normlab {'study' if study else 'lab'} report</h1><p class=small>"
+            f"{len(rows)} runs; "
+            + (f"model {html.escape(str(settings.get('model')))}, data "
+               f"{html.escape(str(settings.get('data')))}, " if study else
+               f"preset {html.escape(str(settings.get('preset', '?')))}, ") +
             f"{settings.get('seeds', '?')} seeds; torch {html.escape(str(env.get('torch')))}, "
             f"normlab {html.escape(str(env.get('normlab')))}, "
             f"{html.escape(str(env.get('machine')))}.</p>{note}"
-            f"<p><b>Rule.</b> {html.escape(RULE)}</p>"
+            f"{advice_html}<p><b>Rule.</b> {html.escape(RULE)}</p>"
             f"<table><tr><th>claim</th><th>verdict</th><th>effect</th><th>95% interval</th>"
             f"<th>seeds</th><th>stability</th><th>seeds to decide</th></tr>{overview}</table>"
             + "".join(sections) + _explain_section() + "</body></html>")

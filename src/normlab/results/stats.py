@@ -305,11 +305,13 @@ def _comparison(spec, decided, at_x) -> str:
 
 
 def claim_verdict(claim: dict, rows: list[dict]) -> dict:
-    """The verdict of ``claim`` (its spec from claims.json) over its rows: effect, interval,
+    """The verdict of ``claim`` (its spec from claims.json) over its rows (those whose
+    ``claim`` field is the spec's ``claim_of_rows``, else its id: a study's comparisons share
+    the as-is rows): effect, interval,
     stability over seed resamples, and for an inconclusive verdict the seeds that would
     decide it."""
     spec = claim["effect"]
-    rows = [r for r in rows if r.get("claim") == claim["id"]]
+    rows = [r for r in rows if r.get("claim") == claim.get("claim_of_rows", claim["id"])]
     entries = _entries(spec, rows)
     decided = _decide(spec, entries)
     diffs = decided["diffs"]
