@@ -319,7 +319,7 @@ def _run_compare(args) -> int:
 def _run_style(args, parser) -> int:
     from pathlib import Path
 
-    from normlab.lab.runner import Progress
+    from normlab.progress import Progress
     from normlab.style import (
         StyleError,
         demo_image,

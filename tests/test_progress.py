@@ -1,0 +1,68 @@
+"""normlab.progress: a tqdm bar on a terminal, one line per 10% of the cost elsewhere."""
+
+import io
+import re
+
+from normlab.progress import Progress
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_not_a_terminal_writes_one_line_per_tenth_of_the_cost():
+    out = io.StringIO()
+    bar = Progress(100.0, 50, out)
+    for _ in range(50):
+        bar.update(2.0)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    # the first item (2%), then each decile 10% .. 100%
+    assert [int(re.match(r"\s*(\d+)%", ln).group(1)) for ln in lines] == [
+        2, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert all("ETA" in ln and "elapsed" in ln for ln in lines)
+    assert "50/50 runs" in lines[-1] and "5/50 runs" in lines[1]
+
+
+def test_the_percentage_follows_the_cost_not_the_count():
+    out = io.StringIO()
+    bar = Progress(10.0, 2, out, unit="models")
+    bar.update(9.0)  # one expensive item: 90% done after 1 of 2
+    bar.update(1.0)
+    first, last = out.getvalue().splitlines()
+    assert first.lstrip().startswith("90%") and "1/2 models" in first
+    assert last.lstrip().startswith("100%") and "2/2 models" in last
+
+
+def test_disabled_or_empty_writes_nothing():
+    out = io.StringIO()
+    bar = Progress(5.0, 5, out, enabled=False)
+    for _ in range(5):
+        bar.update(1.0)
+    Progress(0.0, 0, out).update(0.0)
+    assert out.getvalue() == ""
+
+
+def test_a_terminal_gets_a_bar_redrawn_in_place():
+    out = _Terminal()
+    bar = Progress(4.0, 4, out, unit="steps")
+    for _ in range(4):
+        bar.update(1.0)
+    text = out.getvalue()
+    assert text.count("\r") >= 2 and text.endswith("\n")  # redrawn, then left on screen
+    assert "4/4 steps" in text.rsplit("\r", 1)[-1]
+    bar.update(1.0)  # past the end: nothing more is drawn
+    assert out.getvalue() == text
+
+
+def test_log_lines_do_not_break_the_bar():
+    out = io.StringIO()
+    bar = Progress(2.0, 2, out)
+    bar.log("model a: ok")
+    bar.update(1.0)
+    assert out.getvalue().splitlines()[0] == "model a: ok"
+    term = _Terminal()
+    bar = Progress(2.0, 2, term)
+    bar.log("model b: ok")
+    assert "model b: ok\n" in term.getvalue()
