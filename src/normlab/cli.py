@@ -165,8 +165,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser(
         "explain", help="draw which elements share one set of statistics",
-        description="Print in words, and draw as N panels of C channels x H*W positions, the "
-                    "elements that share one mean and variance for a normalization kind.")
+        description="Print in words, and draw, the elements that share one mean and variance "
+                    "for a normalization kind: the input as a shelf of N books of C pages of "
+                    "H x W, in 3-D, for batch, layer, instance and group norm side by side "
+                    "(and KIND), above the 2-D view of KIND (N panels of C channels x H*W "
+                    "positions). From Python: normlab.explain(kind) returns the figure.")
     explain.add_argument("kind", choices=KINDS)
     explain.add_argument("--shape", default="2,6,3,3", type=_shape,
                          help=f"N,C,H,W (or N,C,L), at most {_MAX_SHAPE} elements "
@@ -400,7 +403,7 @@ def main(argv=None) -> int:
     if args.command == "style":
         return _run_style(args, parser)
     if args.command == "explain":
-        from normlab.report import describe, draw
+        from normlab.report import describe
 
         if args.shape[1] % args.groups and args.kind == "group":
             parser.error(f"--groups {args.groups} does not divide the {args.shape[1]} channels "
@@ -415,10 +418,11 @@ def main(argv=None) -> int:
         if args.out:
             import io
 
+            from normlab.report import explain
             from normlab.results import write_atomic
 
             buf = io.BytesIO()
-            draw(args.kind, args.shape, args.groups).savefig(buf, format="png", dpi=120)
+            explain(args.kind, args.shape, args.groups).savefig(buf, format="png", dpi=110)
             try:
                 write_atomic(args.out, buf.getvalue())
             except OSError as exc:
