@@ -418,7 +418,7 @@ def main(argv=None) -> int:
         if args.out:
             import io
 
-            from normlab.report import explain
+            from normlab.report.explain import explain
             from normlab.results import write_atomic
 
             buf = io.BytesIO()
