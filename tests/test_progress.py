@@ -1,7 +1,11 @@
 """normlab.progress: a tqdm bar on a terminal, one line per 10% of the cost elsewhere."""
 
 import io
+import os
 import re
+import sys
+
+import pytest
 
 from normlab.progress import Progress
 
@@ -66,3 +70,30 @@ def test_log_lines_do_not_break_the_bar():
     bar = Progress(2.0, 2, term)
     bar.log("model b: ok")
     assert "model b: ok\n" in term.getvalue()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs a pty")
+def test_a_real_terminal_without_a_size_still_shows_the_bar():
+    # a pty that reports 0 x 0 (ssh without a size, `script` off a terminal): tqdm's own
+    # reading of it drew nothing at all
+    import pty
+
+    code = ("import time\nfrom normlab.progress import Progress\n"
+            "p = Progress(5, 5, unit='steps')\n"
+            "for _ in range(5):\n    p.update(1)\n    time.sleep(0.15)\n")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its stderr is the pty
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the pty
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    text = out.decode()
+    assert "\r" in text and "5/5 steps" in text and "100%" in text, text

@@ -33,10 +33,16 @@ class Progress:
         self.last_decile = -1
         self._bar = None
         if self.enabled and self.tty:
+            import shutil
+
             from tqdm import tqdm
 
+            # the size from shutil, which falls back to 80 x 24 where the terminal reports none
+            # (a pty with no size: tqdm's own reading gives 0 rows and it draws nothing)
+            size = shutil.get_terminal_size((80, 24))
             self._bar = tqdm(total=self.total or 1.0, file=self.stream, bar_format=_FORMAT,
-                             dynamic_ncols=True, leave=True, desc=self._count())
+                             ncols=min(100, size.columns), nrows=max(2, size.lines),
+                             leave=True, desc=self._count())
 
     def _count(self) -> str:
         return f"{self.done}/{self.n} {self.unit}"
