@@ -97,3 +97,48 @@ def test_a_real_terminal_without_a_size_still_shows_the_bar():
     assert os.waitstatus_to_exitcode(status) == 0, out
     text = out.decode()
     assert "\r" in text and "5/5 steps" in text and "100%" in text, text
+
+
+# the verdict table normlab lab / normlab report print: rich's on a terminal, plain elsewhere
+_SUMMARY = {"claims": [
+    {"id": "small-batch-remedies", "verdict": "inconclusive", "effect": 0.11,
+     "ci": [-0.0191, 0.239], "n_seeds": 3, "stability": 0.78, "fragile": True,
+     "seeds_needed": 4, "note": None},
+    {"id": "regularization", "verdict": "not reproduced", "effect": -0.0387,
+     "ci": [-0.0538, -0.0235], "n_seeds": 3, "stability": 0.89, "note": "[x] kept"},
+    {"id": "batch-size-one", "verdict": "inconclusive", "effect": None, "ci": None,
+     "n_seeds": 0, "note": None},
+]}
+
+
+def test_the_verdict_table_on_a_terminal_is_rich_and_whole(monkeypatch):
+    import re
+
+    from normlab.cli import _print_summary
+
+    out = _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setenv("COLUMNS", "110")
+    _print_summary(_SUMMARY)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    assert "\x1b[" in out.getvalue()  # coloured verdicts
+    lines = text.splitlines()
+    for claim in _SUMMARY["claims"]:  # each claim on its line, id and verdict whole
+        assert any(claim["id"] in ln and claim["verdict"] in ln for ln in lines), text
+    assert "[-0.0538, -0.0235]" in text and "[x] kept" in text  # no markup eaten
+    assert "not measured" in text and "about 4 seeds would" in text
+    assert "--seeds=4" in lines[-1]
+
+
+def test_the_verdict_table_in_a_log_keeps_its_plain_columns(monkeypatch):
+    from normlab.cli import _print_summary
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    _print_summary(_SUMMARY)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["claim", "verdict", "effect", "95%", "interval", "seeds",
+                                "stability"]
+    assert lines[1] == ("small-batch-remedies    inconclusive          0.11  [-0.0191, 0.239]"
+                        "          3  78% fragile   about 4 seeds would decide this")
+    assert lines[3] == "batch-size-one          inconclusive      not measured"

@@ -201,23 +201,32 @@ def _print_summary(summary: dict) -> None:
     from normlab.results.inference import STABLE
     from normlab.results.stats import seeds_words
 
-    print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
-          f"  stability")
-    needed = []
+    needed, rows = [], []  # rows: (claim, verdict, effect, interval, seeds, stability, note)
     for c in summary["claims"]:
         if c["effect"] is None:  # nothing was measured: say so, no number
-            print(f"{c['id']:<24}{c['verdict']:<16}  {c.get('note') or 'not measured'}")
+            rows.append((c["id"], c["verdict"], None, None, None, None,
+                         c.get("note") or "not measured"))
             continue
-        eff = f"{c['effect']:.3g}"
         ci = "-" if not c["ci"] else f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
         share = c.get("stability")
         stab = "-" if share is None else f"{share:.0%}" + (" fragile" if c.get("fragile")
                                                           else "")
         extra = [t for t in (seeds_words(c), c.get("note")) if t]
-        print((f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}  "
-               f"{stab:<14}" + "; ".join(extra)).rstrip())
+        rows.append((c["id"], c["verdict"], f"{c['effect']:.3g}", ci, str(c["n_seeds"]), stab,
+                     "; ".join(extra)))
         if c.get("seeds_needed"):
             needed.append(c["seeds_needed"])
+    if sys.stdout.isatty():  # a terminal: rich's table; a log or a pipe: plain columns
+        _rich_table(rows)
+    else:
+        print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
+              f"  stability")
+        for cid, verdict, eff, ci, seeds, stab, note in rows:
+            if eff is None:
+                print(f"{cid:<24}{verdict:<16}  {note}")
+            else:
+                print((f"{cid:<24}{verdict:<16}{eff:>10}  {ci:<22}{seeds:>5}  {stab:<14}"
+                       + note).rstrip())
     if any(c.get("fragile") for c in summary["claims"]):
         print(f"fragile: fewer than {STABLE:.0%} of seed-bootstrap resamples give the same "
               "verdict")
@@ -229,6 +238,24 @@ def _print_summary(summary: dict) -> None:
                  f"({MAX_SEEDS})" if len(doable) < len(needed) else ""))
     elif needed:
         print(f"the inconclusive claims would need more seeds than --seeds allows ({MAX_SEEDS})")
+
+
+def _rich_table(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    colour = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
+    table = Table(box=None, header_style="bold")
+    for name, justify in (("claim", "left"), ("verdict", "left"), ("effect", "right"),
+                          ("95% interval", "left"), ("seeds", "right"),
+                          ("stability", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # only the note wraps
+    table.add_column("", ratio=1)
+    for cid, verdict, eff, ci, seeds, stab, note in rows:  # Text: no rich markup in cells
+        table.add_row(Text(cid), Text(verdict, style=colour.get(verdict, "")),
+                      *(Text(v or "") for v in (eff, ci, seeds, stab, note)))
+    Console().print(table)
 
 
 def _warn(prog: str):
