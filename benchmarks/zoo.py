@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=("timm", "torchvision", "hf"))
     p.add_argument("--limit", type=int, default=0, help="at most N models per source")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (the line per model stays)")
     p.add_argument("--out", default=str(ROOT / "docs" / "zoo.md"))
     p.add_argument("--timm-sizes", help="a JSON file of family -> [[parameters, name], ...] "
                    "from an earlier run (skips counting on the meta device, ~10 min)")
@@ -189,8 +191,12 @@ def main(argv=None) -> int:
         _atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows},
                                                             indent=1, default=str))
     ctx = multiprocessing.get_context("spawn")
+    from normlab.progress import Progress
+
+    bar = Progress(len(entries), len(entries), sys.stdout, enabled=not a.no_progress,
+                   unit="models")
     with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(os.getpid(),)) as pool:  # (max_tasks_per_child hangs)
+                             initargs=(os.getpid(),)) as pool:  # (max_tasks_per_child hangs)
         futs = {pool.submit(_work, e): e for e in entries}
         for i, f in enumerate(cf.as_completed(futs), 1):
             e = futs[f]
@@ -201,9 +207,10 @@ def main(argv=None) -> int:
                                error=f"worker failed: {type(exc).__name__}: {exc}").as_dict()
             rows.append(r)
             status = r["error"] or ("; ".join(r["failures"]) or "ok")
-            print(f"[{i}/{len(entries)}] {e.source} {e.name}: {r['converted']}/"
-                  f"{r['norm_layers']} converted, {r['folded']}/{r['batch_norms']} folded, "
-                  f"{r['seconds']:.0f} s: {status[:200]}", flush=True)
+            bar.log(f"[{i}/{len(entries)}] {e.source} {e.name}: {r['converted']}/"
+                    f"{r['norm_layers']} converted, {r['folded']}/{r['batch_norms']} folded, "
+                    f"{r['seconds']:.0f} s: {status[:200]}")
+            bar.update(1)
             if i % 5 == 0:
                 write()
     write()

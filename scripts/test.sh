@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check torch==2.13.0
 # the zoo extra's torchvision, pinned to the release built for torch 2.13 so that pip keeps it
 python -m pip install -q --disable-pip-version-check torchvision==0.28.0
-python -m pip install -q --disable-pip-version-check -e ".[test,lab,zoo]"
+python -m pip install -q --disable-pip-version-check -e ".[test,lab,zoo,docs]"
 python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0' and \
   f'torch {torch.__version__} replaced 2.13.0')"
 # the report is checked in a real headless browser (Debian's chromium)
@@ -20,5 +20,7 @@ echo "== ruff"
 ruff check .
 echo "== import layers (DESIGN.md)"
 lint-imports
+echo "== docs: the site, strict (a broken reference or link fails; its snippets run in pytest)"
+bash scripts/docs.sh build --site-dir "$(mktemp -d)"
 echo "== pytest"
 python -m pytest -q "$@"

@@ -2,7 +2,9 @@
 
 ``normlab.nn`` (modules), ``normlab.functional`` (functions), ``get_norm_layer`` /
 ``create_norm_layer`` (the registry), ``study`` (the lab on your own model and data: which
-normalization to use). See README.md and docs/ARCHITECTURE.md.
+normalization to use), ``explain(kind)`` (the books-on-a-shelf figure, imported
+from ``normlab.report`` on first use, so ``import normlab`` imports no matplotlib). See
+README.md, the documentation site (docs/, ``scripts/docs.sh``) and docs/ARCHITECTURE.md.
 """
 
 from normlab import functional, nn
@@ -10,7 +12,7 @@ from normlab._version import __version__
 from normlab.functional import lengths_to_mask
 from normlab.registry import create_norm_layer, get_norm_layer, list_norm_layers
 
-__all__ = ["__version__", "create_norm_layer", "functional", "get_norm_layer",
+__all__ = ["__version__", "create_norm_layer", "explain", "functional", "get_norm_layer",
            "lengths_to_mask", "list_norm_layers", "nn", "study"]
 
 
@@ -27,3 +29,13 @@ def study(model, data, out="normlab-study", **kwargs) -> dict:
 
     kwargs.setdefault("render", render_report)
     return run_study(model, data, out, **kwargs)
+
+
+def __getattr__(name: str):
+    # the root package sits above every layer (pyproject's contracts), so it may reach the
+    # report; lazily, because the report needs matplotlib (the lab extra)
+    if name == "explain":
+        from normlab.report.explain import explain
+
+        return explain
+    raise AttributeError(f"module 'normlab' has no attribute {name!r}")

@@ -237,8 +237,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser(
         "explain", help="draw which elements share one set of statistics",
-        description="Print in words, and draw as N panels of C channels x H*W positions, the "
-                    "elements that share one mean and variance for a normalization kind.")
+        description="Print in words, and draw, the elements that share one mean and variance "
+                    "for a normalization kind: the input as a shelf of N books of C pages of "
+                    "H x W, in 3-D, for batch, layer, instance and group norm side by side "
+                    "(and KIND), above the 2-D view of KIND (N panels of C channels x H*W "
+                    "positions). From Python: normlab.explain(kind) returns the figure.")
     explain.add_argument("kind", choices=STATISTICS_KINDS)
     explain.add_argument("--shape", default="2,6,3,3", type=_shape,
                          help=f"N,C,H,W (or N,C,L), at most {_MAX_SHAPE} elements "
@@ -270,23 +273,32 @@ def _print_summary(summary: dict) -> None:
     from normlab.results.inference import STABLE
     from normlab.results.stats import seeds_words
 
-    print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
-          f"  stability")
-    needed = []
+    needed, rows = [], []  # rows: (claim, verdict, effect, interval, seeds, stability, note)
     for c in summary["claims"]:
         if c["effect"] is None:  # nothing was measured: say so, no number
-            print(f"{c['id']:<24}{c['verdict']:<16}  {c.get('note') or 'not measured'}")
+            rows.append((c["id"], c["verdict"], None, None, None, None,
+                         c.get("note") or "not measured"))
             continue
-        eff = f"{c['effect']:.3g}"
         ci = "-" if not c["ci"] else f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
         share = c.get("stability")
         stab = "-" if share is None else f"{share:.0%}" + (" fragile" if c.get("fragile")
                                                           else "")
         extra = [t for t in (seeds_words(c), c.get("note")) if t]
-        print((f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}  "
-               f"{stab:<14}" + "; ".join(extra)).rstrip())
+        rows.append((c["id"], c["verdict"], f"{c['effect']:.3g}", ci, str(c["n_seeds"]), stab,
+                     "; ".join(extra)))
         if c.get("seeds_needed"):
             needed.append(c["seeds_needed"])
+    if sys.stdout.isatty():  # a terminal: rich's table; a log or a pipe: plain columns
+        _rich_table(rows)
+    else:
+        print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
+              f"  stability")
+        for cid, verdict, eff, ci, seeds, stab, note in rows:
+            if eff is None:
+                print(f"{cid:<24}{verdict:<16}  {note}")
+            else:
+                print((f"{cid:<24}{verdict:<16}{eff:>10}  {ci:<22}{seeds:>5}  {stab:<14}"
+                       + note).rstrip())
     if any(c.get("fragile") for c in summary["claims"]):
         print(f"fragile: fewer than {STABLE:.0%} of seed-bootstrap resamples give the same "
               "verdict")
@@ -298,6 +310,24 @@ def _print_summary(summary: dict) -> None:
                  f"({MAX_SEEDS})" if len(doable) < len(needed) else ""))
     elif needed:
         print(f"the inconclusive claims would need more seeds than --seeds allows ({MAX_SEEDS})")
+
+
+def _rich_table(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    colour = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
+    table = Table(box=None, header_style="bold")
+    for name, justify in (("claim", "left"), ("verdict", "left"), ("effect", "right"),
+                          ("95% interval", "left"), ("seeds", "right"),
+                          ("stability", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # only the note wraps
+    table.add_column("", ratio=1)
+    for cid, verdict, eff, ci, seeds, stab, note in rows:  # Text: no rich markup in cells
+        table.add_row(Text(cid), Text(verdict, style=colour.get(verdict, "")),
+                      *(Text(v or "") for v in (eff, ci, seeds, stab, note)))
+    Console().print(table)
 
 
 def _warn(prog: str):
@@ -391,7 +421,7 @@ def _run_compare(args) -> int:
 def _run_style(args, parser) -> int:
     from pathlib import Path
 
-    from normlab.lab.runner import Progress
+    from normlab.progress import Progress
     from normlab.style import (
         StyleError,
         demo_image,
@@ -539,7 +569,7 @@ def main(argv=None) -> int:
     if args.command == "style":
         return _run_style(args, parser)
     if args.command == "explain":
-        from normlab.report import describe, draw
+        from normlab.report import describe
 
         if args.shape[1] % args.groups and args.kind == "group":
             parser.error(f"--groups {args.groups} does not divide the {args.shape[1]} channels "
@@ -554,10 +584,11 @@ def main(argv=None) -> int:
         if args.out:
             import io
 
+            from normlab.report.explain import explain
             from normlab.results import write_atomic
 
             buf = io.BytesIO()
-            draw(args.kind, args.shape, args.groups).savefig(buf, format="png", dpi=120)
+            explain(args.kind, args.shape, args.groups).savefig(buf, format="png", dpi=110)
             try:
                 write_atomic(args.out, buf.getvalue())
             except OSError as exc:

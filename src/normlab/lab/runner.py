@@ -23,6 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from normlab import distributed
+from normlab.progress import Progress
 from normlab.results import append_row, environment, read_rows
 
 __all__ = ["Progress", "RunFailed", "run_key", "run_all"]
@@ -84,39 +85,6 @@ def _work(cfg: dict) -> dict:
     out["wall_seconds"] = time.perf_counter() - t0
     out["pid"] = os.getpid()
     return out
-
-
-class Progress:
-    """A one-line progress bar with ETA on stderr (a line per 10% when not a terminal)."""
-
-    def __init__(self, total_cost: float, n_runs: int, stream=None, enabled: bool = True,
-                 unit: str = "runs"):
-        self.total, self.n, self.done_cost, self.done = total_cost, n_runs, 0.0, 0
-        self.unit = unit
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and n_runs > 0
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self.last_decile = -1
-
-    def update(self, cost: float) -> None:
-        self.done += 1
-        self.done_cost += cost
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.t0
-        frac = self.done_cost / self.total if self.total else 1.0
-        eta = elapsed / frac - elapsed if frac > 0 else 0.0
-        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        line = (f"[{bar}] {self.done}/{self.n} {self.unit}  {elapsed:5.0f}s elapsed  "
-                f"ETA {eta:4.0f}s")
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if self.done == self.n else ""))
-            self.stream.flush()
-        elif int(frac * 10) > self.last_decile or self.done == self.n:
-            self.last_decile = int(frac * 10)
-            self.stream.write(line + "\n")
-            self.stream.flush()
 
 
 class RunFailed(RuntimeError):

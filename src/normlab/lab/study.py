@@ -20,6 +20,7 @@ from normlab.lab.checks import shown
 from normlab.lab.runner import run_all, run_key
 from normlab.results import FolderBusy, folder_lock, write_atomic
 from normlab.results.stats import summarize
+from normlab.results.table import LabResult
 
 __all__ = ["CLAIM_IDS", "LabError", "parse_overrides", "plan_study", "run_lab"]
 
@@ -139,7 +140,8 @@ def _check_writable(out: Path) -> None:
 
 def run_lab(out, *, preset="default", only=None, seeds=None, workers=None, overrides=None,
             progress=True, stream=None, render=None) -> dict:
-    """Run the study into ``out`` and return ``{"summary", "counts", "settings"}``.
+    """Run the study into ``out`` and return ``{"summary", "counts", "settings"}`` (a
+    ``results.table.LabResult``: a dict that Jupyter shows as the verdict table).
 
     The folder is locked for the whole call (``results.folder_lock``): a second lab on the
     same folder is refused at once (``LabError`` naming the holder's pid). ``render(out)``,
@@ -191,4 +193,4 @@ def _run_locked(out, chosen, plans, settings, workers, progress, stream, render,
     summary = None
     if lead:
         summary = summarize(specs, rows) if render is None else render(out)
-    return {"summary": summary, "counts": counts, "settings": settings}
+    return LabResult(summary=summary, counts=counts, settings=settings)  # HTML in Jupyter

@@ -3,8 +3,10 @@
 share statistics, from the spec table."""
 
 from normlab.report.compare import compare_folders
-from normlab.report.explain import describe, draw, group_ids
+from normlab.report.explain import describe, draw, draw_shelf, group_ids
 from normlab.report.render import ReportError, load_folder, render_report
 
-__all__ = ["ReportError", "compare_folders", "describe", "draw", "group_ids", "load_folder",
-           "render_report"]
+# (``explain``, the whole figure, stays in ``normlab.report.explain``: re-exported here its
+# name would hide the submodule; ``normlab.explain`` is the short way to it)
+__all__ = ["ReportError", "compare_folders", "describe", "draw", "draw_shelf", "group_ids",
+           "load_folder", "render_report"]

@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from normlab import spec
-from normlab.report.explain import describe, draw
+from normlab.report.explain import describe, draw, draw_shelf
 from normlab.results import read_rows, write_atomic
 from normlab.results.advice import RULE as ADVICE_RULE
 from normlab.results.advice import advise_folder
@@ -424,9 +424,12 @@ def _explain_section() -> str:
         img = _png(draw(kind))
         parts.append(f'<h3>{kind}</h3><p class=small>{html.escape(describe(kind))}</p>'
                      f'<img alt="{kind} statistics group" src="data:image/png;base64,{img}">')
+    shelf = _png(draw_shelf())
     return ('<section id="explain"><h2>What each normalization averages over</h2>'
-            "<p class=small>Input of shape (N, C, H, W) = (2, 6, 3, 3), group norm with 2 "
-            "groups; drawn from the same statistics table the layers use.</p>"
+            '<img alt="batch, layer, instance and group norm as books on a shelf" '
+            f'src="data:image/png;base64,{shelf}">'
+            "<p class=small>Below, an input of shape (N, C, H, W) = (2, 6, 3, 3), group norm "
+            "with 2 groups; drawn from the same statistics table the layers use.</p>"
             + "".join(parts) + "</section>")
 
 
