@@ -7,9 +7,11 @@ time, so that they cannot drift from it.
   a claim the snapshot lacks says so.
 * ``errors.md``'s table: every row of ``tests/test_errors.py``'s ``BAD`` table, called, with
   the exception and the message it raises now.
+* ``study.md``'s rule: ``normlab.results.advice.RULE``, the text ``normlab advise`` prints.
 * ``img/explain/*.png``: ``normlab.explain`` pictures (the shelf, and each kind of
-  ``normlab.spec.KINDS``), drawn from the plan; ``kinds.md`` gets a section for any kind of
-  the table it does not describe yet.
+  ``normlab.spec.STATISTICS_KINDS``; the pointwise kinds share no statistics, so have no
+  picture), drawn from the plan; ``kinds.md`` gets a section for any kind of the table it does
+  not describe yet.
 
 The pictures are cached under ``build/docs-cache/`` keyed by the source of spec.py and
 report/explain.py, so ``mkdocs serve`` does not redraw them on every edit.
@@ -68,12 +70,12 @@ def pictures() -> dict[str, bytes]:
 
     folder = CACHE / _picture_key()
     names = ["img/explain/shelf.png", "img/explain/explain-group.png"] + [
-        f"img/explain/{k}.png" for k in spec.KINDS]
+        f"img/explain/{k}.png" for k in spec.STATISTICS_KINDS]
     if all((folder / n).is_file() for n in names):
         return {n: (folder / n).read_bytes() for n in names}
     out = {"img/explain/shelf.png": _png(draw_shelf()),
            "img/explain/explain-group.png": _png(explain("group"))}
-    for kind in spec.KINDS:
+    for kind in spec.STATISTICS_KINDS:
         fig = draw(kind)
         out[f"img/explain/{kind}.png"] = _png(fig)
     for name, data in out.items():
@@ -185,6 +187,7 @@ def errors_table() -> str:
 
 _ERRORS_MARK = "<!-- errors-table -->"
 _KINDS_MARK = "<!-- kinds-not-described -->"
+_RULE_MARK = "<!-- advice-rule -->"
 
 
 def on_files(files, config):
@@ -199,11 +202,20 @@ def on_files(files, config):
 def on_page_markdown(markdown, page, config, files):
     if _ERRORS_MARK in markdown:
         markdown = markdown.replace(_ERRORS_MARK, errors_table())
+    if _RULE_MARK in markdown:
+        from normlab.results.advice import RULE
+
+        markdown = markdown.replace(_RULE_MARK, f"> {RULE}")
     if _KINDS_MARK in markdown:
         from normlab import spec
         from normlab.report.explain import describe
 
-        extra = [f"## {k}\n\n{describe(k)}\n\n![{k}](img/explain/{k}.png)\n"
-                 for k in spec.KINDS if f"## {k}" not in markdown]
+        def section(k):
+            if k in spec.POINTWISE:  # no statistics: no group to describe or draw
+                return (f"## {k}\n\nA pointwise kind: each element is mapped on its own, no "
+                        "statistics are computed, so there is no picture.\n")
+            return f"## {k}\n\n{describe(k)}\n\n![{k}](img/explain/{k}.png)\n"
+
+        extra = [section(k) for k in spec.KINDS if f"## {k}" not in markdown]
         markdown = markdown.replace(_KINDS_MARK, "\n".join(extra))
     return markdown

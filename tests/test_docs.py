@@ -118,3 +118,14 @@ def test_a_kind_the_kinds_page_lacks_gets_a_section(hooks):
     for kind in spec.KINDS:
         assert f"## {kind}" in out
     assert out.count("## batch") == 1 and "img/explain/layer.png" in out
+    for kind in spec.POINTWISE:  # no statistics: nothing to draw, and no link to a picture
+        assert f"img/explain/{kind}.png" not in out
+
+
+def test_the_study_page_shows_the_rule_advise_prints(hooks):
+    from normlab.results.advice import RULE
+
+    page = (DOCS / "study.md").read_text()
+    out = hooks.on_page_markdown(page, None, {}, None)
+    assert "<!-- advice-rule -->" in page and "<!-- advice-rule -->" not in out
+    assert f"> {RULE}" in out
