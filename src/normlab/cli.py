@@ -210,9 +210,17 @@ def _print_summary(summary: dict) -> None:
         share = c.get("stability")
         stab = "-" if share is None else f"{share:.0%}" + (" fragile" if c.get("fragile")
                                                           else "")
-        extra = [t for t in (seeds_words(c), c.get("note")) if t]
+        margin = (f"90% interval, equivalence margin +-{c['margin']:g}"
+                  if c.get("test") == "equivalence" else None)
+        extra = [t for t in (margin, seeds_words(c), c.get("note")) if t]
         print((f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}  "
                f"{stab:<14}" + "; ".join(extra)).rstrip())
+        for a in c.get("also") or []:  # further comparisons of the same runs
+            if a["effect"] is None:
+                print(f"  also {a['comparison']}: {a['verdict']}, {a.get('note') or ''}")
+                continue
+            aci = "-" if not a["ci"] else f"[{a['ci'][0]:.3g}, {a['ci'][1]:.3g}]"
+            print(f"  also {a['comparison']}: {a['verdict']}, {a['effect']:.3g} {aci}")
         if c.get("seeds_needed"):
             needed.append(c["seeds_needed"])
     if any(c.get("fragile") for c in summary["claims"]):
@@ -278,6 +286,8 @@ def _run_lab_in(args, extra) -> int:
     for message in counts["skipped"]:
         print(f"normlab lab: warning: {args.out}/results.jsonl {message}; skipped (its run is "
               "redone)", file=sys.stderr)
+    for cid, why in result["settings"].get("skipped", {}).items():
+        print(f"normlab lab: warning: claim {cid} skipped: {why}", file=sys.stderr)
     print(f"{counts['ran']} runs trained, {counts['already_done']} already done "
           f"({counts['planned']} planned)")
     _print_summary(result["summary"])  # what the report wrote, computed from the rows
