@@ -61,6 +61,14 @@ def torch_nn(kind, x, weight=None, bias=None, style=None, *, channel_axis=1, gro
     ``close_to_torch``); AdaIN, which torch lacks, from torch's instance norm and var_mean."""
     import torch.nn.functional as TF
 
+    if kind in ("dyt", "derf"):  # torch has no such layer: the plain composition, input dtype
+        dims = _block_dims(x, len(normalized_shape), channel_axis)
+        shape = [x.shape[d] if d in dims else 1 for d in range(x.dim())]
+        a = style[0]
+        t = torch.tanh(a * x) if kind == "dyt" else torch.erf(a * x + style[1])
+        y = t if weight is None else weight.reshape(shape) * t
+        y = y if bias is None else y + bias.reshape(shape)
+        return epilogue_lp(y, residual, activation)
     if kind in ("layer", "rms"):
         k = len(normalized_shape)
         if channel_axis == 1:  # move the block (dims 1..k) to the end and back
@@ -170,6 +178,20 @@ def rms(x, normalized_shape, weight=None, eps=1e-6, channel_axis=-1):
     dims = _block_dims(x, len(normalized_shape), channel_axis)
     ms = (x * x).mean(dims, keepdim=True)
     return _affine_block(x / torch.sqrt(ms + eps), weight, None, dims)
+
+
+def dyt(x, normalized_shape, alpha, weight=None, bias=None, channel_axis=-1):
+    """Zhu et al.'s DyT from its definition: w * tanh(alpha * x) + b, w and b over the block."""
+    x = x.double()
+    dims = _block_dims(x, len(normalized_shape), channel_axis)
+    return _affine_block(torch.tanh(alpha.double() * x), weight, bias, dims)
+
+
+def derf(x, normalized_shape, alpha, shift, weight=None, bias=None, channel_axis=-1):
+    """Derf from its definition: w * erf(alpha * x + s) + b."""
+    x = x.double()
+    dims = _block_dims(x, len(normalized_shape), channel_axis)
+    return _affine_block(torch.erf(alpha.double() * x + shift.double()), weight, bias, dims)
 
 
 def adain(content, style, eps=1e-5, channel_axis=1):

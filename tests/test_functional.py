@@ -43,11 +43,21 @@ CASES = [
     ("rms-channels-first", "rms", (2, 5, 3, 3), {"ns": (5,), "channel_axis": 1}),
     ("adain-NCHW", "adain", (2, 3, 5, 5), {}),
     ("adain-NHWC", "adain", (2, 4, 5, 3), {"channel_axis": -1}),
+    # the pointwise kinds (no statistics): alpha (and Derf's shift) travel in the style slot
+    ("dyt-rows", "dyt", (7, 5), {"ns": (5,)}),
+    ("dyt-2d-block", "dyt", (3, 4, 5), {"ns": (4, 5)}),
+    ("dyt-1023", "dyt", (2, 1023), {"ns": (1023,)}),
+    ("dyt-channels-first", "dyt", (2, 5, 3, 3), {"ns": (5,), "channel_axis": 1}),
+    ("dyt-1x1", "dyt", (1, 1), {"ns": (1,)}),
+    ("derf-rows", "derf", (7, 5), {"ns": (5,)}),
+    ("derf-2d-block-first", "derf", (2, 3, 5, 2), {"ns": (3, 5), "channel_axis": 1}),
+    ("derf-channels-first", "derf", (3, 5, 2, 3), {"ns": (5,), "channel_axis": 1}),
 ]
+BLOCK = ("layer", "rms", "dyt", "derf")  # kinds whose parameters are over normalized_shape
 
 
 def _channels(kind, shape, opts):
-    if kind in ("layer", "rms"):
+    if kind in BLOCK:
         return opts["ns"]
     return (shape[opts.get("channel_axis", 1)],)
 
@@ -67,11 +77,14 @@ def _make(kind, shape, opts, dtype, affine=True, seed=0):
         s_shape[spatial[0]] += 2  # the style's positions may differ from the content's
         style = (torch.randn(s_shape, generator=g, dtype=torch.float64) * 3 - 1).to(dtype)
         w = b = None
+    if kind in ("dyt", "derf"):  # (alpha,) or (alpha, shift): inputs reach the curved part
+        style = (torch.tensor([0.7, -0.3][:1 if kind == "dyt" else 2], dtype=torch.float64)
+                 + 0.2 * torch.rand(1, generator=g, dtype=torch.float64)).to(dtype)
     return x, w, b, style
 
 
 def _normlab(kind, x, w, b, style, opts, backend, residual=None, activation=None):
-    kw = dict(channel_axis=opts.get("channel_axis", 1 if kind not in ("layer", "rms") else -1),
+    kw = dict(channel_axis=opts.get("channel_axis", 1 if kind not in BLOCK else -1),
               residual=residual, activation=activation, backend=backend)
     if kind == "batch":
         return F.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, **kw)
@@ -83,11 +96,15 @@ def _normlab(kind, x, w, b, style, opts, backend, residual=None, activation=None
         return F.layer_norm(x, opts["ns"], w, b, 1e-5, **kw)
     if kind == "rms":
         return F.rms_norm(x, opts["ns"], w, 1e-6, **kw)
+    if kind == "dyt":
+        return F.dynamic_tanh(x, opts["ns"], style, w, b, **kw)
+    if kind == "derf":
+        return F.derf(x, opts["ns"], style[:1], style[1:], w, b, **kw)
     return F.adaptive_instance_norm(x, style, 1e-5, **kw)
 
 
 def _oracle(kind, x, w, b, style, opts, residual=None, activation=None):
-    ax = opts.get("channel_axis", 1 if kind not in ("layer", "rms") else -1)
+    ax = opts.get("channel_axis", 1 if kind not in BLOCK else -1)
     if kind == "batch":
         y = oracle.batch(x, w, b, channel_axis=ax)
     elif kind == "instance":
@@ -98,6 +115,10 @@ def _oracle(kind, x, w, b, style, opts, residual=None, activation=None):
         y = oracle.layer(x, opts["ns"], w, b, channel_axis=ax)
     elif kind == "rms":
         y = oracle.rms(x, opts["ns"], w, eps=1e-6, channel_axis=ax)
+    elif kind == "dyt":
+        y = oracle.dyt(x, opts["ns"], style[0], w, b, channel_axis=ax)
+    elif kind == "derf":
+        y = oracle.derf(x, opts["ns"], style[0], style[1], w, b, channel_axis=ax)
     else:
         y = oracle.adain(x, style, channel_axis=ax)
     return oracle.epilogue(y, residual, activation)
@@ -108,7 +129,7 @@ def _leaves(*ts):
 
 
 def _torch_nn(kind, x, w, b, style, opts, residual=None, activation=None):
-    ax = opts.get("channel_axis", 1 if kind not in ("layer", "rms") else -1)
+    ax = opts.get("channel_axis", 1 if kind not in BLOCK else -1)
     return oracle.torch_nn(kind, x, w, b, style, channel_axis=ax, groups=opts.get("groups"),
                            normalized_shape=opts.get("ns"), eps=1e-6 if kind == "rms" else 1e-5,
                            residual=residual, activation=activation)
@@ -349,14 +370,19 @@ MUTATIONS = {
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
                          ids=["bfloat16", "float16", "float32"])
-@pytest.mark.parametrize("param", [1, 2], ids=["weight", "bias"])
+@pytest.mark.parametrize("param", [1, 2, 3], ids=["weight", "bias", "alpha"])
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("batch-N1-long", "group-NCHW",
-                                                               "layer-1023")], ids=lambda c: c[0])
+                                                               "layer-1023", "dyt-1023",
+                                                               "derf-rows")],
+                         ids=lambda c: c[0])
 def test_a_wrong_parameter_gradient_fails_the_comparison(case, mutation, param, dtype):
     """The comparison can fail: a zeroed, negated or tripled weight/bias gradient is caught in
-    every dtype, on the long batch-norm case too (whose bfloat16 tolerance once let all pass)."""
+    every dtype, on the long batch-norm case too (whose bfloat16 tolerance once let all pass);
+    for DyT/Derf the alpha (and shift) gradient too (the style slot, param 3)."""
     _, kind, shape, opts = case
+    if param == 3 and kind not in ("dyt", "derf"):
+        pytest.skip("only the pointwise kinds have alpha (in the style slot)")
 
     def mutate(grads):
         grads = list(grads)

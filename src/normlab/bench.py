@@ -9,7 +9,14 @@ practical memory bandwidth for the "fraction of copy" column. Rows are appended,
 Bytes counted per call (the floor for a normalization): forward reads x and writes y
 (2 tensors); forward+backward adds reading x and dy and writing dx (5 tensors); copy_ reads
 and writes one (2 tensors). The ratio column is the median over repetitions of
-normlab time / torch.nn time, each pair measured back to back.
+normlab time / baseline time, each pair measured back to back.
+
+A case may name its own baseline and add *context* providers timed in the same rotation
+(A B C, C B A, ...): DyT and Derf, which torch.nn lacks, are measured against the plain torch
+composition ``w * torch.tanh(a * x) + b`` (autograd's backward), with torch.nn's LayerNorm of
+the same shape beside them for context. In forward+backward mode each provider's row also
+carries ``saved_mb``: the bytes autograd keeps for the backward beyond the input and the
+parameters (measured with ``torch.autograd.graph.saved_tensors_hooks``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from normlab import nn as nl
+from normlab.ops.pointwise import pointwise
 from normlab.results import append_row, environment
 
 __all__ = ["CASES", "Case", "run_bench"]
@@ -35,11 +43,69 @@ class Case:
     layout: str  # "nchw", "channels_last" or "rows"
     shape: tuple[int, ...]
     quick_shape: tuple[int, ...]
-    make: Callable[[], tuple[torch.nn.Module, torch.nn.Module]]  # (torch.nn, normlab)
+    make: Callable[[], tuple[torch.nn.Module, torch.nn.Module]]  # (baseline, normlab)
+    baseline: str = "torch.nn"  # the baseline provider's name
+    context: Callable[[], dict[str, torch.nn.Module]] | None = None  # more providers
 
 
 def _pair(torch_cls, normlab_cls, *args):
     return lambda: (torch_cls(*args), normlab_cls(*args))
+
+
+class TorchPointwise(torch.nn.Module):
+    """The plain torch composition DyT / Derf replace: ``w * torch.tanh(a * x) + b`` (or
+    ``torch.erf(a * x + s)``), autograd's backward: the baseline normlab's must beat."""
+
+    def __init__(self, c, kind="dyt", channel_axis=-1):
+        super().__init__()
+        self.kind, self.channel_axis = kind, channel_axis
+        self.alpha = torch.nn.Parameter(torch.full((1,), 0.5))
+        self.shift = torch.nn.Parameter(torch.zeros(1)) if kind == "derf" else None
+        self.weight = torch.nn.Parameter(torch.ones(c))
+        self.bias = torch.nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        w, b = self.weight, self.bias
+        if self.channel_axis == 1:
+            shape = (-1,) + (1,) * (x.dim() - 2)
+            w, b = w.reshape(shape), b.reshape(shape)
+        if self.kind == "dyt":
+            return w * torch.tanh(self.alpha * x) + b
+        return w * torch.erf(self.alpha * x + self.shift) + b
+
+
+class Recomputing(torch.nn.Module):
+    """normlab's native DyT/Derf Function in its memory-saving variant (``recompute=True``:
+    only the inputs kept, tanh recomputed in backward), timed beside the default."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        m = self.layer
+        shape = (-1,) + (1,) * (x.dim() - 2) if m.channel_axis == 1 else (-1,)
+        shift = getattr(m, "shift", None)
+        kind = "dyt" if isinstance(m, nl.DynamicTanh) else "derf"
+        return pointwise(kind, x, m.alpha,
+                         shift, m.weight.reshape(shape), m.bias.reshape(shape),
+                         recompute=True)
+
+
+def _pointwise(kind, c, channel_axis):
+    cls = nl.DynamicTanh if kind == "dyt" else nl.Derf
+    return lambda: (TorchPointwise(c, kind, channel_axis), cls(c, channel_axis=channel_axis))
+
+
+def _context(kind, c, channel_axis):
+    """The recomputing variant, and a layer norm of the same shape."""
+    cls = nl.DynamicTanh if kind == "dyt" else nl.Derf
+    if channel_axis == -1:
+        ln = ("torch.nn.LayerNorm", lambda: torch.nn.LayerNorm(c))
+    else:
+        ln = ("normlab.LayerNorm(channel_axis=1)", lambda: nl.LayerNorm(c, channel_axis=1))
+    return lambda: {"normlab recompute": Recomputing(cls(c, channel_axis=channel_axis)),
+                    ln[0]: ln[1]()}
 
 
 IMG, IMG_Q = (32, 64, 56, 56), (8, 64, 28, 28)
@@ -58,6 +124,12 @@ CASES: tuple[Case, ...] = (
     Case("InstanceNorm2d", "channels_last", IMG, IMG_Q,
          _pair(torch.nn.InstanceNorm2d, nl.InstanceNorm2d, 64)),
     Case("RMSNorm", "rows", ROWS, ROWS_Q, _pair(torch.nn.RMSNorm, nl.RMSNorm, 1024)),
+    Case("DynamicTanh", "rows", ROWS, ROWS_Q, _pointwise("dyt", 1024, -1), "torch w*tanh(a*x)+b",
+         _context("dyt", 1024, -1)),
+    Case("DynamicTanh", "nchw", IMG, IMG_Q, _pointwise("dyt", 64, 1), "torch w*tanh(a*x)+b",
+         _context("dyt", 64, 1)),
+    Case("Derf", "rows", ROWS, ROWS_Q, _pointwise("derf", 1024, -1), "torch w*erf(a*x+s)+b",
+         _context("derf", 1024, -1)),
 )
 
 MODES = ("forward", "forward+backward")
@@ -88,6 +160,26 @@ def _timer(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, mode: str
     return call
 
 
+def _saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd saves for the backward of ``module(x)``, beyond ``x`` and the parameters
+    (each storage counted once)."""
+    own = {x.untyped_storage().data_ptr()} | {p.untyped_storage().data_ptr()
+                                              for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    xg = x.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(xg)
+    del y
+    return sum(seen.values())
+
+
 def _time_once(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -107,7 +199,7 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
     env = environment()
     rows: list[dict] = []
     cases = [c for c in CASES if ops is None or c.name in ops]
-    header = (f"{'op':<15}{'layout':<14}{'mode':<17}{'torch.nn ms':>12}{'normlab ms':>12}"
+    header = (f"{'op':<15}{'layout':<14}{'mode':<17}{'baseline ms':>12}{'normlab ms':>12}"
               f"{'ratio':>8}{'GB/s':>8}{'of copy':>9}")
     printer(f"normlab bench: {len(cases)} shapes x {len(MODES)} modes, {reps} alternating "
             f"repetitions each, {dtype}, allocator={env['allocator']}, "
@@ -118,6 +210,8 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
         torch.manual_seed(0)
         ref_mod, nl_mod = case.make()
         ref_mod, nl_mod = ref_mod.to(dtype), nl_mod.to(dtype)
+        extra = {k: m.to(dtype) for k, m in (case.context() if case.context else {}).items()}
+        base_name = case.baseline
         x = _input(case, shape, dtype)
         dy = _input(case, shape, dtype)
         nbytes = x.numel() * x.element_size()
@@ -126,8 +220,10 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
         c20, c50, c80 = _quantiles(copy_ts)
         copy_gbps = _TENSORS_MOVED["copy"] * nbytes / c50 / 1e9
         for mode in MODES:
-            calls = {"torch.nn": _timer(ref_mod, x, dy, mode),
-                     "normlab": _timer(nl_mod, x, dy, mode)}
+            mods = {base_name: ref_mod, "normlab": nl_mod, **extra}
+            calls = {k: _timer(m, x, dy, mode) for k, m in mods.items()}
+            saved = ({k: _saved_bytes(m, x) / 2 ** 20 for k, m in mods.items()}
+                     if mode != "forward" else {})
             for fn in calls.values():  # warm up: allocator, threads, first-call paths
                 fn()
                 fn()
@@ -136,11 +232,11 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
             for i in range(reps):
                 for name in (order if i % 2 == 0 else order[::-1]):  # A B, B A, ...
                     times[name].append(_time_once(calls[name]))
-            base = _quantiles(times["torch.nn"])[1]
+            base = _quantiles(times[base_name])[1]
             stats = {k: _quantiles(v) for k, v in times.items()}
             # the ratio is the median of per-repetition ratios: each pair was measured back to
             # back, so slow drift of the machine cancels within a pair
-            paired = {k: statistics.median(a / b for a, b in zip(v, times["torch.nn"],
+            paired = {k: statistics.median(a / b for a, b in zip(v, times[base_name],
                                                                  strict=True))
                       for k, v in times.items()}
             for provider, (p20, p50, p80) in stats.items():
@@ -149,8 +245,8 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
                            mode=mode, layout=case.layout, shape=list(shape),
                            dtype=str(dtype).replace("torch.", ""), p20=p20, p50=p50, p80=p80,
                            unit="s", reps=reps, gbps=gbps, copy_gbps=copy_gbps,
-                           ratio=paired[provider], baseline="torch.nn", env=env,
-                           time=time.time())
+                           ratio=paired[provider], baseline=base_name,
+                           saved_mb=saved.get(provider), env=env, time=time.time())
                 rows.append(row)
                 if out is not None:
                     append_row(out, row)
@@ -159,6 +255,12 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
             printer(f"{case.name:<15}{case.layout:<14}{mode:<17}{base * 1e3:>12.3f}"
                     f"{nl50 * 1e3:>12.3f}{paired['normlab']:>8.3f}{gbps:>8.1f}"
                     f"{gbps / copy_gbps:>9.2f}")
+            if base_name != "torch.nn" or extra:
+                mem = "" if not saved else ", saved for backward: " + ", ".join(
+                    f"{k} {v:.1f} MiB" for k, v in saved.items())
+                ctx = "".join(f"; {k} {stats[k][1] * 1e3:.3f} ms (x{paired[k]:.2f})"
+                              for k in extra)
+                printer(f"{'':<15}baseline = {base_name}{ctx}{mem}")
         copy_row = dict(kind="bench", run_id=run_id, op=case.name, provider="copy_",
                         mode="copy", layout=case.layout, shape=list(shape),
                         dtype=str(dtype).replace("torch.", ""), p20=c20, p50=c50, p80=c80,

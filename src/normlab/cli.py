@@ -68,7 +68,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench", help="time normlab against torch.nn on CPU (ratios, GB/s)",
         description="Time every normalization kind, normlab vs torch.nn, forward and "
                     "forward+backward, alternating the order in one process; append long-format "
-                    "rows to a JSONL file and print a table. For stable figures run it under "
+                    "rows to a JSONL file and print a table. DynamicTanh and Derf, which "
+                    "torch.nn lacks, are timed against the plain torch composition "
+                    "w*tanh(a*x)+b, with a layer norm of the same shape for context and the "
+                    "bytes each saves for backward. For stable figures run it under "
                     "jemalloc (LD_PRELOAD), e.g. ../shared/tools/jemalloc-run normlab bench.")
     bench.add_argument("--quick", action="store_true",
                        help="smaller shapes and fewer repetitions (about 10 s)")

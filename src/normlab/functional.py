@@ -39,6 +39,11 @@ float32 bias beside a bfloat16 weight, where torch raises); ``rms_norm``'s ``wei
 any floating dtype, as torch's (the output keeps the input's dtype). ``residual`` and AdaIN's
 ``style`` must have the input's dtype exactly.
 
+The pointwise kinds ``dynamic_tanh`` (DyT) and ``derf`` have no statistics, no ``eps`` and no
+``mask`` (each element is mapped on its own); their scalar ``alpha`` (and Derf's ``shift``) is a
+one-element tensor (shape ``()`` or ``(1,)``, the dtype rule of ``weight``) or a finite real
+number, and their ``weight``/``bias`` are laid out over ``normalized_shape`` as layer norm's.
+
 Statistics are float32 for float16/bfloat16/float32 input and float64 for float64 input.
 An empty batch (N = 0) gives an empty output and leaves running statistics unchanged.
 A NaN in the input makes its own statistics group NaN (its outputs, and in batch norm its
@@ -62,6 +67,8 @@ __all__ = [
     "batch_renorm",
     "check_input_dim",
     "check_num_features",
+    "derf",
+    "dynamic_tanh",
     "ghost_batch_renorm",
     "group_norm",
     "instance_norm",
@@ -72,6 +79,7 @@ __all__ = [
     "script_error",
     "sync_batch_norm",
     "validate_eps",
+    "validate_finite",
     "validate_momentum",
     "validate_num_groups",
     "validate_options",
@@ -147,6 +155,14 @@ def validate_num_groups(num_groups, num_channels) -> None:
     if num_channels % num_groups != 0:
         raise ValueError(f"num_groups must divide the number of channels: num_groups="
                          f"{num_groups} does not divide num_channels={num_channels}")
+
+
+def validate_finite(value, name: str) -> float:
+    """A finite real number (an initial value such as DyT's ``alpha_init``)."""
+    _check_real(value, name, "a finite real number")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
 
 
 def validate_positive_int(value, name: str) -> int:
@@ -589,6 +605,65 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, channel_axis=-1,
     eps = torch.finfo(input.dtype).eps if eps is None else float(eps)
     return ops.rms_norm(input, normalized_shape, weight, eps, channel_axis=channel_axis,
                         residual=residual, activation=activation, backend=backend, mask=mask)
+
+
+def _scalar_param(value, name: str, input):
+    """A pointwise kind's scalar: a one-element floating tensor (the parameter dtype rule, the
+    input's device) or a finite real number, returned as a tensor."""
+    if type(value) is torch.Tensor and value.numel() == 1 and value.dim() <= 1 \
+            and value.dtype is input.dtype and value.device == input.device:
+        return value  # fast path
+    if isinstance(value, torch.Tensor):
+        _check_float_tensor(value, name)
+        if value.numel() != 1 or value.dim() > 1:
+            raise ValueError(f"{name} must be a one-element tensor of shape () or (1,), got "
+                             f"shape {_shape(value)}")
+        _check_param_dtype_device(value, name, input)
+        return value
+    _check_real(value, name, "a one-element tensor or a finite real number")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    dtype = torch.float32 if input.dtype in _HALF_DTYPES else input.dtype
+    return torch.tensor(float(value), dtype=dtype, device=input.device)
+
+
+def _check_pointwise(fn, input, normalized_shape, weight, bias, channel_axis, residual,
+                     activation, backend):
+    _check_common(input, None, channel_axis, residual, activation, backend, 1, fn)
+    normalized_shape = normalize_shape(normalized_shape)
+    _check_block(input, normalized_shape, channel_axis)
+    _check_per_element(weight, "weight", normalized_shape, input)
+    _check_per_element(bias, "bias", normalized_shape, input)
+    return normalized_shape
+
+
+def dynamic_tanh(input, normalized_shape, alpha, weight=None, bias=None, *, channel_axis=-1,
+                 residual=None, activation=None, backend=None):
+    """Dynamic Tanh (DyT; Zhu, Chen, He, LeCun, Liu, CVPR 2025): ``weight * tanh(alpha * x) +
+    bias`` elementwise, no statistics. ``alpha``: a learnable scalar (a one-element tensor, or
+    a number); ``weight``/``bias`` per element over the ``normalized_shape`` block (the trailing
+    dims with ``channel_axis=-1``, the dims from axis 1 with ``channel_axis=1``, as
+    :func:`layer_norm`). Computed in float32 for float16/bfloat16 input."""
+    normalized_shape = _check_pointwise("dynamic_tanh", input, normalized_shape, weight, bias,
+                                        channel_axis, residual, activation, backend)
+    alpha = _scalar_param(alpha, "alpha", input)
+    return ops.dynamic_tanh(input, normalized_shape, alpha, weight, bias,
+                            channel_axis=channel_axis, residual=residual, activation=activation,
+                            backend=backend)
+
+
+def derf(input, normalized_shape, alpha, shift=None, weight=None, bias=None, *,
+         channel_axis=-1, residual=None, activation=None, backend=None):
+    """Dynamic erf (Derf; Chen, Lu, Zhu, Sun, Liu, arXiv 2512.10938): ``weight * erf(alpha * x
+    + shift) + bias`` elementwise, no statistics; ``alpha`` and ``shift`` learnable scalars
+    (``shift=None``: 0). Arguments as :func:`dynamic_tanh`."""
+    normalized_shape = _check_pointwise("derf", input, normalized_shape, weight, bias,
+                                        channel_axis, residual, activation, backend)
+    alpha = _scalar_param(alpha, "alpha", input)
+    shift = None if shift is None else _scalar_param(shift, "shift", input)
+    return ops.derf(input, normalized_shape, alpha, shift, weight, bias,
+                    channel_axis=channel_axis, residual=residual, activation=activation,
+                    backend=backend)
 
 
 def adaptive_instance_norm(content, style, eps=1e-5, *, channel_axis=1, residual=None,

@@ -20,6 +20,9 @@ renorm    ``BatchRenorm(C)``: batch renormalization (r_max=3, d_max=5)
 ghost     ``GhostBatchNorm(C)``: statistics per virtual batch (``virtual_batch_size=32``)
 frozen    ``FrozenBatchNorm(C)``: fixed statistics and affine (buffers only)
 sync      ``SyncBatchNorm(C)``: statistics over the processes of ``process_group``
+dyt       ``DynamicTanh(C, channel_axis=1)``: ``w * tanh(alpha * x) + b`` per position, no
+          statistics (``alpha_init=0.5``)
+derf      ``Derf(C, channel_axis=1)``: ``w * erf(alpha * x + s) + b``, no statistics
 ========= ===================================================================================
 """
 
@@ -68,6 +71,8 @@ _REGISTRY: dict[str, _Entry] = {
     "ghost": _Entry(nn.GhostBatchNorm, nn.GhostBatchNorm),
     "frozen": _Entry(nn.FrozenBatchNorm, nn.FrozenBatchNorm),
     "sync": _Entry(nn.SyncBatchNorm, nn.SyncBatchNorm),
+    "dyt": _Entry(nn.DynamicTanh, _per_position(nn.DynamicTanh)),
+    "derf": _Entry(nn.Derf, _per_position(nn.Derf)),
 }
 
 

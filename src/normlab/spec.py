@@ -18,7 +18,15 @@ group    C/G consecutive channels of one sample   the sample             per cha
 rms      as layer, the mean is not subtracted     the sample             per element
 adain    as instance; scale and shift are the     the sample             from style
          style's std and mean
+dyt      no group: ``w * tanh(alpha * x) + b``     none (pointwise)       per element
+         elementwise (Zhu et al. 2025)
+derf     no group: ``w * erf(alpha * x + s) + b``  none (pointwise)       per element
+         elementwise (arXiv 2512.10938)
 ======== ======================================== ====================== ==========
+
+``dyt`` and ``derf`` are the *pointwise* kinds (``POINTWISE``): no statistics at all, a
+learnable scalar ``alpha`` (and ``s``) instead; their affine is laid out as layer norm's, over
+the ``normalized_shape`` block at the channel axis, which is all ``plan()`` computes for them.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from math import prod
 
-__all__ = ["ACTIVATIONS", "COLUMN", "KINDS", "ROW", "SPECS", "STAT_DTYPES", "Kernel", "NormSpec",
-           "Plan", "canonical_axis", "plan", "stat_dtype_name"]
+__all__ = ["ACTIVATIONS", "BLOCK_KINDS", "COLUMN", "ELEMENT", "KINDS", "POINTWISE", "ROW",
+           "SPECS", "STAT_DTYPES", "Kernel", "NormSpec", "Plan", "canonical_axis", "plan",
+           "stat_dtype_name"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,8 @@ class NormSpec:
 
     kind: str
     centered: bool  # False for rms: the mean is not subtracted (Plan.centered)
-    train_stats: str  # "batch" | "sample": Plan.stats of a call that computes statistics
-    eval_stats: str  # "running" | "sample" | "running-optional": whether running=True is allowed
+    train_stats: str  # "batch" | "sample" | "none": Plan.stats of a call ("none": pointwise)
+    eval_stats: str  # "running" | "sample" | "running-optional" | "none": running=True allowed?
     affine: str  # "channel" | "element" | "style": Plan.affine
 
 
@@ -52,9 +61,15 @@ SPECS: dict[str, NormSpec] = {
         NormSpec("group", True, "sample", "sample", "channel"),
         NormSpec("rms", False, "sample", "sample", "element"),
         NormSpec("adain", True, "sample", "sample", "style"),
+        NormSpec("dyt", False, "none", "none", "element"),
+        NormSpec("derf", False, "none", "none", "element"),
     )
 }
 KINDS: tuple[str, ...] = tuple(SPECS)
+# the kinds without statistics: one elementwise map with learnable scalars (Plan.stats "none")
+POINTWISE: tuple[str, ...] = tuple(k for k, s in SPECS.items() if s.train_stats == "none")
+# the kinds whose affine is per element over a normalized_shape block
+BLOCK_KINDS: tuple[str, ...] = ("layer", "rms", *POINTWISE)
 
 
 # The statistics dtype rule, once: input dtype name -> statistics dtype name (float32 for every
@@ -71,7 +86,7 @@ def stat_dtype_name(dtype_name: str) -> str:
     return STAT_DTYPES.get(dtype_name.removeprefix("torch."), DEFAULT_STAT_DTYPE)
 
 
-ROW, COLUMN = "row", "column"
+ROW, COLUMN, ELEMENT = "row", "column", "element"
 
 
 @dataclass(frozen=True)
@@ -81,9 +96,16 @@ class Kernel:
     ``affine = (MOD_B, SB, S0, S1, S2)``: element ``(b, d0, d1, d2)`` uses weight index
     ``(b % MOD_B) * SB + d0*S0 + d1*S1 + d2*S2``; ``mask = (MB_DIV, MB_MUL, M0, M2)``: its
     position in the (N, positions) mask is ``(b // MB_DIV) * MB_MUL + d0*M0 + d2*M2`` (None for
-    layer and rms, whose masks the kernels do not fuse)."""
+    layer and rms, whose masks the kernels do not fuse).
 
-    family: str  # ROW (one program per group) or COLUMN (D2 == 1, adjacent groups per program)
+    Family ELEMENT (the pointwise kinds, ``normlab.kernels.triton.pointwise``): ``dims =
+    (OUTER, PERIOD, INNER, 1)``, the memory read as ``(OUTER, PERIOD, INNER)`` with the
+    ``PERIOD`` affine elements (the flattened ``normalized_shape`` block) in the middle: the
+    element at memory offset ``o`` uses weight ``(o // INNER) % PERIOD``. ``affine`` and
+    ``mask`` are unused there (``(1, 0, 0, 0, 0)``, None)."""
+
+    family: str  # ROW (one program per group), COLUMN (D2 == 1, adjacent groups per program)
+    # or ELEMENT (pointwise kinds: no groups)
     dims: tuple[int, int, int, int]
     affine: tuple[int, int, int, int, int]
     mask: tuple[int, int, int, int] | None
@@ -127,6 +149,10 @@ class Plan:
 
     def __post_init__(self):
         # plain fields rather than properties: torch.compile reads them as constants
+        if self.stats == "none":  # pointwise kinds: no statistics, no groups
+            object.__setattr__(self, "stats_shape", ())
+            object.__setattr__(self, "group_size", 0)
+            return
         stats = tuple(1 if d in self.reduce_dims else n for d, n in enumerate(self.view_shape))
         object.__setattr__(self, "stats_shape", stats)
         object.__setattr__(self, "group_size",
@@ -170,8 +196,32 @@ def _channels_last_memory(shape, strides, c) -> bool | None:
     return None
 
 
+def _element_kernel(shape, strides, block) -> Kernel | None:
+    """The ELEMENT view of a dense input of any memory order: the block dims (``block``,
+    logical order) must follow each other in memory in that order; then the memory is
+    (OUTER, PERIOD, INNER) with PERIOD = the block's size and INNER = what lies inside it."""
+    ndim = len(shape)
+    order = sorted([d for d in range(ndim) if shape[d] != 1], key=lambda d: -strides[d])
+    if not _dense(shape, strides, order) or prod(shape) == 0:
+        return None
+    inblock = [d for d in order if d in block]
+    if inblock:
+        first = order.index(inblock[0])
+        if order[first:first + len(inblock)] != inblock or inblock != sorted(inblock):
+            return None
+        inner = prod([shape[d] for d in order[first + len(inblock):]])
+    else:
+        inner = 1
+    period = prod([shape[d] for d in block])
+    return Kernel(ELEMENT, (prod(shape) // (period * inner), period, inner, 1), (1, 0, 0, 0, 0),
+                  None)
+
+
 def _kernel(kind, shape, strides, c, num_groups, k, channel_axis) -> Kernel | None:
     ndim = len(shape)
+    if kind in POINTWISE:
+        first = ndim - k if channel_axis == -1 else 1
+        return _element_kernel(shape, strides, tuple(range(first, first + k)))
     if kind in ("layer", "rms"):
         trailing = channel_axis == -1 or k == ndim - 1
         if not (trailing and _dense(shape, strides, range(ndim))):
@@ -212,17 +262,19 @@ def plan(
     """The view, reduced dims and affine shape of ``kind`` on an input of ``shape``.
 
     ``channel_axis`` is 1 (channels first, N x C x ...) or -1 (channels last, N x ... x C).
-    For ``layer`` and ``rms``, ``normalized_ndim`` dims form the normalized block: the trailing
-    ones when ``channel_axis == -1`` (torch.nn's convention), the ones starting at axis 1 when
-    ``channel_axis == 1``. ``strides`` (the input's, in elements) gives the kernels' view
-    (``Plan.kernel``); ``running`` asks for the running statistics (only where the table's
-    eval statistics allow them); ``dtype`` is the input dtype's name (``Plan.stat_dtype``).
+    For ``layer``, ``rms`` and the pointwise kinds, ``normalized_ndim`` dims form the normalized
+    block: the trailing ones when ``channel_axis == -1`` (torch.nn's convention), the ones
+    starting at axis 1 when ``channel_axis == 1``; a pointwise kind reduces nothing
+    (``reduce_dims == ()``, ``stats_shape == ()``): the block only lays out its affine.
+    ``strides`` (the input's, in elements) gives the kernels' view (``Plan.kernel``);
+    ``running`` asks for the running statistics (only where the table's eval statistics allow
+    them); ``dtype`` is the input dtype's name (``Plan.stat_dtype``).
     Inputs are assumed valid: ``functional`` checks them first. Cached: a plan is immutable.
     """
     spec = SPECS.get(kind)
     if spec is None:
         raise KeyError(f"unknown normalization kind {kind!r}; expected one of {KINDS}")
-    if running and spec.eval_stats not in ("running", "running-optional"):
+    if running and spec.eval_stats not in ("running", "running-optional"):  # "none" too
         raise ValueError(f"{kind} norm has no running statistics (its eval statistics are "
                          f"{spec.eval_stats!r})")
     shape = tuple(int(n) for n in shape)
@@ -230,11 +282,12 @@ def plan(
     common = dict(stats="running" if running else spec.train_stats, affine=spec.affine,
                   centered=spec.centered)
     k = None
-    if kind in ("layer", "rms"):
+    if kind in BLOCK_KINDS:
         k = int(normalized_ndim)
         first = ndim - k if channel_axis == -1 else 1
-        view, reduce = shape, tuple(range(first, first + k))
-        affine = tuple(shape[d] if d in reduce else 1 for d in range(ndim))
+        view, block = shape, tuple(range(first, first + k))
+        reduce = () if kind in POINTWISE else block
+        affine = tuple(shape[d] if d in block else 1 for d in range(ndim))
         c = None
         geo = {}
     else:

@@ -19,6 +19,12 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
 
 Running statistics are updated in one place, ``update_running`` (torch's batch-norm kernel on
 the native path updates them in its own pass, with the factor computed here).
+
+The pointwise kinds (``spec.POINTWISE``: DyT, Derf; ``Plan.stats == "none"``) go through the
+same list: ``triton`` (the elementwise kernels, ``triton_op.triton_pointwise``), ``native``
+(``ops/pointwise.py``: composed torch ops, the backward recomputing tanh from x) and
+``reference`` (``reference.pointwise_forward`` with autograd); ``masked`` and ``hybrid``
+decline them by their own rules (no mask; not instance norm). They return no statistics.
 """
 
 from __future__ import annotations
@@ -32,8 +38,15 @@ import torch
 from normlab import spec
 from normlab.ops import native, triton_op
 from normlab.ops.masked import masked_norm
+from normlab.ops.pointwise import pointwise
 from normlab.ops.reference_op import reference_norm
-from normlab.reference import apply_activation, like_input, masked_forward, stat_dtype
+from normlab.reference import (
+    apply_activation,
+    like_input,
+    masked_forward,
+    pointwise_forward,
+    stat_dtype,
+)
 
 __all__ = ["BACKENDS", "BACKEND_LIST", "Call", "Running", "accepting", "last_backend",
            "normalize", "select", "trace_backends", "update_running"]
@@ -63,13 +76,16 @@ class Call(NamedTuple):
     running: Running | None
     factor: float  # the running-average factor for this batch (after counting it)
     channel_axis: int
-    extra: tuple  # num_groups (group) or normalized_shape (layer, rms)
+    extra: tuple  # num_groups (group) or normalized_shape (layer, rms, dyt, derf)
     explicit: bool  # the backend was asked for by name
+    alpha: torch.Tensor | None = None  # the pointwise kinds' scalar (a one-element tensor)
+    shift: torch.Tensor | None = None  # Derf's scalar shift s
 
     def describe(self) -> str:
         p = self.plan
+        stats = "no statistics" if p.stats == "none" else f"{p.stats} statistics"
         what = [f"{p.kind} norm", f"input {tuple(self.x.shape)} {self.x.dtype}",
-                f"{self.x.device.type}", f"{p.stats} statistics"]
+                f"{self.x.device.type}", stats]
         if self.mask is not None:
             what.append("masked")
         return ", ".join(what)
@@ -138,6 +154,10 @@ class Triton(Backend):
 
     def run(self, call):
         p = call.plan
+        if p.stats == "none":
+            return triton_op.triton_pointwise(
+                p, call.x, call.alpha, shift=call.shift, weight=call.weight, bias=call.bias,
+                residual=call.residual, activation=call.activation), None
         y, mean, var, count = triton_op.triton_norm(
             p, call.x, eps=call.eps, weight=call.weight, bias=call.bias, residual=call.residual,
             activation=call.activation, mask=call.mask)
@@ -222,6 +242,9 @@ class Native(Backend):
     def run(self, call):
         p, x, ax = call.plan, call.x, call.channel_axis
         w, b, eps, stats = call.weight, call.bias, call.eps, None
+        if p.stats == "none":  # DyT / Derf: ops/pointwise.py fuses the epilogue itself
+            return pointwise(p.kind, x, call.alpha, call.shift, _affine(w, p), _affine(b, p),
+                             call.residual, call.activation), None
         if p.stats == "running":  # batch or instance norm: the same per-channel affine map
             r = call.running
             y = native.batch_norm(x, r.mean, r.var, w, b, False, 0.0, eps, ax)
@@ -262,6 +285,9 @@ class Reference(Backend):
     def run(self, call):
         p, x = call.plan, call.x
         w, b = _affine(call.weight, p), _affine(call.bias, p)
+        if p.stats == "none":
+            return pointwise_forward(x, p, alpha=call.alpha, weight=w, bias=b, shift=call.shift,
+                                     residual=call.residual, activation=call.activation), None
         if p.affine == "style":
             w, b = call.weight, call.bias
         rm = rv = None
@@ -409,18 +435,20 @@ def update_running(running_mean, running_var, mean, var, count, rows, channels, 
 
 def normalize(plan: spec.Plan, x: torch.Tensor, weight=None, bias=None, *, eps: float,
               residual=None, activation=None, mask=None, running: Running | None = None,
-              channel_axis: int = 1, extra=None, backend: str | None = None):
+              channel_axis: int = 1, extra=None, backend: str | None = None, alpha=None,
+              shift=None):
     """Normalize ``x`` as ``plan`` says -> ``(y, stats)``; ``stats = (mean, var, count)`` in
     ``plan.stats_shape`` (var biased, count None without a mask), or None where the backend
-    does not compute them (torch's kernels). With ``running`` and training statistics the
-    running statistics (and ``num_batches_tracked``) are updated here."""
+    does not compute them (torch's kernels, the pointwise kinds). With ``running`` and training
+    statistics the running statistics (and ``num_batches_tracked``) are updated here.
+    ``alpha``/``shift``: the pointwise kinds' one-element tensors (``eps`` unused there)."""
     training = plan.stats != "running"
     moving = training and running is not None and running.mean is not None
     if moving and x.numel() == 0:  # an empty batch leaves the running statistics unchanged
         running, moving = None, False
     factor = count_batch(running, True) if moving and mask is None else 0.0
     call = Call(plan, x, weight, bias, eps, residual, activation, mask, running, factor,
-                channel_axis, extra, backend is not None)
+                channel_axis, extra, backend is not None, alpha, shift)
     b = select(call, backend)
     out = b.run(call)
     if out is None:  # handed on after looking at the data (Masked)

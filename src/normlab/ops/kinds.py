@@ -12,8 +12,8 @@ from normlab import spec
 from normlab.ops.dispatch import Running, normalize
 from normlab.reference import stat_dtype
 
-__all__ = ["adaptive_instance_norm", "batch_norm", "group_norm", "instance_norm", "layer_norm",
-           "rms_norm"]
+__all__ = ["adaptive_instance_norm", "batch_norm", "derf", "dynamic_tanh", "group_norm",
+           "instance_norm", "layer_norm", "rms_norm"]
 
 
 _PLANS: dict = {}  # (kind, shape, strides, dtype, channel_axis, running, extra) -> Plan
@@ -84,6 +84,24 @@ def rms_norm(x, normalized_shape, weight, eps, *, channel_axis=-1, residual=None
     return normalize(plan, x, weight, None, eps=eps, residual=residual, activation=activation,
                      mask=mask, channel_axis=channel_axis, extra=normalized_shape,
                      backend=backend)[0]
+
+
+def dynamic_tanh(x, normalized_shape, alpha, weight, bias, *, channel_axis=-1, residual=None,
+                 activation=None, backend=None):
+    """DyT: ``act(weight * tanh(alpha * x) + bias + residual)``, affine over the block."""
+    plan = _plan("dyt", x, channel_axis, ndim=len(normalized_shape))
+    return normalize(plan, x, weight, bias, eps=0.0, residual=residual, activation=activation,
+                     channel_axis=channel_axis, extra=normalized_shape, backend=backend,
+                     alpha=alpha)[0]
+
+
+def derf(x, normalized_shape, alpha, shift, weight, bias, *, channel_axis=-1, residual=None,
+         activation=None, backend=None):
+    """Derf: ``act(weight * erf(alpha * x + shift) + bias + residual)``."""
+    plan = _plan("derf", x, channel_axis, ndim=len(normalized_shape))
+    return normalize(plan, x, weight, bias, eps=0.0, residual=residual, activation=activation,
+                     channel_axis=channel_axis, extra=normalized_shape, backend=backend,
+                     alpha=alpha, shift=shift)[0]
 
 
 def _style_stats(style, plan, mask, eps):

@@ -18,7 +18,7 @@ import torch
 from normlab import spec
 from normlab.reference import stat_dtype
 
-__all__ = ["available", "layout", "triton_norm", "usable_for"]
+__all__ = ["available", "layout", "triton_norm", "triton_pointwise", "usable_for"]
 
 
 _AVAILABLE = importlib.util.find_spec("triton") is not None
@@ -41,6 +41,12 @@ def _kernels():
     from normlab.kernels.triton import norm
 
     return norm
+
+
+def _pointwise_kernels():
+    from normlab.kernels.triton import pointwise
+
+    return pointwise
 
 
 _FAMILY = {spec.ROW: 0, spec.COLUMN: 1}  # the kernels' numbering
@@ -148,3 +154,81 @@ def triton_norm(plan: spec.Plan, x: torch.Tensor, *, eps: float, weight=None, bi
     if mask is not None:  # a group with no real element: mean 0, variance 0 (as the reference)
         var = torch.where(count.reshape(shape) > 0, var, torch.zeros_like(var))
     return y, mean.reshape(shape), var, count.reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# the pointwise kinds (DyT, Derf): ``normlab.kernels.triton.pointwise``, family ELEMENT
+
+
+@torch.library.custom_op("normlab::triton_pointwise_fwd", mutates_args=())
+def _pw_fwd(x: torch.Tensor, alpha: torch.Tensor, shift: torch.Tensor | None,
+            weight: torch.Tensor | None, bias: torch.Tensor | None,
+            residual: torch.Tensor | None, kind: str, dims: list[int],
+            activation: str) -> torch.Tensor:
+    return _pointwise_kernels().forward(x, alpha, shift, weight, bias, residual, kind=kind,
+                                        dims=dims, activation=activation or None)
+
+
+@_pw_fwd.register_fake
+def _(x, alpha, shift, weight, bias, residual, kind, dims, activation):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("normlab::triton_pointwise_bwd", mutates_args=())
+def _pw_bwd(dy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, shift: torch.Tensor | None,
+            weight: torch.Tensor | None, bias: torch.Tensor | None,
+            residual: torch.Tensor | None, kind: str, dims: list[int],
+            activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                      torch.Tensor, torch.Tensor]:
+    dx, da, ds, dw, db, dr = _pointwise_kernels().backward(
+        dy, x, alpha, shift, weight, bias, residual, kind=kind, dims=dims,
+        activation=activation or None)
+    empty = x.new_empty(0)  # outputs must not alias each other
+    return (dx, da.reshape(alpha.shape).to(alpha.dtype),
+            empty if ds is None else ds.reshape(shift.shape).to(shift.dtype),
+            x.new_empty(0) if dw is None else dw.to(weight.dtype),
+            x.new_empty(0) if db is None else db.to(bias.dtype),
+            x.new_empty(0) if dr is None else dr)
+
+
+@_pw_bwd.register_fake
+def _(dy, x, alpha, shift, weight, bias, residual, kind, dims, activation):
+    def like(t):
+        return x.new_empty(0) if t is None else torch.empty_like(t)
+    return (torch.empty_like(x), torch.empty_like(alpha), like(shift), like(weight), like(bias),
+            like(residual))
+
+
+def _pw_setup(ctx, inputs, output):
+    x, alpha, shift, weight, bias, residual, kind, dims, activation = inputs
+    ctx.save_for_backward(x, alpha, shift, weight, bias, residual)  # the inputs only
+    ctx.args = (kind, dims, activation)
+
+
+def _pw_backward(ctx, dy):
+    x, alpha, shift, weight, bias, residual = ctx.saved_tensors
+    kind, dims, activation = ctx.args
+    if dy.stride() != x.stride():  # the kernels read dy in x's memory order
+        dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
+    dx, da, ds, dw, db, dr = _pw_bwd(dy, x, alpha, shift, weight, bias, residual, kind, dims,
+                                     activation)
+    needs = ctx.needs_input_grad
+    return (dx if needs[0] else None, da if needs[1] else None,
+            ds if needs[2] and shift is not None else None,
+            dw if needs[3] and weight is not None else None,
+            db if needs[4] and bias is not None else None,
+            dr if needs[5] and residual is not None else None, None, None, None)
+
+
+_pw_fwd.register_autograd(_pw_backward, setup_context=_pw_setup)
+
+
+def triton_pointwise(plan: spec.Plan, x: torch.Tensor, alpha: torch.Tensor, *, shift=None,
+                     weight=None, bias=None, residual=None, activation=None) -> torch.Tensor:
+    """DyT / Derf by the elementwise kernels (``plan.kernel`` of family ELEMENT must be set);
+    the affine parameters flattened to (PERIOD,), the residual made x's layout."""
+    if residual is not None and residual.stride() != x.stride():
+        residual = torch.empty_like(x).copy_(residual)
+    flat = [None if t is None else t.reshape(-1).contiguous() for t in (weight, bias)]
+    return _pw_fwd(x, alpha, shift, flat[0], flat[1], residual, plan.kind,
+                   list(plan.kernel.dims), activation or "")

@@ -20,10 +20,11 @@ from normlab import spec
 from normlab.spec import ACTIVATIONS, Plan
 
 __all__ = ["ACTIVATIONS", "activation_grad", "apply_activation", "backward", "forward",
-           "masked_forward", "stat_dtype"]
+           "masked_forward", "pointwise_forward", "squash", "squash_grad", "stat_dtype"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TWO_OVER_SQRTPI = 2.0 / math.sqrt(math.pi)  # erf'(0)
 
 
 _STAT_DTYPES = {d: getattr(torch, spec.stat_dtype_name(str(d)))
@@ -212,3 +213,46 @@ def masked_forward(
         z = z + torch.where(m, residual.to(sdt), 0.0)
     y = like_input(torch.where(m, apply_activation(z, activation), 0.0).to(x.dtype), x)
     return y, mean, var, count
+
+
+# ---------------------------------------------------------------------------------------------
+# the pointwise kinds (no statistics): DyT and Derf
+
+
+def squash(u: torch.Tensor, kind: str) -> torch.Tensor:
+    """The pointwise kinds' bounded function of ``u = alpha * x (+ s)``: tanh (dyt), erf (derf)."""
+    return torch.tanh(u) if kind == "dyt" else torch.erf(u)
+
+
+def squash_grad(u: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
+    """d squash(u) / du from ``u`` and ``t = squash(u)``: ``1 - t^2`` for tanh,
+    ``2 / sqrt(pi) * exp(-u^2)`` for erf."""
+    if kind == "dyt":
+        return 1.0 - t * t
+    return _TWO_OVER_SQRTPI * torch.exp(-u * u)
+
+
+def pointwise_forward(
+    x: torch.Tensor,
+    plan: Plan,
+    *,
+    alpha: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """DyT ``y = act(w * tanh(alpha * x) + b + residual)`` or Derf
+    ``y = act(w * erf(alpha * x + s) + b + residual)``, elementwise; ``alpha`` and ``shift``
+    are one-element tensors, ``weight``/``bias`` broadcast against ``x`` (``plan.affine_shape``).
+    Computed in float32 for half inputs (float64 for float64). Plain differentiable ops:
+    autograd gives the backward and the double backward (no cache: nothing to reuse)."""
+    sdt = stat_dtype(x.dtype)
+    u = x.to(sdt) * alpha.to(sdt).reshape(())  # same shape as x
+    if shift is not None:
+        u = u + shift.to(sdt).reshape(())
+    z = _affine(squash(u, plan.kind), weight, bias, sdt)
+    if residual is not None:
+        z = z + residual.to(sdt)
+    return like_input(apply_activation(z, activation).to(x.dtype), x)

@@ -46,9 +46,11 @@ class Refused(Exception):  # noqa: N818 - a reason, not an error of the caller
 class NormInfo:
     """What a normalization layer computes, read off the module by its adapter.
 
-    ``kind``: "batch", "frozen", "instance", "group", "layer" or "rms". Per-channel kinds have
-    ``num_channels`` (and ``dims``: 1, 2, 3 for the 1d/2d/3d class, None for any rank);
-    layer/rms have ``normalized_shape``. ``channel_axis``: 1 (N x C x ...) or -1 (N x ... x C).
+    ``kind``: "batch", "frozen", "instance", "group", "layer", "rms" or a pointwise kind
+    ("dyt", "derf": normlab's DynamicTanh and Derf, which swap_norms can replace and
+    to_normlab leaves). Per-channel kinds have ``num_channels`` (and ``dims``: 1, 2, 3 for the
+    1d/2d/3d class, None for any rank); layer/rms/dyt/derf have ``normalized_shape``.
+    ``channel_axis``: 1 (N x C x ...) or -1 (N x ... x C).
     The layer multiplies by ``weight + weight_offset`` (Gemma: 1 + w). ``upcast``: it computes in
     float32 whatever the input dtype. ``act``/``drop``: modules a norm+act class applies after
     the norm (drop first); ``activation``: a normlab fused activation already in the layer.
@@ -237,6 +239,14 @@ def _refuse(reason):
     return read
 
 
+def _pointwise(kind):
+    def read(m):
+        return NormInfo(kind, normalized_shape=tuple(m.normalized_shape), eps=None,
+                        weight=_tensor(m, "weight"), bias=_tensor(m, "bias"),
+                        channel_axis=m.channel_axis, activation=m.activation)
+    return read
+
+
 def _normlab_batch(dims, kind="batch"):
     base = _batch(dims, kind)
     return lambda m: replace(base(m), dims=dims)
@@ -338,7 +348,8 @@ for _cls, _read in [(nl.BatchNorm, _normlab_batch(None)), (nl.BatchNorm1d, _norm
                     (nl.InstanceNorm1d, _normlab_batch(1, "instance")),
                     (nl.InstanceNorm2d, _normlab_batch(2, "instance")),
                     (nl.InstanceNorm3d, _normlab_batch(3, "instance")),
-                    (nl.LayerNorm, _layer()), (nl.RMSNorm, _rms()), (nl.GroupNorm, _group())]:
+                    (nl.LayerNorm, _layer()), (nl.RMSNorm, _rms()), (nl.GroupNorm, _group()),
+                    (nl.DynamicTanh, _pointwise("dyt")), (nl.Derf, _pointwise("derf"))]:
     _ENTRIES.append((class_key(_cls), _read, "normlab"))
 for _cls in (nl.FrozenBatchNorm, nl.FrozenBatchNorm1d, nl.FrozenBatchNorm2d,
              nl.FrozenBatchNorm3d):
@@ -352,7 +363,7 @@ for _key, _read, _sem in _ENTRIES:
     register_adapter(_key, _read, _sem)
 
 NORMLAB_CLASSES = (nl.BatchNorm, nl.InstanceNorm, nl.LayerNorm, nl.GroupNorm, nl.RMSNorm,
-                   nl.FrozenBatchNorm)
+                   nl.FrozenBatchNorm, nl.DynamicTanh, nl.Derf)
 
 # --------------------------------------------------------------------------------------------
 # fused activations and the norm + rest wrapper
@@ -506,7 +517,7 @@ def build_twin(info: NormInfo, like: nn.Module) -> nn.Module:
 
 def probe_shape(info: NormInfo) -> tuple[int, ...]:
     """An input shape the layer accepts: batch 2, small positions."""
-    if info.kind in ("layer", "rms"):
+    if info.kind in ("layer", "rms", "dyt", "derf"):
         shape = info.normalized_shape
         return (2, *shape, 3, 2) if info.channel_axis == 1 else (2, 3, *shape)
     spatial = {None: (3, 2), 1: (5,), 2: (3, 2), 3: (2, 2, 2)}[info.dims]
