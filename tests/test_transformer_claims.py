@@ -32,8 +32,8 @@ def _attention(attn, x):
         q = tF.layer_norm(q, (attn.head_dim,), attn.q_norm.weight, attn.q_norm.bias, 1e-5)
         k = tF.layer_norm(k, (attn.head_dim,), attn.k_norm.weight, attn.k_norm.bias, 1e-5)
     out = tF.scaled_dot_product_attention(q, k, v)
-    return attn.proj(out.transpose(1, 2).reshape(n, t, w)), (q @ k.transpose(-2, -1)).detach().max() \
-        / math.sqrt(attn.head_dim)
+    top = (q @ k.transpose(-2, -1)).detach().max() / math.sqrt(attn.head_dim)
+    return attn.proj(out.transpose(1, 2).reshape(n, t, w)), top
 
 
 def _ln(m, x):
