@@ -93,8 +93,9 @@ def _build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser(
         "lab", help="train small networks with every normalization; write a report",
         description="Train small networks with every normalization kind on built-in data "
-                    "(MNIST-1D, scikit-learn's digits and breast-cancer table), decide each "
-                    "classic claim from the rows, and write a report folder: index.html, "
+                    "(MNIST-1D, scikit-learn's digits and breast-cancer table; MNIST-1D as "
+                    "tokens for a small transformer), decide each claim from the rows, and "
+                    "write a report folder: index.html, "
                     "results.jsonl (one row per finished run, appended as it finishes), "
                     "summary.json, claims.json, config.json. Rerunning into the same folder "
                     "resumes: finished runs are not repeated. Under torchrun (e.g. torchrun "
@@ -113,8 +114,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="smoke run: 2 seeds, 15%% of the steps (~35 s on 2 cores)")
     preset.add_argument("--full", action="store_true",
                         help="5 seeds, twice the steps, wider grids, and the slow claims "
-                             "(style-contrast, recurrent-nets, online-recurrent): ~16 min on 2 "
-                             "cores")
+                             "(style-contrast, recurrent-nets, online-recurrent: ~16 min on 2 "
+                             "cores; the transformer claims transformer-warmup, qk-norm, "
+                             "dyt-matches-layer-norm, rms-matches-layer-norm: about 15 min "
+                             "more, estimated from their runs' CPU time)")
     lab.add_argument("--only", metavar="ID,...",
                      help=f"only these claims: {', '.join(CLAIM_IDS)}")
     lab.add_argument("--seeds", type=_bounded_int(1, MAX_SEEDS),
