@@ -207,3 +207,22 @@ def epilogue(y, residual=None, activation=None):
     if residual is not None:
         y = y + residual.double()
     return _act(y, activation)
+
+
+class AuthorsDyT(torch.nn.Module):
+    """DyT as Zhu et al. define it (their module's layout: ``alpha`` of shape (1,), ``weight``
+    and ``bias`` of shape (C,), channels last or (N, C, H, W)): the independent twin the tests
+    compare normlab's DynamicTanh with (not normlab code)."""
+
+    def __init__(self, c, channels_last=True, alpha_init=0.5):
+        super().__init__()
+        self.channels_last = channels_last
+        self.alpha = torch.nn.Parameter(torch.ones(1) * alpha_init)
+        self.weight = torch.nn.Parameter(torch.ones(c))
+        self.bias = torch.nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        x = torch.tanh(self.alpha * x)
+        if self.channels_last:
+            return x * self.weight + self.bias
+        return x * self.weight[:, None, None] + self.bias[:, None, None]

@@ -24,6 +24,25 @@ def test_bench_writes_rows_and_table(tmp_path, capsys):
     assert all(r["ratio"] > 0 and r["baseline"] == "torch.nn" for r in nl_rows)
 
 
+def test_bench_pointwise_rows_name_their_baseline_and_memory(tmp_path, capsys):
+    """Derf has no torch.nn twin: its rows are timed against the plain torch composition, with
+    the recomputing variant and a layer norm in the same rotation, and the bytes each keeps."""
+    out = tmp_path / "bench.jsonl"
+    assert main(["bench", "--quick", "--reps", "2", "--ops", "Derf", "--out", str(out)]) == 0
+    assert "baseline = torch w*erf(a*x+s)+b" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    timed = [r for r in rows if r["provider"] != "copy_"]
+    assert {r["provider"] for r in timed} == {"torch w*erf(a*x+s)+b", "normlab",
+                                              "normlab recompute", "torch.nn.LayerNorm"}
+    assert all(r["baseline"] == "torch w*erf(a*x+s)+b" and r["ratio"] > 0 for r in timed)
+    saved = {r["provider"]: r["saved_mb"] for r in timed if r["mode"] == "forward+backward"}
+    # 2048 x 1024 float32 = 8 MiB per buffer: the composition keeps erf's input and output,
+    # normlab keeps erf(a*x+s), the recomputing variant nothing beyond x, the layer norm its
+    # 2048 means and rstds
+    assert saved == {"torch w*erf(a*x+s)+b": 16.0, "normlab": 8.0, "normlab recompute": 0.0,
+                     "torch.nn.LayerNorm": 2 * 2048 * 4 / 2 ** 20}
+
+
 def test_bad_arguments_exit_2_with_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--reps", "0"])

@@ -136,6 +136,8 @@ MODULES = [
     (nl.GroupNorm, lambda: nl.GroupNorm(2, 4), (_x4,)),
     (nl.LayerNorm, lambda: nl.LayerNorm(5), (_x3,)),
     (nl.RMSNorm, lambda: nl.RMSNorm(5), (_x3,)),
+    (nl.DynamicTanh, lambda: nl.DynamicTanh(5), (_x3,)),
+    (nl.Derf, lambda: nl.Derf(4, channel_axis=1, activation="gelu"), (_x3,)),
     (nl.AdaptiveInstanceNorm, lambda: nl.AdaptiveInstanceNorm(4), (_x3, _x3.flip(2) * 2)),
     (nl.BatchRenorm, lambda: nl.BatchRenorm(4), (_x3,)),
     (nl.BatchRenorm1d, lambda: nl.BatchRenorm1d(4), (_x3,)),

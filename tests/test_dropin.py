@@ -1,7 +1,7 @@
-"""Drop-in parity on degenerate shapes: every normlab module with a torch.nn twin raises where
-the twin raises (the same exception type) and computes the same elsewhere (float64), in
-training and eval: one element per group or channel, a batch of one, an empty batch, 1 x 1
-spatial size."""
+"""Drop-in parity on degenerate shapes: every normlab module with a torch.nn twin (DyT: the
+DyT authors' module) raises where the twin raises (the same exception type) and computes the
+same elsewhere (float64), in training and eval: one element per group or channel, a batch of
+one, an empty batch, 1 x 1 spatial size."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn as tnn
 
 import normlab.nn as nl
+from tests.oracle import AuthorsDyT
 
 D = torch.float64
 
@@ -50,6 +51,11 @@ TWINS = [
      [(1,), (1, 1), (0, 1), (4, 1)]),
     ("RMSNorm eps", lambda: nl.RMSNorm((1, 2), eps=1e-6), lambda: tnn.RMSNorm((1, 2), eps=1e-6),
      [(1, 2), (0, 1, 2), (3, 1, 2)]),
+    # DyT against the DyT authors' module (torch.nn has none): a pointwise map refuses nothing
+    ("DynamicTanh", lambda: nl.DynamicTanh(3), lambda: AuthorsDyT(3),
+     [(1, 3), (0, 3), (2, 1, 3), (1, 1, 1, 3)]),
+    ("DynamicTanh channels first", lambda: nl.DynamicTanh(3, channel_axis=1),
+     lambda: AuthorsDyT(3, channels_last=False), [(1, 3, 1, 1), (0, 3, 2, 2), (2, 3, 1, 2)]),
     # the remedies against the batch norm they reduce to
     ("SyncBatchNorm", lambda: nl.SyncBatchNorm(3), lambda: tnn.SyncBatchNorm(3),
      [(1, 3), (2, 3), (0, 3), (1, 3, 1, 1), (2, 3, 1, 1)]),

@@ -4,7 +4,7 @@ and layouts, forced loops and splits); per-dtype accuracy; torch.compile; the mo
 drop-in behaviour; the registry and swap_norms on real timm models.
 
 The oracle is the papers' formula written here in float64 (``tests/oracle.py``: dyt, derf) and,
-for the modules, the DyT authors' module as their paper states it (``_AuthorsDyT`` below: not
+for the modules, the DyT authors' module as their paper states it (``oracle.AuthorsDyT``: not
 normlab code)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -328,21 +329,7 @@ def test_compile_fullgraph_matches_eager(cls, backend):
 # modules: state, the DyT authors' layout, drop-in behaviour
 
 
-class _AuthorsDyT(torch.nn.Module):
-    """DyT as the paper defines it (alpha of shape (1,), channels_last or (N, C, H, W))."""
-
-    def __init__(self, c, channels_last, alpha_init=0.5):
-        super().__init__()
-        self.channels_last = channels_last
-        self.alpha = torch.nn.Parameter(torch.ones(1) * alpha_init)
-        self.weight = torch.nn.Parameter(torch.ones(c))
-        self.bias = torch.nn.Parameter(torch.zeros(c))
-
-    def forward(self, x):
-        x = torch.tanh(self.alpha * x)
-        if self.channels_last:
-            return x * self.weight + self.bias
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+_AuthorsDyT = oracle.AuthorsDyT
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -396,7 +383,9 @@ def test_deepcopy_pickle_and_script(cls):
     with pytest.raises(TypeError, match=f"{cls.__name__}: normlab modules cannot be compiled "
                                         "by torch.jit.script"):
         torch.jit.script(torch.nn.Sequential(torch.nn.Linear(5, 5), m))
-    traced = torch.jit.trace(m, (x,))  # the documented alternative works
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(m, (x,))  # the documented alternative works
     torch.testing.assert_close(traced(x), m(x))
 
 
@@ -510,3 +499,33 @@ def test_swap_norms_on_timm_models(name, kw, ln2d):
     alphas = [m.alpha.grad for m in new.modules() if isinstance(m, nl.DynamicTanh)]
     assert all(g is not None and torch.isfinite(g).all() for g in alphas)
     assert any(g.abs().item() > 0 for g in alphas)
+
+
+@pytest.mark.slow
+def test_swap_norms_on_hugging_face_layer_norms():
+    """The Hugging Face layer norms of the adapter table (Cohere's: weight only; OLMo's: no
+    affine) become DyT over the last axis, Cohere's weight carried, a bias of zeros."""
+    try:
+        from tests.zoo import load_zoo
+
+        load_zoo()
+        from transformers.models.cohere.modeling_cohere import CohereLayerNorm
+        from transformers.models.olmo.modeling_olmo import OlmoLayerNorm
+    except ImportError:
+        pytest.skip("the zoo extra (transformers) is not installed")
+    torch.manual_seed(0)
+    cohere = CohereLayerNorm(8)
+    with torch.no_grad():
+        cohere.weight.uniform_(0.5, 1.5)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), cohere, OlmoLayerNorm(8),
+                                torch.nn.Linear(8, 2))
+    new, report = swap_norms(model, "dyt", return_report=True)
+    assert [(p, c) for p, c, _ in report.changed] == [("1", "CohereLayerNorm"),
+                                                      ("2", "OlmoLayerNorm")]
+    assert all(isinstance(new[i], nl.DynamicTanh) and new[i].channel_axis == -1
+               for i in (1, 2))
+    assert torch.equal(new[1].weight, cohere.weight)
+    assert torch.equal(new[1].bias, torch.zeros(8))
+    y = new(torch.randn(3, 4))
+    y.sum().backward()
+    assert new[2].alpha.grad is not None

@@ -63,7 +63,13 @@ def test_plan_groups_match_definition(kind, shape, axis, groups, k):
 
 
 def test_table_rows():
-    assert spec.KINDS == ("batch", "layer", "instance", "group", "rms", "adain")
+    assert spec.KINDS == ("batch", "layer", "instance", "group", "rms", "adain", "dyt", "derf")
+    assert spec.POINTWISE == ("dyt", "derf")
+    assert spec.STATISTICS_KINDS == spec.KINDS[:6]
+    p = spec.plan("dyt", (2, 5, 3), channel_axis=1, normalized_ndim=1)
+    assert (p.stats, p.reduce_dims, p.stats_shape, p.affine_shape) == ("none", (), (), (1, 5, 1))
+    with pytest.raises(ValueError, match="dyt norm has no running statistics"):
+        spec.plan("dyt", (2, 5), normalized_ndim=1, running=True)
     assert not spec.SPECS["rms"].centered and spec.SPECS["layer"].centered
     assert spec.SPECS["batch"].eval_stats == "running"
     assert spec.SPECS["adain"].affine == "style"

@@ -167,13 +167,13 @@ def _build_parser() -> argparse.ArgumentParser:
     style.add_argument("--seed", type=int, default=0,
                        help="seed of the random encoder (default: %(default)s)")
 
-    from normlab.spec import KINDS
+    from normlab.spec import STATISTICS_KINDS
 
     explain = sub.add_parser(
         "explain", help="draw which elements share one set of statistics",
         description="Print in words, and draw as N panels of C channels x H*W positions, the "
                     "elements that share one mean and variance for a normalization kind.")
-    explain.add_argument("kind", choices=KINDS)
+    explain.add_argument("kind", choices=STATISTICS_KINDS)
     explain.add_argument("--shape", default="2,6,3,3", type=_shape,
                          help=f"N,C,H,W (or N,C,L), at most {_MAX_SHAPE} elements "
                               "(default: %(default)s)")

@@ -36,8 +36,8 @@ from functools import lru_cache
 from math import prod
 
 __all__ = ["ACTIVATIONS", "BLOCK_KINDS", "COLUMN", "ELEMENT", "KINDS", "POINTWISE", "ROW",
-           "SPECS", "STAT_DTYPES", "Kernel", "NormSpec", "Plan", "canonical_axis", "plan",
-           "stat_dtype_name"]
+           "SPECS", "STATISTICS_KINDS", "STAT_DTYPES", "Kernel", "NormSpec", "Plan",
+           "canonical_axis", "plan", "stat_dtype_name"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ SPECS: dict[str, NormSpec] = {
 KINDS: tuple[str, ...] = tuple(SPECS)
 # the kinds without statistics: one elementwise map with learnable scalars (Plan.stats "none")
 POINTWISE: tuple[str, ...] = tuple(k for k, s in SPECS.items() if s.train_stats == "none")
+# the kinds that compute statistics (what ``normlab explain`` draws)
+STATISTICS_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in POINTWISE)
 # the kinds whose affine is per element over a normalized_shape block
 BLOCK_KINDS: tuple[str, ...] = ("layer", "rms", *POINTWISE)
 

@@ -52,8 +52,8 @@ def group_ids(kind: str, shape, groups: int = 2) -> np.ndarray:
 
 def describe(kind: str, shape=(2, 6, 3, 3), groups: int = 2) -> str:
     """The reduction in words, with the counts for ``shape`` (N, C, *positions)."""
-    if kind not in spec.SPECS:
-        raise ValueError(f"kind must be one of {spec.KINDS}, got {kind!r}")
+    if kind not in spec.STATISTICS_KINDS:  # DyT/Derf share nothing: nothing to draw
+        raise ValueError(f"kind must be one of {spec.STATISTICS_KINDS}, got {kind!r}")
     n, c, *space = shape
     pos = " x ".join(str(s) for s in space) if space else "1"
     ids = group_ids(kind, shape, groups)

@@ -447,7 +447,7 @@ def _seeds_html(v) -> str:
 
 def _explain_section() -> str:
     parts = []
-    for kind in spec.KINDS:
+    for kind in spec.STATISTICS_KINDS:
         img = _png(draw(kind))
         parts.append(f'<h3>{kind}</h3><p class=small>{html.escape(describe(kind))}</p>'
                      f'<img alt="{kind} statistics group" src="data:image/png;base64,{img}">')
