@@ -204,12 +204,13 @@ def _print_summary(summary: dict) -> None:
     from normlab.results.inference import STABLE
     from normlab.results.stats import seeds_words
 
-    print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
+    w = max([24] + [len(c["id"]) + 2 for c in summary["claims"]])  # the claim column
+    print(f"{'claim':<{w}}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
           f"  stability")
     needed = []
     for c in summary["claims"]:
         if c["effect"] is None:  # nothing was measured: say so, no number
-            print(f"{c['id']:<24}{c['verdict']:<16}  {c.get('note') or 'not measured'}")
+            print(f"{c['id']:<{w}}{c['verdict']:<16}  {c.get('note') or 'not measured'}")
             continue
         eff = f"{c['effect']:.3g}"
         ci = "-" if not c["ci"] else f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
@@ -219,7 +220,7 @@ def _print_summary(summary: dict) -> None:
         margin = (f"90% interval, equivalence margin +-{c['margin']:g}"
                   if c.get("test") == "equivalence" else None)
         extra = [t for t in (margin, seeds_words(c), c.get("note")) if t]
-        print((f"{c['id']:<24}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}  "
+        print((f"{c['id']:<{w}}{c['verdict']:<16}{eff:>10}  {ci:<22}{c['n_seeds']:>5}  "
                f"{stab:<14}" + "; ".join(extra)).rstrip())
         for a in c.get("also") or []:  # further comparisons of the same runs
             if a["effect"] is None:
