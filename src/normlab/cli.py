@@ -115,9 +115,10 @@ def _build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--full", action="store_true",
                         help="5 seeds, twice the steps, wider grids, and the slow claims "
                              "(style-contrast, recurrent-nets, online-recurrent: ~16 min on 2 "
-                             "cores; the transformer claims transformer-warmup, qk-norm, "
-                             "dyt-matches-layer-norm, rms-matches-layer-norm: about 15 min "
-                             "more, estimated from their runs' CPU time)")
+                             "cores; bn-train-test-inconsistency and the transformer claims "
+                             "transformer-warmup, qk-norm, dyt-matches-layer-norm, "
+                             "rms-matches-layer-norm: about 15 min more, estimated from "
+                             "their runs' CPU time)")
     lab.add_argument("--only", metavar="ID,...",
                      help=f"only these claims: {', '.join(CLAIM_IDS)}")
     lab.add_argument("--seeds", type=_bounded_int(1, MAX_SEEDS),
