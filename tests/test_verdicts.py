@@ -282,7 +282,8 @@ def test_equivalence_by_hand():
     assert out["verdict"] == "equivalent"
     assert out["ci"] == pytest.approx([-0.0102, 0.0202], abs=2e-4)
     assert equivalence(d, 0.015)["verdict"] == "inconclusive"  # 0.0202 > 0.015
-    assert equivalence([v + 0.1 for v in d], 0.05)["verdict"] == "not equivalent"
+    assert equivalence([v + 0.1 for v in d], 0.05)["verdict"] == "different"
+    assert equivalence([v - 0.1 for v in d], 0.05)["verdict"] == "different"
     assert equivalence([0.0], 0.05)["verdict"] == "inconclusive"
     with pytest.raises(ValueError, match="margin must be positive"):
         equivalence(d, 0)

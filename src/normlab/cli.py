@@ -93,8 +93,9 @@ def _build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser(
         "lab", help="train small networks with every normalization; write a report",
         description="Train small networks with every normalization kind on built-in data "
-                    "(MNIST-1D, scikit-learn's digits and breast-cancer table), decide each "
-                    "classic claim from the rows, and write a report folder: index.html, "
+                    "(MNIST-1D, scikit-learn's digits and breast-cancer table; MNIST-1D as "
+                    "tokens for a small transformer), decide each claim from the rows, and "
+                    "write a report folder: index.html, "
                     "results.jsonl (one row per finished run, appended as it finishes), "
                     "summary.json, claims.json, config.json. Rerunning into the same folder "
                     "resumes: finished runs are not repeated. Under torchrun (e.g. torchrun "
@@ -113,8 +114,11 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="smoke run: 2 seeds, 15%% of the steps (~35 s on 2 cores)")
     preset.add_argument("--full", action="store_true",
                         help="5 seeds, twice the steps, wider grids, and the slow claims "
-                             "(style-contrast, recurrent-nets, online-recurrent): ~16 min on 2 "
-                             "cores")
+                             "(style-contrast, recurrent-nets, online-recurrent: ~16 min on 2 "
+                             "cores; bn-train-test-inconsistency and the transformer claims "
+                             "transformer-warmup, qk-norm, dyt-matches-layer-norm, "
+                             "rms-matches-layer-norm: about 15 min more, estimated from "
+                             "their runs' CPU time)")
     lab.add_argument("--only", metavar="ID,...",
                      help=f"only these claims: {', '.join(CLAIM_IDS)}")
     lab.add_argument("--seeds", type=_bounded_int(1, MAX_SEEDS),
@@ -283,21 +287,35 @@ def _print_summary(summary: dict) -> None:
         share = c.get("stability")
         stab = "-" if share is None else f"{share:.0%}" + (" fragile" if c.get("fragile")
                                                           else "")
-        extra = [t for t in (seeds_words(c), c.get("note")) if t]
+        margin = (f"90% interval, equivalence margin +-{c['margin']:g}"
+                  if c.get("test") == "equivalence" else None)
+        extra = [t for t in (margin, seeds_words(c), c.get("note")) if t]
         rows.append((c["id"], c["verdict"], f"{c['effect']:.3g}", ci, str(c["n_seeds"]), stab,
                      "; ".join(extra)))
+        for x in c.get("also") or []:  # further comparisons of the same runs
+            if x["effect"] is None:
+                rows.append((f"  also {x['comparison']}", x["verdict"], None, None, None,
+                             None, x.get("note") or ""))
+                continue
+            xci = "-" if not x["ci"] else f"[{x['ci'][0]:.3g}, {x['ci'][1]:.3g}]"
+            rows.append((f"  also {x['comparison']}", x["verdict"], f"{x['effect']:.3g}", xci,
+                         str(x["n_seeds"]), "-", ""))
         if c.get("seeds_needed"):
             needed.append(c["seeds_needed"])
     if sys.stdout.isatty():  # a terminal: rich's table; a log or a pipe: plain columns
         _rich_table(rows)
     else:
-        print(f"{'claim':<24}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
+        w = max([24] + [len(c["id"]) + 2 for c in summary["claims"]])  # the claim column
+        print(f"{'claim':<{w}}{'verdict':<16}{'effect':>10}  {'95% interval':<22}{'seeds':>5}"
               f"  stability")
         for cid, verdict, eff, ci, seeds, stab, note in rows:
-            if eff is None:
-                print(f"{cid:<24}{verdict:<16}  {note}")
+            if cid.startswith("  also "):  # a further comparison: one line, its own words
+                print(f"{cid}: {verdict}" + (f", {eff} {ci}" if eff is not None else
+                                              f", {note}" if note else ""))
+            elif eff is None:
+                print(f"{cid:<{w}}{verdict:<16}  {note}")
             else:
-                print((f"{cid:<24}{verdict:<16}{eff:>10}  {ci:<22}{seeds:>5}  {stab:<14}"
+                print((f"{cid:<{w}}{verdict:<16}{eff:>10}  {ci:<22}{seeds:>5}  {stab:<14}"
                        + note).rstrip())
     if any(c.get("fragile") for c in summary["claims"]):
         print(f"fragile: fewer than {STABLE:.0%} of seed-bootstrap resamples give the same "
@@ -380,6 +398,8 @@ def _run_lab_in(args, extra) -> int:
     for message in counts["skipped"]:
         print(f"normlab lab: warning: {args.out}/results.jsonl {message}; skipped (its run is "
               "redone)", file=sys.stderr)
+    for cid, why in result["settings"].get("skipped", {}).items():
+        print(f"normlab lab: warning: claim {cid} skipped: {why}", file=sys.stderr)
     print(f"{counts['ran']} runs trained, {counts['already_done']} already done "
           f"({counts['planned']} planned)")
     _print_summary(result["summary"])  # what the report wrote, computed from the rows

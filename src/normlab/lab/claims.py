@@ -23,10 +23,11 @@ import copy
 
 from normlab.lab.checks import Bool, ListOf, Number, OneOf, Span, Tagged, check_settings
 from normlab.lab.data import DATASETS
-from normlab.lab.models import ACTIVATIONS, RENORM
+from normlab.lab.models import ACTIVATIONS, MLP_RATIO, RENORM
+from normlab.registry import list_norm_layers
 
 __all__ = ["BASE", "CHECKS", "CLAIMS", "PRESETS", "RULES", "check_run", "check_settings",
-           "expand", "resolve_base", "setup_keys"]
+           "expand", "resolve_base", "setup_keys", "unavailable"]
 
 # Fixed hyperparameters shared by every run unless a claim overrides them.
 BASE = {
@@ -54,19 +55,31 @@ BASE = {
     "long_lengths": [],  # spans of the extra 'long' test set (none when empty)
     "mask_norm": True,  # seqcnn: pass the padding mask to the norms
     "eval_unpadded": False,  # also test every sequence alone at its own length
+    "warmup": 0,  # linear learning-rate warm-up over this many steps (0: none)
+    # the transformer (model transformer on data mnist1d_tokens)
+    "d_model": 32,
+    "heads": 4,
+    "layers": 2,
+    "norm_position": "pre",  # pre (Pre-LN) | post (Post-LN)
+    "qk_norm": False,  # normalize queries and keys per head
+    # how batch norm is evaluated: ema (running statistics) | precise (population statistics
+    # recomputed, surgery.precise_batch_norm) | batch (each test batch's own statistics)
+    "bn_eval": "ema",
+    "precise_samples": 2000,  # training samples precise statistics average over
 }
 
 # What every BASE key must be (checked on the resolved settings and on every run's config,
 # before any run: a value outside these would crash a worker or give a meaningless verdict).
 _SIZE = Number(1, 4096, integer=True)
 CHECKS = {
-    "data": OneOf((*DATASETS, "mnist1d_seq")),
-    "model": OneOf(("mlp", "cnn", "rnn", "seqcnn", "stylizer")),
+    "data": OneOf((*DATASETS, "mnist1d_seq", "mnist1d_tokens")),
+    "model": OneOf(("mlp", "cnn", "rnn", "seqcnn", "stylizer", "transformer")),
     "hidden": ListOf(_SIZE, min_len=1),  # no hidden layer: no norm, identical arms
     "channels": ListOf(Number(1, 1024, integer=True), min_len=1),
     "kernel_size": Number(1, 15, integer=True),
     "stride": Number(1, 4, integer=True),
-    "norm": Tagged(("none", "batch", "layer", "group", "instance"), ("ghost", "renorm")),
+    "norm": Tagged(("none", "batch", "layer", "group", "instance", "rms", "dyt"),
+                   ("ghost", "renorm")),
     "activation": OneOf(tuple(ACTIVATIONS)),
     "placement": OneOf(("before", "after")),
     "dropout": Number(0, 1, hi_open=True),
@@ -83,15 +96,34 @@ CHECKS = {
     "long_lengths": ListOf(Span()),
     "mask_norm": Bool(),
     "eval_unpadded": Bool(),
+    "warmup": Number(0, 1_000_000, integer=True),
+    "d_model": Number(4, 512, integer=True),
+    "heads": Number(1, 16, integer=True),
+    "layers": Number(1, 24, integer=True),
+    "norm_position": OneOf(("pre", "post")),
+    "qk_norm": Bool(),
+    "bn_eval": OneOf(("ema", "precise", "batch")),
+    "precise_samples": Number(2, 1_000_000, integer=True),
 }
 
 _SEQ_MODELS = ("rnn", "seqcnn")
+_TOKEN_NORMS = ("none", "layer", "rms", "dyt")  # what the transformer's norms can be
 # The few constraints between keys: (keys named in the message, predicate, expectation).
 RULES = [
     (("model", "data"), lambda c: c["model"] == "stylizer"
-     or (c["model"] in _SEQ_MODELS) == (c["data"] == "mnist1d_seq"),
-     "models rnn and seqcnn need data mnist1d_seq, and mlp and cnn need one of "
-     + ", ".join(DATASETS)),
+     or ((c["model"] in _SEQ_MODELS) == (c["data"] == "mnist1d_seq")
+         and (c["model"] == "transformer") == (c["data"] == "mnist1d_tokens")),
+     "models rnn and seqcnn need data mnist1d_seq, model transformer needs mnist1d_tokens, "
+     "and mlp and cnn need one of " + ", ".join(DATASETS)),
+    (("model", "norm"), lambda c: c["norm"] in _TOKEN_NORMS if c["model"] == "transformer"
+     else c["norm"] not in ("rms", "dyt"),
+     "model transformer takes norm " + ", ".join(_TOKEN_NORMS) + "; norms rms and dyt are "
+     "for the transformer"),
+    (("d_model", "heads"), lambda c: c["d_model"] % c["heads"] == 0,
+     "d_model must be a multiple of heads"),
+    (("bn_eval", "norm"), lambda c: c["bn_eval"] == "ema" or c["norm"] == "batch"
+     or c["norm"].startswith(("ghost:", "renorm:")),
+     "bn_eval precise or batch needs a batch-norm kind (batch, ghost:K, renorm:K)"),
     (("model", "data"), lambda c: c["model"] != "cnn" or c["data"] != "tabular",
      "model cnn needs data with positions (mnist1d, digits, digits_rgb), not tabular"),
     (("norm", "model"), lambda c: c["norm"] != "instance" or c["model"] != "mlp",
@@ -112,8 +144,10 @@ _MODEL_KEYS = {
     "rnn": ("data", "seq_lengths", "long_lengths", "rnn_hidden"),
     "seqcnn": ("data", "seq_lengths", "channels", "kernel_size", "activation"),
     "stylizer": (),  # its architecture, data and optimizer are fixed (lab.style.feedforward)
+    "transformer": ("data", "d_model", "heads", "layers", "norm_position", "qk_norm"),
 }
-_OFF = {"dropout": 0.0, "long_lengths": []}  # not stated when off in every run
+# not stated when off in every run
+_OFF = {"dropout": 0.0, "long_lengths": [], "warmup": 0, "bn_eval": "ema"}
 
 
 def setup_keys(runs: list[dict]) -> list[str]:
@@ -122,7 +156,8 @@ def setup_keys(runs: list[dict]) -> list[str]:
     for cfg in runs:
         training = ["steps"] if cfg["model"] == "stylizer" else [
             "optimizer", "lr", *(["momentum"] if cfg["optimizer"] == "sgd" else []),
-            "batch_size", "steps", "epochs", "eval_every"]
+            "batch_size", "steps", "warmup", "epochs", "eval_every", "bn_eval",
+            *(["precise_samples"] if cfg["bn_eval"] == "precise" else [])]
         for k in ("model", *_MODEL_KEYS[cfg["model"]], *training):
             if k not in keys:
                 keys.append(k)
@@ -282,6 +317,197 @@ def _padding(full):
              "data": "mnist1d_seq", "seq_lengths": [[8, 12], [36, 40]], "channels": [32] * 3,
              "batch_size": 16, "steps": 300, "eval_every": 50, "eval_unpadded": True}
             for name, masked in (("masked", True), ("unmasked", False))]
+
+
+# --------------------------------------------------------------------------------------------
+# the transformer era: a small Pre-/Post-LN encoder on MNIST-1D read as 20 tokens (Adam)
+
+_TRANSFORMER = {"model": "transformer", "data": "mnist1d_tokens", "norm": "layer",
+                "optimizer": "adam", "lr": 0.003, "batch_size": 32, "steps": 200,
+                "eval_every": 50}
+_HIGH_LR = 0.01  # the rate without warm-up at which Post-LN is tested
+_WARMUP = 100  # warm-up steps of the warm-up arms (a third of the run)
+
+
+def _warmup(full):
+    # Xiong et al. 2020: the same encoder with its norms after (Post-LN) or inside (Pre-LN)
+    # the residual branches, at one high rate, with and without a linear warm-up. Three
+    # layers and 300 steps: with two layers and 200 steps (a first run, 3 seeds) warm-up made
+    # no difference to Post-LN at this rate.
+    return _arms([(f"{pos}, {'warm-up' if w else 'no warm-up'}", None,
+                   {"norm_position": pos, "warmup": w})
+                  for pos in ("post", "pre") for w in (0, _WARMUP)],
+                 **{**_TRANSFORMER, "lr": _HIGH_LR, "layers": 3, "steps": 300})
+
+
+def _qk_norm(full):
+    # Wortsman et al. 2023: the Pre-LN encoder over a learning-rate grid, with and without
+    # layer norm on each head's queries and keys; the largest attention logit is recorded.
+    rates = [0.003, 0.01, 0.03] if not full else [0.001, 0.003, 0.01, 0.03, 0.1]
+    return [{"arm": name, "x": lr, **_TRANSFORMER, "lr": lr, "qk_norm": qk}
+            for name, qk in (("plain", False), ("qk-norm", True)) for lr in rates]
+
+
+def _dyt(full):
+    # Zhu et al. 2025: every layer norm of the Pre-LN encoder replaced by DyT.
+    return _arms([(k, None, {"norm": k}) for k in ("layer", "dyt")], **_TRANSFORMER)
+
+
+def _rms(full):
+    # Zhang & Sennrich 2019: layer norm vs RMS norm in the same encoder; accuracy and the
+    # time of one training step (CPU time of the worker, evaluations excluded), same runs.
+    return _arms([(k, None, {"norm": k}) for k in ("layer", "rms")], **_TRANSFORMER)
+
+
+def _bn_eval(full):
+    # Wu & Johnson 2021: an MLP whose batch norms take their statistics over ghost groups of
+    # 4 samples (the normalization batch; 16 groups per batch of 64), trained once per seed
+    # (the arms are identical runs) and evaluated three ways.
+    return _arms([(k, None, {"bn_eval": k}) for k in ("ema", "precise", "batch")],
+                 norm="ghost:4", batch_size=64, steps=400, eval_every=50)
+
+
+_TRANSFORMER_SETUP = (
+    "A small transformer encoder (token and learned position embeddings, blocks of multi-head "
+    f"self-attention and a GELU MLP of {MLP_RATIO}x the width, mean over positions, linear "
+    "head) on MNIST-1D read as 20 tokens (pairs of the 40 values averaged, then one of 16 "
+    "equal-frequency bins); Adam, cross-entropy. ")
+
+_TRANSFORMER_CLAIMS = [
+    {"id": "transformer-warmup", "title": "Post-LN transformers need learning-rate warm-up; "
+     "Pre-LN ones do not",
+     "presets": ("full",),  # transformer runs: about 10 CPU-seconds each; --full or --only
+     "build": _warmup,
+     "effect": {"metric": "final:test_acc", "arm": "post, warm-up", "baseline": "post, no "
+                "warm-up", "better": "higher", "unit": "accuracy",
+                "decide": _seed("Post-LN at a high rate: with vs without warm-up, the claim's "
+                                "first half"),
+                "also": [{"metric": "final:test_acc", "arm": "pre, no warm-up",
+                          "baseline": "post, no warm-up", "better": "higher",
+                          "unit": "accuracy", "decide": _seed("without warm-up: Pre-LN vs "
+                                                              "Post-LN")},
+                         {"metric": "final:test_acc", "arm": "pre, no warm-up",
+                          "baseline": "pre, warm-up", "better": "higher", "unit": "accuracy",
+                          "test": "equivalence", "margin": 0.03,
+                          "decide": _seed("Pre-LN without vs with warm-up: as good as, "
+                                          "within 3 accuracy points")}]},
+     "figure": {"type": "curve", "key": "test_acc", "ylabel": "test accuracy"},
+     "paper": "Xiong et al. 2020 (ICML), 'On Layer Normalization in the Transformer "
+              "Architecture': at initialization the expected gradients of the parameters "
+              "near the output of a Post-LN transformer are large, so a large rate without "
+              "warm-up makes training unstable; Pre-LN transformers trained without warm-up "
+              "reach comparable results (BERT, IWSLT14 De-En and WMT14 En-De translation) "
+              "with less training time.",
+     "setup": _TRANSFORMER_SETUP + "Norms after each residual addition (Post-LN) or at the "
+              "input of each branch (Pre-LN, with a final norm), the same rate, with a linear "
+              "warm-up of the rate or without. Verdict: Post-LN with vs without warm-up; also "
+              "Pre-LN vs Post-LN without warm-up, and Pre-LN without vs with warm-up "
+              "(equivalence)."},
+    {"id": "qk-norm", "title": "QK-norm removes the attention-logit instability at high "
+     "learning rates",
+     "presets": ("full",),
+     "build": _qk_norm,
+     "effect": {"metric": "final:test_acc", "arm": "qk-norm", "baseline": "plain",
+                "better": "higher", "unit": "accuracy", "decide": {
+                    **_LR_DECISION, "why": "the claim is about the rates where plain "
+                    "attention becomes unstable: accuracy held over the grid, at the rates "
+                    "where training works at all"},
+                "also": [{"metric": "final:train_max_attn_logit", "arm": "qk-norm",
+                          "baseline": "plain", "better": "lower", "unit": "(logit)",
+                          "decide": {**_LR_DECISION, "why": "the largest attention logit of "
+                                     "training, over the same rates"}}]},
+     "figure": {"type": "sweep", "key": "test_acc", "xlabel": "learning rate (Adam)",
+                "logx": True, "ylabel": "final test accuracy"},
+     "paper": "Wortsman et al. 2023, 'Small-scale proxies for large-scale Transformer "
+              "training instabilities': attention-logit growth, seen before in large models "
+              "(Dehghani et al. 2023, ViT-22B), reproduces in small transformers trained at "
+              "high learning rates; layer-normalizing queries and keys (qk-layernorm) "
+              "mitigates it and lowers the final loss's sensitivity to the learning rate.",
+     "setup": _TRANSFORMER_SETUP + "Pre-LN, over a learning-rate grid without warm-up; "
+              "plain attention vs queries and keys layer-normalized per head. Verdict: mean "
+              "test accuracy over log rate where an arm trains; also the largest attention "
+              "logit seen in training."},
+    {"id": "dyt-matches-layer-norm", "title": "DyT (tanh, no statistics) is as good as layer "
+     "norm",
+     "presets": ("full",),
+     "needs_norms": ("dyt",),
+     "build": _dyt,
+     "effect": {"metric": "final:test_acc", "arm": "dyt", "baseline": "layer",
+                "better": "higher", "unit": "accuracy", "test": "equivalence",
+                "margin": 0.02,
+                "decide": _seed("the same encoder with every layer norm replaced by DyT; as "
+                                "good as within 2 accuracy points")},
+     "figure": {"type": "bars", "key": "test_acc", "ylabel": "final test accuracy"},
+     "paper": "Zhu, Chen, He, LeCun & Liu 2025 (CVPR), 'Transformers without Normalization': "
+              "DyT = w * tanh(alpha x) + b in place of every norm; ImageNet top-1 ViT-B 82.3% "
+              "(LN) -> 82.5% (DyT), ViT-L 83.1% -> 83.6%; LLaMA 7B-70B zero-shot averages "
+              "equal. arXiv 2604.23434: DyT gains at 1M training tokens and loses at 118M "
+              "(GPT-2 style, 64M parameters).",
+     "setup": _TRANSFORMER_SETUP + "Pre-LN; layer norm vs DyT (normlab.nn.DynamicTanh, "
+              "alpha initialized at 0.5) in every norm's place. Equivalence test on test "
+              "accuracy."},
+    {"id": "rms-matches-layer-norm", "title": "RMS norm is as good as layer norm, and cheaper",
+     "presets": ("full",),
+     "build": _rms,
+     "effect": {"metric": "final:test_acc", "arm": "rms", "baseline": "layer",
+                "better": "higher", "unit": "accuracy", "test": "equivalence",
+                "margin": 0.02,
+                "decide": _seed("the same encoder with RMS norm in every layer norm's place; "
+                                "as good as within 2 accuracy points"),
+                "also": [{"metric": "final:step_ms", "arm": "rms", "baseline": "layer",
+                          "better": "lower", "unit": "ms per step",
+                          "decide": _seed("CPU time of one training step in the same runs "
+                                          "(seeds paired; workers share the machine, so "
+                                          "this is noisy)")}]},
+     "figure": {"type": "bars", "key": "test_acc", "ylabel": "final test accuracy"},
+     "paper": "Zhang & Sennrich 2019 (NeurIPS), 'Root Mean Square Layer Normalization': "
+              "comparable performance to LayerNorm, running time reduced by 7%-64% on "
+              "different models.",
+     "setup": _TRANSFORMER_SETUP + "Pre-LN; layer norm vs RMS norm (normlab's) in every "
+              "norm. Equivalence test on test accuracy; also the CPU time per training step "
+              "(forward, backward, update; evaluations excluded), measured in the same runs."},
+    {"id": "bn-train-test-inconsistency", "title": "At small batches batch norm's running "
+     "averages are not the statistics it trained with; precise statistics recover part of "
+     "the gap",
+     # about 50 CPU-seconds (9 runs); the default study's 2 minutes could not be re-timed
+     # on the shared machine with it added, so it waits in --full (or --only)
+     "presets": ("full",),
+     "build": _bn_eval,
+     "effect": {"metric": "final:test_acc", "arm": "precise", "baseline": "ema",
+                "better": "higher", "unit": "accuracy",
+                "decide": _seed("one training per seed, evaluated with population statistics "
+                                "recomputed (surgery.precise_batch_norm) vs the running "
+                                "averages (EMA)"),
+                "also": [{"metric": "final:test_acc", "arm": "batch", "baseline": "ema",
+                          "better": "higher", "unit": "accuracy",
+                          "decide": _seed("each test batch normalized with its own "
+                                          "statistics, as in training, vs the EMA")}]},
+     "figure": {"type": "bars", "key": "test_acc", "ylabel": "final test accuracy"},
+     "paper": "Wu & Johnson 2021, 'Rethinking \"Batch\" in BatchNorm': EMA statistics can "
+              "lag the model (ResNet-50 at batch 8192: unstable, lower validation accuracy "
+              "than PreciseBN, which averages per-batch statistics of the final weights); at "
+              "small normalization batches population statistics are inconsistent with the "
+              "mini-batch statistics of training. Singh & Shrivastava 2019 (EvalNorm): "
+              "corrected evaluation statistics gain 6.18 points (absolute) over plain BN at "
+              "batch size 2 on ImageNet.",
+     "setup": "MLP on MNIST-1D with batch norm over ghost groups of 4 samples "
+              "(normlab.nn.GhostBatchNorm: the normalization batch is 4 inside each batch). "
+              "The same training is evaluated three ways: the running averages (EMA, "
+              "momentum 0.1, updated once per group), precise population statistics (the "
+              "size-weighted average of the statistics of training batches, weights fixed: "
+              "normlab.surgery.precise_batch_norm), and each test batch normalized as in "
+              "training, with the statistics of its own groups of 4."},
+]
+
+
+def unavailable(claim: dict) -> str | None:
+    """Why ``claim`` cannot run in this install (a norm it needs is not registered), or
+    None."""
+    missing = [n for n in claim.get("needs_norms", ()) if n not in list_norm_layers()]
+    if missing:
+        return (f"needs the {', '.join(repr(n) for n in missing)} norm layer, which this "
+                "normlab's registry does not have yet")
+    return None
 
 
 CLAIMS = [
@@ -470,6 +696,7 @@ CLAIMS = [
      "setup": "MLP with sigmoid hidden layers on MNIST-1D, plain SGD; drift = largest move "
               "of the median from its value after the first evaluation, in units of the "
               "initial 15-85 spread; last hidden layer."},
+    *_TRANSFORMER_CLAIMS,
 ]
 
 

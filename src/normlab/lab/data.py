@@ -13,6 +13,11 @@
   keeps the digit's shape) to its own length, then padded with zeros to the longest one; the
   lengths are kept beside the data. Extra test sets (e.g. ``long``: the test signals resampled
   to lengths longer than any training sequence) are in ``Dataset.extra``.
+* ``mnist1d_tokens`` (:func:`tokens`): MNIST-1D as a token sequence for the transformer: the
+  40 standardized values averaged in adjacent pairs (20 positions: a transformer step costs
+  the square of the length), each then one of 16 tokens, its bin between the 1/16-quantiles
+  of all training values (edges from the training split only), so every token is about
+  equally frequent. int64 (N, 20).
 
 Each loader returns a ``Dataset`` of float32/int64 tensors; the same ``seed`` gives the same
 data and split. The lab keeps the data fixed (seed 0) and varies the training seed.
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "Dataset", "load", "sequences", "shifted"]
+__all__ = ["DATASETS", "TOKEN_VOCAB", "Dataset", "load", "sequences", "shifted", "tokens"]
 
 
 @dataclass
@@ -152,6 +157,21 @@ def sequences(train_lengths: tuple = ((20, 40),), long_lengths: tuple | None = N
         extra["long"] = (x_long, base.y_test, len_long)
     return Dataset("mnist1d_seq", x_train, base.y_train, x_test, base.y_test, 10,
                    len_train=len_train, len_test=len_test, extra=extra)
+
+
+TOKEN_VOCAB = 16  # tokens of mnist1d_tokens: bins of equal training frequency
+
+
+@functools.lru_cache(maxsize=4)
+def tokens(seed: int = 0, vocab: int = TOKEN_VOCAB) -> Dataset:
+    """MNIST-1D as (N, 20) int64 tokens in [0, vocab) (see the module docstring)."""
+    base = _mnist1d(seed)
+    x, xt = (t[:, 0].unflatten(1, (-1, 2)).mean(2) for t in (base.x_train, base.x_test))  # N, 20
+    edges = torch.quantile(x.flatten().double(), torch.linspace(0, 1, vocab + 1,
+                                                               dtype=torch.float64)[1:-1])
+    x_tok = torch.bucketize(x.double(), edges)  # N, 40 in [0, vocab)
+    xt_tok = torch.bucketize(xt.double(), edges)
+    return Dataset("mnist1d_tokens", x_tok, base.y_train, xt_tok, base.y_test, 10)
 
 
 def load(name: str, seed: int = 0) -> Dataset:

@@ -15,6 +15,9 @@ instance     (not defined: no positions)            InstanceNorm(C, affine=True)
 ghost:k      GhostBatchNorm(C, virtual_batch_size=k): batch norm on each chunk of k samples
 renorm:k     BatchRenorm(C, virtual_batch_size=k, **RENORM): batch renorm on each chunk
 ===========  =====================================  =======================================
+
+The :class:`Transformer` (for the transformer-era claims) builds its norms the same way,
+``create_norm_layer(kind, d_model, channel_axis=-1)`` for ``layer``, ``rms`` or ``dyt``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import normlab.functional as F
 from normlab import nn as nl
 from normlab.registry import create_norm_layer
 
-__all__ = ["ACTIVATIONS", "CNN", "MLP", "RENORM", "SeqCNN", "SeqRNN", "make_norm"]
+__all__ = ["ACTIVATIONS", "CNN", "MLP", "RENORM", "SeqCNN", "SeqRNN", "Transformer",
+           "make_norm"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
@@ -191,6 +195,94 @@ class SeqCNN(nn.Module):
         m = mask.unsqueeze(1).to(h.dtype)
         pooled = (h * m).sum(2) / m.sum(2).clamp_min(1.0)
         return self.head(pooled)
+
+
+MLP_RATIO = 2  # the transformer's MLP width / d_model (GPT's 4 costs twice the time here)
+
+
+def _token_norm(kind: str, width: int) -> nn.Module:
+    """A norm over the last axis of (..., width) through the registry (``none``: identity)."""
+    if kind == "none":
+        return nn.Identity()
+    return create_norm_layer(kind, width, channel_axis=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out (the logits are measured): ``qk_norm`` normalizes
+    each head's queries and keys over the head dimension before the dot product (Dehghani et
+    al. 2023, Wortsman et al. 2023), with a norm of the block's kind. ``max_logit`` holds the
+    largest attention logit of the last forward."""
+
+    def __init__(self, width: int, heads: int, norm: str, qk_norm: bool):
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.q_norm = _token_norm(norm, self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = _token_norm(norm, self.head_dim) if qk_norm else nn.Identity()
+        self.max_logit = float("nan")
+
+    def forward(self, x):
+        n, t, w = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)  # N, H, T, Dh
+        logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # N, H, T, T
+        self.max_logit = float(logits.detach().max()) if logits.numel() else float("nan")
+        out = logits.softmax(-1) @ v  # N, H, T, Dh
+        return self.proj(out.transpose(1, 2).reshape(n, t, w))
+
+
+class Block(nn.Module):
+    """One transformer layer. ``position="pre"``: x + f(norm(x)) for attention and the MLP,
+    the residual stream never normalized (Pre-LN); ``"post"``: norm(x + f(x)), the original
+    Transformer's Post-LN."""
+
+    def __init__(self, width: int, heads: int, norm: str, position: str, qk_norm: bool):
+        super().__init__()
+        if position not in ("pre", "post"):
+            raise ValueError(f"norm_position must be pre or post, got {position!r}")
+        self.position = position
+        self.attn = Attention(width, heads, norm, qk_norm)
+        self.mlp = nn.Sequential(nn.Linear(width, MLP_RATIO * width), nn.GELU(),
+                                 nn.Linear(MLP_RATIO * width, width))
+        self.norm1, self.norm2 = _token_norm(norm, width), _token_norm(norm, width)
+
+    def forward(self, x):
+        if self.position == "pre":
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.mlp(x))
+
+
+class Transformer(nn.Module):
+    """A small encoder classifier over token sequences (N, T) int64: token and learned
+    position embeddings, ``layers`` blocks (:class:`Block`), a final norm in Pre-LN (as GPT-2;
+    Post-LN's last block already ends in one), mean over positions, linear head."""
+
+    def __init__(self, vocab: int, num_classes: int, seq_len: int, width: int = 32,
+                 heads: int = 4, layers: int = 4, norm: str = "layer", position: str = "pre",
+                 qk_norm: bool = False):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"d_model ({width}) must be a multiple of heads ({heads})")
+        self.embed = nn.Embedding(vocab, width)
+        self.pos = nn.Parameter(torch.randn(seq_len, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, heads, norm, position, qk_norm)
+                                    for _ in range(layers))
+        self.final_norm = _token_norm(norm, width) if position == "pre" else nn.Identity()
+        self.head = nn.Linear(width, num_classes)
+
+    @property
+    def max_attn_logit(self) -> float:
+        """The largest attention logit of the last forward, over every layer and head."""
+        return max(b.attn.max_logit for b in self.blocks)
+
+    def forward(self, x):
+        h = self.embed(x) + self.pos[: x.shape[1]]  # N, T, W
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.final_norm(h).mean(1))
 
 
 def hidden_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

@@ -77,7 +77,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
-    """The claims to run and their resolved run configs."""
+    """The claims to run and their resolved run configs; ``settings["skipped"]`` names the
+    chosen claims this install cannot run (``claims.unavailable``) with the reason."""
     if preset not in claims_mod.PRESETS:
         raise LabError(f"preset must be one of {sorted(claims_mod.PRESETS)}, got {preset!r}")
     p = dict(claims_mod.PRESETS[preset])
@@ -94,6 +95,12 @@ def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
             raise LabError(f"unknown claim id {', '.join(unknown)}; ids are "
                            f"{', '.join(CLAIM_IDS)}")
         chosen = [c for c in claims_mod.CLAIMS if c["id"] in only]
+    # a claim whose layer this install lacks is skipped with its reason, never run
+    skipped = {c["id"]: claims_mod.unavailable(c) for c in chosen if claims_mod.unavailable(c)}
+    chosen = [c for c in chosen if c["id"] not in skipped]
+    if not chosen and skipped:
+        raise LabError("; ".join(f"claim {cid} cannot run: {why}" for cid, why in
+                                 skipped.items()))
     base = claims_mod.resolve_base(overrides)
     given = set(overrides or ())
     problem = claims_mod.check_settings(base, claims_mod.CHECKS, overridden=given)
@@ -117,7 +124,7 @@ def plan_study(preset: str = "default", only=None, seeds=None, overrides=None):
             for cfg in runs:
                 cfg["processes"] = distributed.world_size()
     settings = {"preset": preset, **p, "only": list(only) if only else None,
-                "overrides": overrides or {}, "base": base}
+                "overrides": overrides or {}, "base": base, "skipped": skipped}
     return chosen, plans, settings
 
 

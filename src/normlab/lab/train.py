@@ -6,6 +6,7 @@ seeded initialization and batch order, no nondeterministic kernels on CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -15,11 +16,17 @@ from torch import nn
 
 from normlab import distributed
 from normlab.lab import data as datasets
-from normlab.lab.models import CNN, MLP, SeqCNN, SeqRNN, hidden_inputs
+from normlab.lab.models import CNN, MLP, SeqCNN, SeqRNN, Transformer, hidden_inputs
 
-__all__ = ["build_model", "train_run"]
+__all__ = ["build_model", "train_run", "warmup_factor"]
 
 _PROBE_BATCH = 512  # test examples the activation probe looks at
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """The learning rate's multiplier at training step ``step`` (1-based): a linear warm-up
+    from ``1 / warmup`` at the first step to 1 at step ``warmup``, then 1 (0: no warm-up)."""
+    return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
 
 def build_model(cfg: dict, ds: datasets.Dataset) -> nn.Module:
@@ -40,7 +47,12 @@ def build_model(cfg: dict, ds: datasets.Dataset) -> nn.Module:
         return SeqCNN(ds.input_shape[-1], ds.num_classes, channels=tuple(cfg["channels"]),
                       norm=cfg["norm"], activation=cfg["activation"],
                       kernel_size=cfg["kernel_size"], mask_norm=cfg["mask_norm"])
-    raise ValueError(f"model must be mlp, cnn, rnn or seqcnn, got {kind!r}")
+    if kind == "transformer":
+        return Transformer(datasets.TOKEN_VOCAB, ds.num_classes, ds.input_shape[0],
+                           width=cfg["d_model"], heads=cfg["heads"], layers=cfg["layers"],
+                           norm=cfg["norm"], position=cfg["norm_position"],
+                           qk_norm=cfg["qk_norm"])
+    raise ValueError(f"model must be mlp, cnn, rnn, seqcnn or transformer, got {kind!r}")
 
 
 def load_data(cfg: dict) -> datasets.Dataset:
@@ -49,6 +61,8 @@ def load_data(cfg: dict) -> datasets.Dataset:
         spans = tuple(tuple(s) for s in cfg["seq_lengths"])
         long = tuple(tuple(s) for s in cfg["long_lengths"]) or None
         return datasets.sequences(spans, long)
+    if cfg["data"] == "mnist1d_tokens":
+        return datasets.tokens(0)
     return datasets.load(cfg["data"], 0)
 
 
@@ -79,6 +93,33 @@ def _unpadded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             correct += int((pred == y[idx]).sum())
             changed += int((pred != padded[idx]).sum())
     return correct / len(y), changed / len(y)
+
+
+def _bn_eval_model(model: nn.Module, cfg: dict, ds: datasets.Dataset, seed: int):
+    """The model to evaluate for ``cfg["bn_eval"]``: ``ema`` the model itself (running
+    statistics), ``precise`` a copy with population statistics recomputed over
+    ``precise_samples`` training samples in batches of the training batch size
+    (``surgery.precise_batch_norm``); for ``batch`` see :func:`_batch_stats_accuracy`."""
+    if cfg["bn_eval"] != "precise":
+        return model
+    from normlab.surgery import precise_batch_norm
+
+    bs = cfg["batch_size"]
+    order = torch.randperm(ds.x_train.shape[0], generator=torch.Generator().manual_seed(
+        20_000 + seed))[: max(cfg["precise_samples"], bs)]
+    batches = [ds.x_train[idx] for idx in order.split(bs) if len(idx) == bs]
+    return precise_batch_norm(model, batches).eval()
+
+
+def _batch_stats_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          bs: int) -> tuple[float, float]:
+    """Accuracy and loss with every batch norm using the statistics of its own test batch of
+    ``bs`` samples (training mode on a copy, so the model's running statistics stay)."""
+    m = copy.deepcopy(model).train()
+    with torch.no_grad():
+        logits = torch.cat([m(xb) for xb in x.split(bs)])
+        loss = nn.functional.cross_entropy(logits, y).item()
+    return (logits.argmax(1) == y).float().mean().item(), loss
 
 
 def _percentiles(t: torch.Tensor) -> list[float]:
@@ -139,11 +180,21 @@ def train_run(cfg: dict) -> dict:
 
     def evaluate(step: int, loss: float | None) -> None:
         model.eval()
-        test_acc, test_loss = _accuracy(model, ds.x_test, ds.y_test, ds.len_test)
-        train_acc, _ = _accuracy(model, ds.x_train[train_eval], ds.y_train[train_eval],
-                                 None if ds.len_train is None else ds.len_train[train_eval])
+        if cfg["bn_eval"] == "batch":
+            test_acc, test_loss = _batch_stats_accuracy(model, ds.x_test, ds.y_test, bs)
+            train_acc, _ = _batch_stats_accuracy(model, ds.x_train[train_eval],
+                                                 ds.y_train[train_eval], bs)
+        else:
+            judged = _bn_eval_model(model, cfg, ds, cfg["seed"])
+            test_acc, test_loss = _accuracy(judged, ds.x_test, ds.y_test, ds.len_test)
+            train_acc, _ = _accuracy(judged, ds.x_train[train_eval], ds.y_train[train_eval],
+                                     None if ds.len_train is None
+                                     else ds.len_train[train_eval])
         e = {"step": step, "train_loss": loss, "test_loss": test_loss, "test_acc": test_acc,
              "train_acc": train_acc}
+        if isinstance(model, Transformer):  # of the test forward just run
+            e["max_attn_logit"] = model.max_attn_logit
+            e["train_max_attn_logit"] = train_max_logit[0]
         for name, (xe, ye, le) in ds.extra.items():  # e.g. longer test sequences
             e[f"test_acc_{name}"] = _accuracy(model, xe, ye, le)[0]
         if cfg["eval_unpadded"]:  # each test sequence at its own length, no padding
@@ -160,9 +211,16 @@ def train_run(cfg: dict) -> dict:
 
     perm = torch.randperm(n, generator=gen)
     pos, loss_value = 0, None  # no training loss before the first step
+    train_max_logit = [None]  # the largest attention logit of the training steps so far
+    warmup = cfg["warmup"]
+    step_time, steps_done = 0.0, 0
     t0 = time.perf_counter()
     evaluate(0, loss_value)
     for step in range(1, cfg["steps"] + 1):
+        if warmup:  # linear learning-rate warm-up over the first `warmup` steps
+            for group in opt.param_groups:
+                group["lr"] = cfg["lr"] * warmup_factor(step, warmup)
+        t_step = time.process_time()  # CPU time: less noisy than wall time when shared
         if pos + bs > n:
             perm, pos = torch.randperm(n, generator=gen), 0
         idx = perm[pos:pos + bs]
@@ -191,6 +249,13 @@ def train_run(cfg: dict) -> dict:
                 b.div_(world)
         else:
             loss_value = loss.item()
+        step_time += time.process_time() - t_step  # forward, backward and update only
+        steps_done += 1
+        if isinstance(model, Transformer):
+            m = model.max_attn_logit
+            if math.isfinite(m) and not (train_max_logit[0] is not None
+                                         and train_max_logit[0] >= m):
+                train_max_logit[0] = m
         if not math.isfinite(loss_value):
             status = "diverged"
             evaluate(step, loss_value)
@@ -200,6 +265,8 @@ def train_run(cfg: dict) -> dict:
     train_seconds = time.perf_counter() - t0
     final = dict(evals[-1]) if evals else {}
     final.pop("probe", None)
+    if steps_done:  # the mean CPU time of one training step, evaluations excluded
+        final["step_ms"] = 1000.0 * step_time / steps_done
     return {"status": status, "error": error, "evals": evals, "final": final,
             "train_seconds": train_seconds, "processes": world if dp else 1,
             "epochs": round(cfg["steps"] * bs / n, 2)}  # as configured: passes over the data

@@ -314,8 +314,44 @@ def _fmt(v, digits=3):
     return f"{v:.{digits}g}" if abs(v) >= 100 else f"{v:.{digits}f}"
 
 
-def _interval(ci) -> str:
-    return "–" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+def _interval(ci, v=None) -> str:
+    if not ci:
+        return "–"
+    text = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    if v is not None and v.get("test") == "equivalence":  # TOST: 90%, against the margin
+        text += f" (90%; margin ±{_fmt(v['margin'])})"
+    return text
+
+
+def _effect_words(v: dict, unit: str) -> str:
+    """"0.012 accuracy, 95% interval [a, b]" (or the equivalence form with its margin)."""
+    if v["effect"] is None:
+        return html.escape(v.get("note") or "not measured: no paired seeds")
+    ci = v["ci"]
+    if not ci:
+        text = f"{_fmt(v['effect'])} (no interval: fewer than 2 paired seeds)"
+    elif v.get("test") == "equivalence":
+        text = (f"{_fmt(v['effect'])} {html.escape(unit)}, 90% interval "
+                f"[{_fmt(ci[0])}, {_fmt(ci[1])}] against the equivalence margin "
+                f"±{_fmt(v['margin'])} (two one-sided tests at 5%)")
+    else:
+        text = (f"{_fmt(v['effect'])} {html.escape(unit)}, 95% interval "
+                f"[{_fmt(ci[0])}, {_fmt(ci[1])}]")
+    if v.get("note"):
+        text += f" ({html.escape(v['note'])})"
+    return text
+
+
+def _also_html(verdict: dict) -> str:
+    """The claim's further comparisons of the same runs, one line each."""
+    lines = []
+    for a in verdict.get("also") or []:
+        v, stab = a["verdict"], stability_words(a)
+        lines.append(f'<li><span class="v {v.replace(" ", "-")}">{v}</span> '
+                     f"{html.escape(a['comparison'])}: {_effect_words(a, a.get('unit', ''))}"
+                     f"; n = {a['n_seeds']}" + (f", {html.escape(stab)}" if stab else "")
+                     + "</li>")
+    return ("<p>Also, in the same runs:</p><ul>" + "".join(lines) + "</ul>") if lines else ""
 
 
 def _table(claim, rows) -> str:
@@ -355,6 +391,7 @@ table{border-collapse:collapse;font-size:.85rem;margin:.6rem 0}
 td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
 .v{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;color:white;font-weight:600}
 .reproduced{background:#2e7d32}.not-reproduced{background:#c62828}
+.equivalent{background:#2e7d32}.different{background:#c62828}
 .inconclusive{background:#757575} img{max-width:100%} .small{font-size:.85rem;color:#555}
 .fragile{color:#b45309;font-weight:600}
 code{font-size:.8rem}
@@ -370,15 +407,7 @@ def _stability_cell(v) -> str:
 
 def _claim_section(claim, verdict, rows) -> str:
     v = verdict["verdict"]
-    ci = verdict["ci"]
-    if verdict["effect"] is None:
-        effect = html.escape(verdict.get("note") or "not measured: no paired seeds")
-    else:
-        effect = (f"{_fmt(verdict['effect'])} {html.escape(claim['effect'].get('unit', ''))}, "
-                  f"95% interval [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else
-                  f"{_fmt(verdict['effect'])} (no interval: fewer than 2 paired seeds)")
-        if verdict.get("note"):
-            effect += f" ({html.escape(verdict['note'])})"
+    effect = _effect_words(verdict, claim["effect"].get("unit", ""))
     fig_html = ""
     if rows:
         try:
@@ -397,7 +426,7 @@ def _claim_section(claim, verdict, rows) -> str:
             f"Setup: {html.escape(claim.get('setup', ''))}"
             + (f"<br>Settings of the runs shown: {html.escape(verdict['settings'])}."
                if verdict.get("settings") else "") + "</p>"
-            f"{fig_html}{_table(claim, rows)}"
+            f"{_also_html(verdict)}{fig_html}{_table(claim, rows)}"
             f"<p><b>Published:</b> {html.escape(claim.get('paper') or '')}</p></section>")
 
 
@@ -480,12 +509,15 @@ def render_report(folder, warn=None) -> dict:
         f'<td><span class="v {v["verdict"].replace(" ", "-")}">{v["verdict"]}</span></td>'
         + (f'<td colspan=2>{html.escape(v.get("note") or "not measured")}</td>'
            if v["effect"] is None else
-           f'<td>{_fmt(v["effect"])}</td><td>{_interval(v["ci"])}</td>') +
+           f'<td>{_fmt(v["effect"])}</td><td>{_interval(v["ci"], v)}</td>') +
         f'<td>{v["n_seeds"]}</td><td>{_stability_cell(v)}</td>'
         f'<td>{v["seeds_needed"] or ""}</td></tr>' for v in verdicts)
     env = rows[0].get("env", {}) if rows else {}
     note = f"<p class=small>{bad} unreadable line(s) in results.jsonl were skipped.</p>" \
         if bad else ""
+    skipped = settings.get("skipped") if isinstance(settings.get("skipped"), dict) else {}
+    note += "".join(f"<p class=small>Claim {html.escape(str(cid))} was skipped: "
+                    f"{html.escape(str(why))}.</p>" for cid, why in skipped.items())
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<title>normlab {'study' if study else 'lab'} report</title><style>{_CSS}"
             f"</style></head><body>"
@@ -498,7 +530,8 @@ def render_report(folder, warn=None) -> dict:
             f"normlab {html.escape(str(env.get('normlab')))}, "
             f"{html.escape(str(env.get('machine')))}.</p>{note}"
             f"{advice_html}<p><b>Rule.</b> {html.escape(RULE)}</p>"
-            f"<table><tr><th>claim</th><th>verdict</th><th>effect</th><th>95% interval</th>"
+            f"<table><tr><th>claim</th><th>verdict</th><th>effect</th><th>95% interval "
+            f"(equivalence: 90%)</th>"
             f"<th>seeds</th><th>stability</th><th>seeds to decide</th></tr>{overview}</table>"
             + "".join(sections) + _explain_section() + "</body></html>")
     write_atomic(folder / "index.html", page)

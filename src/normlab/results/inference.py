@@ -132,8 +132,9 @@ def equivalence(diffs: Sequence[float], margin: float, *, alpha: float = 0.05) -
     """"As good as": two one-sided t tests at level ``alpha`` against ``+-margin``.
 
     Equivalent when the ``1 - 2 alpha`` interval (90% for the usual 0.05) lies inside
-    ``(-margin, margin)``; not equivalent when it lies wholly outside; inconclusive otherwise
-    or with fewer than 2 seeds."""
+    ``(-margin, margin)``; "different" when it lies wholly outside (the difference is larger
+    than the margin, one way or the other); inconclusive otherwise or with fewer than 2
+    seeds."""
     if not margin > 0:
         raise ValueError(f"equivalence: margin must be positive, got {margin!r}")
     n = len(diffs)
@@ -144,7 +145,7 @@ def equivalence(diffs: Sequence[float], margin: float, *, alpha: float = 0.05) -
     elif -margin < ci[0] and ci[1] < margin:
         verdict = "equivalent"
     elif ci[0] >= margin or ci[1] <= -margin:
-        verdict = "not equivalent"
+        verdict = "different"
     else:
         verdict = "inconclusive"
     return {"verdict": verdict, "effect": mean, "ci": None if ci is None else list(ci),

@@ -33,6 +33,17 @@ Where the verdict is taken (``effect["decide"]["rule"]``):
 * ``at_max_x: true`` (effect specs written before ``decide`` existed): the largest ``x`` of the
   claimed arm, kept so that old folders re-render as they were decided.
 
+An *equivalence* claim ("as good as": ``effect["test"] == "equivalence"`` with a declared
+``effect["margin"]`` in the metric's units) takes the same paired differences and applies two
+one-sided tests (``inference.equivalence``): **equivalent** if the 90% t interval of mean(d)
+lies inside (-margin, margin), **different** if it lies wholly outside, inconclusive
+otherwise; the margin is printed beside the verdict. Its stability is computed the same way;
+no seeds-needed figure is given for it.
+
+An effect spec may carry ``also``: further comparisons of the same runs (another metric or
+another pair of arms), each a spec of the same shape, decided by the same rules and shown
+beside the claim's verdict (``claim_verdict(...)["also"]``); they never change it.
+
 A run that stopped with an error (e.g. batch norm refusing one value per channel) counts with
 its last evaluation: the model as it stood when it could not go on.
 
@@ -58,6 +69,7 @@ from normlab.results.inference import (
     MAX_SEEDS_ESTIMATE,
     RESAMPLES,
     STABLE,
+    equivalence,
     paired_interval,
     seeds_needed,
     stability,
@@ -65,9 +77,9 @@ from normlab.results.inference import (
 )
 from normlab.results.setup import setup_line
 
-__all__ = ["DECISIONS", "RULE", "claim_verdict", "compare_verdicts", "decision_problem",
-           "metric", "metric_problem", "paired_effect", "reached", "seeds_words",
-           "stability_words", "summarize", "t_quantile"]
+__all__ = ["DECISIONS", "RULE", "TESTS", "claim_verdict", "compare_verdicts",
+           "decision_problem", "effect_verdict", "metric", "metric_problem", "paired_effect",
+           "reached", "seeds_words", "stability_words", "summarize", "t_quantile"]
 
 RULE = ("For each seed, d = metric(claimed arm) - metric(baseline), signed so that d > 0 is "
         "the claimed direction, at the claim's declared decision point. Effect = mean(d) with "
@@ -79,9 +91,12 @@ RULE = ("For each seed, d = metric(claimed arm) - metric(baseline), signed so th
         f"made again on each) that give the same verdict; below {STABLE:.0%} the verdict is "
         "fragile. For an inconclusive verdict: the seeds that would give the observed effect "
         "a 95% interval excluding 0 with 80% power, taking the observed mean and spread of d "
-        "as the truth.")
+        "as the truth. An equivalence claim is equivalent if the 90% interval of mean(d) lies "
+        "inside (-margin, +margin) of its declared margin (two one-sided tests at 5%), "
+        "different if it lies wholly outside, inconclusive otherwise.")
 
 DECISIONS = ("seed", "area")
+TESTS = ("difference", "equivalence")
 
 
 def metric(row: dict, name: str) -> float | None:
@@ -164,6 +179,28 @@ def paired_effect(diffs: list[float]) -> dict:
 
 def decision_problem(effect: dict) -> str | None:
     """Why an effect spec's ``decide`` entry cannot be used, or None (absent is fine)."""
+    test = effect.get("test", "difference")
+    if test not in TESTS:
+        return f"effect 'test' must be one of {', '.join(TESTS)}, got {test!r}"
+    margin = effect.get("margin")
+    if test == "equivalence" and (not isinstance(margin, int | float)
+                                  or isinstance(margin, bool) or not margin > 0):
+        return f"an equivalence effect needs a positive number 'margin', got {margin!r}"
+    also = effect.get("also", [])
+    if not isinstance(also, list):
+        return "effect 'also' must be a list of effect specs"
+    for i, extra in enumerate(also):
+        if not isinstance(extra, dict) or not all(
+                isinstance(extra.get(k), str) for k in ("metric", "arm", "baseline", "better")):
+            return f"effect 'also' entry {i + 1} needs string metric, arm, baseline and better"
+        if metric_problem(extra["metric"]) or extra["better"] not in ("higher", "lower"):
+            return f"effect 'also' entry {i + 1}: " + (
+                metric_problem(extra["metric"]) or "'better' must be higher or lower")
+        if "also" in extra:
+            return f"effect 'also' entry {i + 1} has its own 'also' (one level only)"
+        problem = decision_problem(extra)
+        if problem:
+            return f"effect 'also' entry {i + 1}: {problem}"
     dec = effect.get("decide")
     if dec is None:
         return None
@@ -287,8 +324,12 @@ def _fmt_x(x) -> str:
 
 
 def _comparison(spec, decided, at_x) -> str:
-    text = (f"{spec['metric']}: {spec['arm']} vs {spec['baseline']} "
-            f"({spec['better']} is better")
+    if spec.get("test") == "equivalence":
+        text = (f"{spec['metric']}: {spec['arm']} vs {spec['baseline']} (equivalence: "
+                f"margin +-{_fmt_x(spec['margin'])} {spec.get('unit', '')}".rstrip())
+    else:
+        text = (f"{spec['metric']}: {spec['arm']} vs {spec['baseline']} "
+                f"({spec['better']} is better")
     dec = spec.get("decide") or {}
     if dec.get("rule") == "area":
         tr = dec["trains"]
@@ -304,18 +345,22 @@ def _comparison(spec, decided, at_x) -> str:
     return text + ")"
 
 
-def claim_verdict(claim: dict, rows: list[dict]) -> dict:
-    """The verdict of ``claim`` (its spec from claims.json) over its rows (those whose
-    ``claim`` field is the spec's ``claim_of_rows``, else its id: a study's comparisons share
-    the as-is rows): effect, interval,
-    stability over seed resamples, and for an inconclusive verdict the seeds that would
-    decide it."""
-    spec = claim["effect"]
-    rows = [r for r in rows if r.get("claim") == claim.get("claim_of_rows", claim["id"])]
+def _judge(spec: dict, diffs: list[float]) -> dict:
+    """The verdict of paired differences under the effect's test."""
+    if spec.get("test") == "equivalence":
+        eq = equivalence(diffs, spec["margin"])
+        return {"effect": eq["effect"], "ci": eq["ci"], "n_seeds": eq["n_seeds"],
+                "verdict": eq["verdict"]}
+    return paired_effect(diffs)
+
+
+def effect_verdict(spec: dict, rows: list[dict]) -> dict:
+    """One effect spec (a claim's ``effect`` or one of its ``also`` entries) over the claim's
+    rows: verdict, effect, interval, stability, seeds needed, what was left out."""
     entries = _entries(spec, rows)
     decided = _decide(spec, entries)
     diffs = decided["diffs"]
-    out = paired_effect(diffs)
+    out = _judge(spec, diffs)
     note = None
     neither = decided["neither"]
     if decided.get("at_chance"):
@@ -328,23 +373,42 @@ def claim_verdict(claim: dict, rows: list[dict]) -> dict:
         note = f"{neither} seed(s) where neither arm reached the target are left out"
     stable = None
     if out["effect"] is not None and len(entries) >= 2:
-        stable = stability(entries, lambda es: paired_effect(_decide(spec, es)["diffs"])
+        stable = stability(entries, lambda es: _judge(spec, _decide(spec, es)["diffs"])
                            ["verdict"])
     needed = None
-    if out["verdict"] == "inconclusive" and len(diffs) >= 2:
+    if (out["verdict"] == "inconclusive" and len(diffs) >= 2
+            and spec.get("test") != "equivalence"):
         needed = seeds_needed(out["effect"], statistics.stdev(diffs))
     at_x = None
     if spec.get("at_max_x"):
         xs = [r["config"].get("x") for r in rows if r["config"]["arm"] == spec["arm"]
               and r["config"].get("x") is not None]
         at_x = max(xs) if xs else None
-    return {"id": claim["id"], "title": claim["title"], "verdict": out["verdict"],
-            "effect": out["effect"], "ci": out["ci"], "n_seeds": out["n_seeds"],
-            "sd": statistics.stdev(diffs) if len(diffs) >= 2 else None,
-            "stability": stable, "fragile": stable is not None and stable < STABLE,
-            "seeds_needed": needed, "decision": _decision_text(spec),
-            "rule": RULE, "paper": claim.get("paper"), "note": note,
-            "comparison": _comparison(spec, decided, at_x)}
+    equiv = spec.get("test") == "equivalence"
+    return {"verdict": out["verdict"], "effect": out["effect"], "ci": out["ci"],
+            "n_seeds": out["n_seeds"], "sd": statistics.stdev(diffs) if len(diffs) >= 2
+            else None, "stability": stable, "fragile": stable is not None and stable < STABLE,
+            "seeds_needed": needed, "decision": _decision_text(spec), "note": note,
+            "comparison": _comparison(spec, decided, at_x),
+            "test": "equivalence" if equiv else "difference",
+            "level": 0.90 if equiv else 0.95, "margin": spec.get("margin") if equiv else None,
+            "unit": spec.get("unit", "")}
+
+
+def claim_verdict(claim: dict, rows: list[dict]) -> dict:
+    """The verdict of ``claim`` (its spec from claims.json) over its rows (those whose
+    ``claim`` field is the spec's ``claim_of_rows``, else its id: a study's comparisons share
+    the as-is rows): effect, interval, stability over seed resamples, and for an inconclusive
+    verdict the seeds that would decide it; ``also``: the verdicts of the effect's further
+    comparisons (same rows)."""
+    spec = claim["effect"]
+    rows = [r for r in rows if r.get("claim") == claim.get("claim_of_rows", claim["id"])]
+    out = {"id": claim["id"], "title": claim["title"], **effect_verdict(spec, rows),
+           "rule": RULE, "paper": claim.get("paper")}
+    out["also"] = [{"metric": extra["metric"], "arm": extra["arm"],
+                    "baseline": extra["baseline"], **effect_verdict(extra, rows)}
+                   for extra in spec.get("also", [])]
+    return out
 
 
 def _decision_text(spec) -> str:
