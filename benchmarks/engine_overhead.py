@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import statistics
@@ -40,7 +41,10 @@ WORKERS = 2
 
 
 def _start_head(port: int, temp: str) -> subprocess.Popen:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # a token of this cluster's own for Ray's token authentication (nothing in ~/.ray)
+    os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                       "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+    env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
     return subprocess.Popen(

@@ -29,7 +29,7 @@ python -m pytest -q -m "not ray" "$@"
 echo "== pytest: the Ray engine, in a network namespace holding only loopback"
 if unshare -n -p -f --mount-proc true 2>/dev/null; then
   unshare -n -p -f --mount-proc bash -c \
-    'ip link set lo up && python -m pytest -q -p no:cacheprovider -m ray tests/test_ray.py'
+    'ip link set lo up && python -m pytest -q -p no:cacheprovider -m ray tests/test_ray.py; exit $?'
 else
   echo "SKIPPED: the Ray tests need a network namespace (unshare -n, as root); none could be"
   echo "made here, so no Ray cluster is started"
