@@ -127,7 +127,16 @@ def _build_parser() -> argparse.ArgumentParser:
                           "and a rerun with more keeps the seeds already finished")
     lab.add_argument("--workers", type=_bounded_int(1, _CORES, " (the number of cores)"),
                      help="worker processes, one torch thread each, at most the number of "
-                          "cores (default: all cores, up to 8)")
+                          "cores (default: all cores, up to 8); with --engine ray and no "
+                          "--address, the CPUs of the Ray instance started here")
+    lab.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="where the runs run: local (worker processes on this machine, the "
+                          "default) or ray (one Ray task per run; needs normlab[ray]); the "
+                          "rows are the same")
+    lab.add_argument("--address", metavar="HOST:PORT", type=_path,
+                     help="with --engine ray: the head of an existing Ray cluster (what `ray "
+                          "start --head` printed); without it a Ray instance is started on "
+                          "this machine for the lab")
     lab.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = sub.add_parser(
@@ -203,6 +212,13 @@ def _build_parser() -> argparse.ArgumentParser:
     study.add_argument("--workers", type=_bounded_int(1, _CORES, " (the number of cores)"),
                        help="worker processes, one torch thread each (default: all cores, up "
                             "to 8; 1 with --device cuda)")
+    study.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="where the runs run: local (worker processes on this machine, the "
+                            "default) or ray (one Ray task per run; needs normlab[ray]; the "
+                            "factories must be importable on every node)")
+    study.add_argument("--address", metavar="HOST:PORT", type=_path,
+                       help="with --engine ray: the head of an existing Ray cluster; without "
+                            "it a Ray instance is started on this machine for the study")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     advise = sub.add_parser(
@@ -382,7 +398,8 @@ def _run_lab_in(args, extra) -> int:
         # the page is rendered inside the lab's lock; the lab has warned of skipped lines
         result = run_lab(args.out, preset=preset, only=only, seeds=args.seeds,
                          workers=args.workers, overrides=overrides,
-                         progress=not args.no_progress, render=render_report)
+                         progress=not args.no_progress, render=render_report,
+                         engine=args.engine, address=args.address)
     except (LabError, RunFailed) as exc:
         print(f"normlab lab: error: {exc}", file=sys.stderr)
         return 2
@@ -508,6 +525,7 @@ def _run_study(args) -> int:
         batch_sizes = _split_list(args.batch_sizes, "--batch-sizes", int)
         lrs = _split_list(args.lr, "--lr", float)
         result = run_study(args.model, args.data, args.out, workers=args.workers,
+                           engine=args.engine, address=args.address,
                            progress=not args.no_progress, render=render_report,
                            norms=args.norms, batch_sizes=batch_sizes, lrs=lrs,
                            seeds=args.seeds, steps=args.steps, device=args.device,

@@ -17,6 +17,7 @@ from pathlib import Path
 from normlab import distributed
 from normlab.lab import claims as claims_mod
 from normlab.lab.checks import shown
+from normlab.lab.engine import ENGINES, MAX_RETRIES, EngineError, make_engine
 from normlab.lab.runner import run_all, run_key
 from normlab.results import FolderBusy, folder_lock, write_atomic
 from normlab.results.stats import summarize
@@ -146,7 +147,8 @@ def _check_writable(out: Path) -> None:
 
 
 def run_lab(out, *, preset="default", only=None, seeds=None, workers=None, overrides=None,
-            progress=True, stream=None, render=None) -> dict:
+            progress=True, stream=None, render=None, engine="local", address=None,
+            max_retries=MAX_RETRIES) -> dict:
     """Run the study into ``out`` and return ``{"summary", "counts", "settings"}`` (a
     ``results.table.LabResult``: a dict that Jupyter shows as the verdict table).
 
@@ -159,13 +161,32 @@ def run_lab(out, *, preset="default", only=None, seeds=None, workers=None, overr
 
     Inside an initialized process group (``normlab lab`` under ``torchrun``) every process
     runs each run together, data-parallel; process 0 writes the files and holds the lock
-    (the others' summary is None)."""
+    (the others' summary is None).
+
+    ``engine``: where the runs run (``lab.engine``): ``local`` (worker processes on this
+    machine, ``workers`` of them) or ``ray`` (one Ray task per run, on the cluster at
+    ``address``, or on a Ray instance started here with ``workers`` CPUs when no address is
+    given; a worker that dies is retried ``max_retries`` times). The rows are the same."""
     out = Path(out)
     chosen, plans, settings = plan_study(preset, only, seeds, overrides)
     cores = os.cpu_count() or 1
     if workers is not None and not 1 <= workers <= max(cores, 1):
         raise LabError(f"--workers: expected an integer in [1, {cores}] (the number of cores; "
                        f"each worker is one torch thread), got {workers}")
+    if engine not in ENGINES:
+        raise LabError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "ray" and address is not None and workers is not None:
+        raise LabError(f"--workers={workers}: with --address the cluster's CPUs set how many "
+                       "runs run at once; --workers sizes the local engine or a Ray instance "
+                       "started here")
+    if engine == "ray" and distributed.data_parallel():
+        raise LabError("--engine ray: not under torchrun (a data-parallel lab runs each run "
+                       "on all its processes)")
+    try:
+        runner = make_engine(engine, workers=workers or max(1, min(cores, 8)),
+                             address=address, max_retries=max_retries)
+    except EngineError as exc:
+        raise LabError(str(exc)) from None
     lead = distributed.rank() == 0
     problem, lock = None, contextlib.nullcontext()
     if lead:
@@ -181,22 +202,26 @@ def run_lab(out, *, preset="default", only=None, seeds=None, workers=None, overr
     if problem is not None:
         raise LabError(problem)
     try:
-        return _run_locked(out, chosen, plans, settings, workers or max(1, min(cores, 8)),
-                           progress, stream, render, lead)
+        return _run_locked(out, chosen, plans, settings, runner, progress, stream, render,
+                           lead)
     finally:
         lock.__exit__(None, None, None)
 
 
-def _run_locked(out, chosen, plans, settings, workers, progress, stream, render, lead):
-    settings["workers"] = workers
+def _run_locked(out, chosen, plans, settings, runner, progress, stream, render, lead):
+    settings["workers"] = getattr(runner, "workers", None) or getattr(runner, "num_cpus", None)
+    settings["engine"] = runner.describe()
     settings["processes"] = distributed.world_size()
     specs = [_claim_spec(c, plans[c["id"]]) for c in chosen]
     if lead:
         write_atomic(out / "config.json", json.dumps(settings, indent=2, sort_keys=True))
         write_atomic(out / "claims.json", json.dumps({"claims": specs}, indent=2))
     plan = [cfg for c in chosen for cfg in plans[c["id"]]]
-    counts, rows = run_all(plan, out / "results.jsonl", workers=workers, progress=progress,
-                           stream=stream)
+    try:
+        counts, rows = run_all(plan, out / "results.jsonl", engine=runner, progress=progress,
+                               stream=stream)
+    except EngineError as exc:  # no cluster at the address: before any run
+        raise LabError(str(exc)) from None
     summary = None
     if lead:
         summary = summarize(specs, rows) if render is None else render(out)

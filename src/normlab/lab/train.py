@@ -18,7 +18,7 @@ from normlab import distributed
 from normlab.lab import data as datasets
 from normlab.lab.models import CNN, MLP, SeqCNN, SeqRNN, Transformer, hidden_inputs
 
-__all__ = ["build_model", "train_run", "warmup_factor"]
+__all__ = ["build_model", "data_key", "load_data", "train_run", "warmup_factor"]
 
 _PROBE_BATCH = 512  # test examples the activation probe looks at
 
@@ -53,6 +53,19 @@ def build_model(cfg: dict, ds: datasets.Dataset) -> nn.Module:
                            norm=cfg["norm"], position=cfg["norm_position"],
                            qk_norm=cfg["qk_norm"])
     raise ValueError(f"model must be mlp, cnn, rnn, seqcnn or transformer, got {kind!r}")
+
+
+def data_key(cfg: dict):
+    """What identifies the data set a run trains on (runs with equal keys share one), or None
+    for a run that makes its own data (the stylizer; a user study's run, whose data factory
+    runs where the run runs)."""
+    if cfg.get("study") or cfg["model"] == "stylizer":
+        return None
+    if cfg["data"] == "mnist1d_seq":
+        long = cfg["long_lengths"] or None
+        return ("mnist1d_seq", tuple(tuple(s) for s in cfg["seq_lengths"]),
+                None if long is None else tuple(tuple(s) for s in long))
+    return (cfg["data"],)
 
 
 def load_data(cfg: dict) -> datasets.Dataset:
@@ -127,8 +140,9 @@ def _percentiles(t: torch.Tensor) -> list[float]:
     return torch.quantile(t.float(), q).tolist()
 
 
-def train_run(cfg: dict) -> dict:
-    """Train per ``cfg``; returns ``{"status", "error", "evals": [...], "final": {...}}``.
+def train_run(cfg: dict, ds: datasets.Dataset | None = None) -> dict:
+    """Train per ``cfg`` on ``ds`` (default: ``load_data(cfg)``, what ``ds`` must equal);
+    returns ``{"status", "error", "evals": [...], "final": {...}}``.
 
     ``status`` is ``ok``, ``diverged`` (the loss became NaN/inf: training stops, accuracies are
     then measured as they are) or ``error`` (the model refused the input, e.g. batch norm on
@@ -146,7 +160,7 @@ def train_run(cfg: dict) -> dict:
         out = train_stylizer(cfg["norm"], cfg["seed"], steps=cfg["steps"])
         return {**out, "train_seconds": time.perf_counter() - t0, "processes": 1}
     torch.manual_seed(cfg["seed"])
-    ds = load_data(cfg)
+    ds = load_data(cfg) if ds is None else ds
     model = build_model(cfg, ds)
     world, rank = distributed.world_size(), distributed.rank()
     # data-parallel (under torchrun): each process trains on its slice of every batch, batch

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from normlab.lab.engine import MAX_RETRIES, EngineError, make_engine
 from normlab.lab.runner import run_all, run_key
 from normlab.results import FolderBusy, folder_lock, write_atomic
 from normlab.results.advice import BASELINE, advise, study_claims
@@ -518,14 +519,17 @@ def plan_user_study(model, data, *, norms=("as-is", "group", "layer", "none"),
 
 
 def run_study(model, data, out="normlab-study", *, workers=None, progress=True, stream=None,
-              render=None, **kwargs) -> dict:
+              render=None, engine="local", address=None, max_retries=MAX_RETRIES,
+              **kwargs) -> dict:
     """Run a study into folder ``out`` (resuming) and return ``{"rows", "advice", "counts",
     "settings"}``: ``rows`` the current runs' rows, ``advice`` what ``normlab advise`` prints
     (``results.advice.advise``). ``kwargs``: the settings of :func:`plan_user_study`.
 
     ``render(out)``, if given, runs last inside the folder's lock (the CLI passes
     ``normlab.report.render_report``). A callable factory that no import path reaches (a
-    notebook's) runs in this process only (``workers`` 1)."""
+    notebook's) runs in this process only (``workers`` 1). ``engine``/``address``/
+    ``max_retries``: where the runs run, as for ``normlab lab`` (``lab.engine``; ``ray`` needs
+    the factories importable on every node)."""
     out = Path(out)
     plan, settings = plan_user_study(model, data, **kwargs)
     cores = os.cpu_count() or 1
@@ -537,6 +541,14 @@ def run_study(model, data, out="normlab-study", *, workers=None, progress=True, 
         raise StudyError("--workers: a factory defined where no import reaches it (e.g. in a "
                          "notebook) runs in this process only: use workers=1, or give an "
                          "import path")
+    if local and engine != "local":
+        raise StudyError("--engine ray: a factory defined where no import reaches it (e.g. in "
+                         "a notebook) runs in this process only: give an import path")
+    try:
+        runner = make_engine(engine, workers=workers, address=address,
+                             max_retries=max_retries)
+    except EngineError as exc:
+        raise StudyError(str(exc)) from None
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".normlab-write-test").write_text("ok")
@@ -550,9 +562,10 @@ def run_study(model, data, out="normlab-study", *, workers=None, progress=True, 
         raise StudyError(f"--out {exc}") from None
     try:
         settings["workers"] = workers
+        settings["engine"] = engine
         write_atomic(out / "config.json", json.dumps(settings, indent=2, sort_keys=True))
         try:
-            counts, rows = run_all(plan, out / "results.jsonl", workers=workers,
+            counts, rows = run_all(plan, out / "results.jsonl", engine=runner,
                                    progress=progress, stream=stream)
         finally:  # interrupted too: the page's comparisons from the rows that finished
             _write_claims(out, settings)
