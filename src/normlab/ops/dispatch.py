@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 
 from normlab import spec
-from normlab.ops import native, triton_op
+from normlab.ops import cpu_op, native, triton_op
 from normlab.ops.masked import masked_norm
 from normlab.ops.reference_op import reference_norm
 from normlab.reference import apply_activation, like_input, masked_forward, stat_dtype
@@ -178,6 +178,49 @@ class Masked(Backend):
         return like_input(apply_activation(y, call.activation), call.x), (mean, var, count)
 
 
+NUMBA_DTYPES = (torch.float32, torch.float64)
+
+
+class Numba(Backend):
+    """The numba CPU kernels (``cpu_op``): float32/float64 training statistics read in place,
+    where they beat torch's kernels (``normlab bench``); any such call when asked for by name."""
+
+    name = "numba"
+    hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
+                          "numba has no kernels for this dtype (float32 and float64 only)"})
+    # Chosen by default only where the bench measured it faster than torch's kernel: every
+    # kind and layout but layer norm (torch's fused kernel is as fast) and inputs of fewer
+    # than MIN_NUMEL elements (the call costs ~30 us more than torch's).
+    MIN_NUMEL = 1 << 15
+
+    def accepts(self, call):
+        p, x = call.plan, call.x
+        if x.device.type != "cpu":
+            return "the input is not on the CPU"
+        if x.dtype not in NUMBA_DTYPES:
+            return "numba has no kernels for this dtype (float32 and float64 only)"
+        if p.stats == "running":
+            return RUNNING
+        if p.kind == "adain":
+            return ADAIN
+        if call.mask is not None:
+            return "masks are not fused"
+        if x.numel() == 0:
+            return EMPTY
+        if p.kernel is None:
+            return LAYOUT
+        if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL):
+            return "torch's kernel is as fast here (layer norm, or a small input)"
+        if not cpu_op.available():  # last: the first time, this imports numba
+            return "numba is not installed"
+        return None
+
+    def run(self, call):
+        y, mean, var = cpu_op.numba_norm(call.plan, call.x, eps=call.eps, weight=call.weight,
+                                         bias=call.bias)
+        return native.epilogue(y, call.residual, call.activation), (mean, var, None)
+
+
 def _closed_form_backward_is_faster(x, channel_axis) -> bool:
     """Instance norm with the channel innermost in memory: torch's group-norm backward for that
     layout is slow on CPU (1.6x torch.nn's contiguous-copy path at 32x64x56x56), the closed form
@@ -280,7 +323,8 @@ class Reference(Backend):
 
 
 # The order backend=None tries; every accept rule of every path is in these classes.
-BACKEND_LIST: tuple[Backend, ...] = (Triton(), Masked(), Hybrid(), Native(), Reference())
+BACKEND_LIST: tuple[Backend, ...] = (Triton(), Masked(), Numba(), Hybrid(), Native(),
+                                     Reference())
 BACKENDS: tuple[str, ...] = tuple(b.name for b in BACKEND_LIST)
 _BY_NAME = {b.name: i for i, b in enumerate(BACKEND_LIST)}
 
