@@ -38,17 +38,12 @@ SAMPLE_BYTES = 1 << 20  # a sample this small is normalized in one unit (it stay
 ROWS, LINES, COLUMNS = 0, 1, 2
 
 
-@functools.cache
+_AVAILABLE = importlib.util.find_spec("numba") is not None
+
+
 def available() -> bool:
-    """numba is installed and imports (importing normlab never imports it; the first call
-    that asks does, once)."""
-    if importlib.util.find_spec("numba") is None:
-        return False
-    try:
-        import numba  # noqa: F401  (a numba too old for this numpy raises ImportError)
-    except ImportError:
-        return False
-    return True
+    """numba is installed (importing normlab never imports it: the first numba call does)."""
+    return _AVAILABLE
 
 
 @functools.cache
@@ -96,6 +91,11 @@ def _param(t, n, fill, dtype):
     return t.detach().reshape(-1).to(dtype).contiguous()
 
 
+def _zero(dtype):
+    """0 as a numpy scalar of ``dtype`` (the kernels' block accumulators take its type)."""
+    return torch.zeros((), dtype=dtype).numpy()[()]
+
+
 def _threads(numba) -> int:
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
@@ -131,7 +131,7 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
         w, b = _param(weight, d2, 1.0, x.dtype), _param(bias, d2, 0.0, x.dtype)
         with _LOCK:
             _threads(numba)
-            k.rows_fwd(_np(x, (nb, d2)), w.numpy(), b.numpy(), centered, eps,
+            k.rows_fwd(_np(x, (nb, d2)), w.numpy(), b.numpy(), centered, eps, _zero(sdt),
                        _np(y, (nb, d2)), mean.numpy(), rstd.numpy(), var.numpy())
         return y, mean, rstd, var
     idx = _affine_index(dims, affine, shape)
@@ -146,12 +146,13 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
             with _LOCK:
                 _threads(numba)
                 k.lines_fwd_fused(_np(x, grp), lw.numpy(), lb.numpy(), centered, eps,
-                                  _np(y, grp), mean.numpy(), rstd.numpy(), var.numpy())
+                                  _zero(sdt), _np(y, grp), mean.numpy(), rstd.numpy(), var.numpy())
             return y, mean, rstd, var
         lmean, lm2 = (torch.empty(lines[0], dtype=torch.float64) for _ in range(2))
         with _LOCK:
             _threads(numba)
-            k.lines_stats(_np(x, lines), centered, lmean.numpy(), lm2.numpy())
+            k.lines_stats(_np(x, lines), centered, _zero(sdt),
+                          torch.empty(lines[0], dtype=sdt).numpy(), lmean.numpy(), lm2.numpy())
         counts = torch.full((d0,), float(d2), dtype=torch.float64)
         gm, var = _merge(lmean.view(nb, d0, d1).transpose(1, 2), lm2.view(nb, d0, d1)
                          .transpose(1, 2), counts, centered)  # (NB, D1)

@@ -12,6 +12,8 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
 * ``triton`` hands on what the kernels have no work for or do not read: running statistics
   (eval mode: a per-channel affine map), AdaIN, an empty input, a layout the kernels do not
   read in place, masked layer/rms norm. So ``BatchNorm2d(backend="triton")`` works in eval mode.
+* ``numba`` hands on the same calls as ``triton`` and also dtypes other than float32/float64
+  and any mask (its kernels have neither), so ``LayerNorm(backend="numba").bfloat16()`` works.
 * ``masked`` hands on a call whose statistics came out non-finite (NaN or Inf in the padding,
   which its multiply-by-mask passes read): the reference masked math, which never reads padded
   values, runs instead. That is one check on the (N, C) statistics, on CPU where this backend

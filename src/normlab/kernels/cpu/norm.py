@@ -15,8 +15,10 @@ D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
 * **columns** (the channel innermost): ``(NB, R, W)``, per-column partial statistics over
   chunks of rows, merged by the caller, then a per-column affine pass.
 
-Sums are accumulated in float64 whatever the input (a two-pass variance per line/chunk; the
-chunks are merged by Chan's formula), so no ``E[x^2] - E[x]^2`` and no long float32 sums. The
+Sums are two-pass (the mean, then the squared deviations from it; per line, chunk or sample,
+merged by Chan's formula), so no ``E[x^2] - E[x]^2``; the forward's sums add blocks of 2048
+elements summed in the input's precision (vectorized) in float64, so no long float32 sums, and
+the backward's sums are float64 throughout. The
 fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
 """
 
@@ -33,27 +35,50 @@ _FAST = {"reassoc", "contract", "nsz", "arcp"}  # no "nnan"/"ninf": NaN input gi
 _JIT = dict(parallel=True, fastmath=_FAST, cache=True, nogil=True)
 
 
+_BLOCK = 2048  # elements summed in the input's precision before adding into float64
+
+
+@njit(fastmath=_FAST, inline="always")
+def _sum(x, zero):
+    """sum(x) of a 1-D array: blocks of _BLOCK in x's precision (vectorized), added in float64."""
+    s = 0.0
+    for j0 in range(0, x.shape[0], _BLOCK):
+        a = zero
+        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
+            a += x[j]
+        s += a
+    return s
+
+
+@njit(fastmath=_FAST, inline="always")
+def _sq_dev(x, m, zero):
+    """sum((x - m)^2) of a 1-D array, blocked as ``_sum``."""
+    s = 0.0
+    for j0 in range(0, x.shape[0], _BLOCK):
+        a = zero
+        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
+            e = x[j] - m
+            a += e * e
+        s += a
+    return s
+
+
 # ---- rows: layer and rms norm, x (R, L), w and b (L,) (ones / zeros when absent) ----
 
 @njit(**_JIT)
-def rows_fwd(x, w, b, centered, eps, y, mean, rstd, var):
-    """y = (x - mean) * rstd * w + b per row; mean/rstd/var (R,) in the statistics dtype."""
+def rows_fwd(x, w, b, centered, eps, zero, y, mean, rstd, var):
+    """y = (x - mean) * rstd * w + b per row; mean/rstd/var (R,) in the statistics dtype;
+    ``zero``: 0 in that dtype (the blocks' accumulator type)."""
     R, L = x.shape
     for i in prange(R):
-        m = 0.0
-        if centered:
-            s = 0.0
-            for j in range(L):
-                s += x[i, j]
-            m = s / L
-        q = 0.0
-        for j in range(L):  # second pass over the row, in cache
-            d = x[i, j] - m
-            q += d * d
+        m = _sum(x[i], zero) / L if centered else 0.0
         mean[i] = m
+        mi = mean[i]  # in the statistics dtype: the passes below in that precision
+        # second pass over the row, in cache; sum((x - mi)^2) = M2 + L (m - mi)^2
+        q = max(_sq_dev(x[i], mi, zero) - L * (m - mi) ** 2, 0.0)
         var[i] = q / L
         rstd[i] = 1.0 / np.sqrt(q / L + eps)
-        mi, ri = mean[i], rstd[i]  # in the statistics dtype: the output pass in that precision
+        ri = rstd[i]
         for j in range(L):
             y[i, j] = (x[i, j] - mi) * ri * w[j] + b[j]
 
@@ -85,23 +110,17 @@ def rows_bwd(dy, x, w, mean, rstd, centered, nth, dx, dwp, dbp):
 # ---- lines: (lines, P), one weight per line ----
 
 @njit(**_JIT)
-def lines_stats(x, centered, lmean, lm2):
+def lines_stats(x, centered, zero, center, lmean, lm2):
     """Per line: the mean and the sum of squared deviations (float64); uncentered: mean 0 and
-    the sum of squares."""
+    the sum of squares. ``zero``: 0 in the input's dtype; ``center`` (lines,) scratch in it."""
     n, P = x.shape
     for i in prange(n):
-        m = 0.0
-        if centered:
-            s = 0.0
-            for j in range(P):
-                s += x[i, j]
-            m = s / P
-        q = 0.0
-        for j in range(P):
-            d = x[i, j] - m
-            q += d * d
+        m = _sum(x[i], zero) / P if centered else 0.0
+        center[i] = m  # the mean rounded to the input's dtype: the second pass in that dtype
+        c = center[i]
         lmean[i] = m
-        lm2[i] = q
+        # sum((x - c)^2) = M2 + P (m - c)^2: the rounding of the centre taken out exactly
+        lm2[i] = max(_sq_dev(x[i], c, zero) - P * (m - c) ** 2, 0.0)
 
 
 @njit(**_JIT)
@@ -115,28 +134,26 @@ def lines_apply(x, lm, ls, lb, y):
 
 
 @njit(**_JIT)
-def lines_fwd_fused(x, lw, lb, centered, eps, y, mean, rstd, var):
+def lines_fwd_fused(x, lw, lb, centered, eps, zero, y, mean, rstd, var):
     """x (G, D0, P): each group is D0 consecutive lines (instance norm: 1; group norm channels
-    first: C/G), weights per line (G, D0): statistics and output in one pass over the group."""
+    first: C/G), weights per line (G, D0): statistics and output in one pass over the group;
+    ``zero``: 0 in the statistics dtype."""
     G, D0, P = x.shape
     n = D0 * P
     for i in prange(G):
-        m = 0.0
+        s = 0.0
         if centered:
-            s = 0.0
             for d in range(D0):
-                for j in range(P):
-                    s += x[i, d, j]
-            m = s / n
+                s += _sum(x[i, d], zero)
+        mean[i] = s / n
+        mi = mean[i]
         q = 0.0
         for d in range(D0):  # the group again, in cache
-            for j in range(P):
-                e = x[i, d, j] - m
-                q += e * e
-        mean[i] = m
+            q += _sq_dev(x[i, d], mi, zero)
+        q = max(q - n * (s / n - mi) ** 2, 0.0)  # = M2 (the centre's rounding taken out)
         var[i] = q / n
         rstd[i] = 1.0 / np.sqrt(q / n + eps)
-        mi, ri = mean[i], rstd[i]
+        ri = rstd[i]
         for d in range(D0):
             sc = ri * lw[i, d]
             bi = lb[i, d]
@@ -295,8 +312,8 @@ def cols_fwd_fused(x, d2, cw, cb, centered, eps, sc, y, mean, rstd, var):
             sc[b, 0, j] = gm[j // d2]
         q = np.zeros(W)
         for r in range(R):
-            for j in range(W):
-                e = x[b, r, j] - gm[j // d2]
+            for j in range(W):  # no j // d2 here: it would keep the loop from vectorizing
+                e = x[b, r, j] - sc[b, 0, j]
                 q[j] += e * e
         gq = np.zeros(D1)
         for j in range(W):
