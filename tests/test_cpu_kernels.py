@@ -173,7 +173,10 @@ def test_which_calls_it_takes_by_default():
         F.layer_norm(torch.randn(64, 1024), (1024,))  # torch's fused kernel is as fast
         F.rms_norm(torch.randn(64, 1024), (1024,))
         F.group_norm(big[:, :, ::2], 4)  # strided: not read in place
-    assert ran == ["numba", "native", "native", "native", "native", "numba", "native"]
+        F.group_norm(big, 4)  # channels first: torch's fused forward is as fast
+        F.group_norm(big.contiguous(memory_format=torch.channels_last), 4)
+    assert ran == ["numba", "native", "native", "native", "native", "numba", "native", "native",
+                   "numba"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():

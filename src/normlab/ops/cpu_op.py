@@ -34,7 +34,7 @@ __all__ = ["available", "numba_norm"]
 
 _LOCK = threading.Lock()
 TILE = 1 << 14  # elements per chunk of rows in the column statistics (64 KiB of float32: in L2)
-SAMPLE_BYTES = 1 << 20  # a sample this small is normalized in one unit (it stays in L2)
+SAMPLE_BYTES = 1 << 22  # a sample this small is normalized in one unit (it stays in cache)
 ROWS, LINES, COLUMNS = 0, 1, 2
 
 
@@ -232,7 +232,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
             with _LOCK:
                 _threads(numba)
                 k.lines_bwd_fused(_np(dy, grp), _np(x, grp), mean.numpy(), rstd.numpy(),
-                                  lw.numpy(), centered, scratch.numpy(), _np(dx, grp),
+                                  lw.numpy(), centered, _zero(sdt), scratch.numpy(),
+                                  _np(dx, grp),
                                   sdy.numpy().reshape(nb, d0), sdyx.numpy().reshape(nb, d0))
         else:
             lm = mean.view(nb, 1, d1).expand(nb, d0, d1).reshape(-1).contiguous()
@@ -240,7 +241,7 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
             with _LOCK:
                 _threads(numba)
                 k.lines_bsum(_np(dy, lines), _np(x, lines), lm.numpy(), lr.numpy(),
-                             sdy.numpy(), sdyx.numpy())
+                             _zero(sdt), sdy.numpy(), sdyx.numpy())
             wl = w[idx]  # (NB, D0, D1)
             s1 = (wl * sdy.view(nb, d0, d1)).sum(1)  # sum(g) per group, (NB, D1)
             s2 = (wl * sdyx.view(nb, d0, d1)).sum(1)  # sum(g * xhat)

@@ -190,9 +190,10 @@ class Numba(Backend):
     name = "numba"
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
                           "numba has no kernels for this dtype (float32 and float64 only)"})
-    # Chosen by default only where the bench measured it faster than torch's kernel: every
-    # kind and layout but layer norm (torch's fused kernel is as fast) and inputs of fewer
-    # than MIN_NUMEL elements (the call costs ~30 us more than torch's).
+    # Chosen by default only where the bench measured it faster than torch's kernel: not
+    # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
+    # as fast: 2 passes, as ours), nor inputs of fewer than MIN_NUMEL elements (the Python
+    # around a call costs more than it saves there).
     MIN_NUMEL = 1 << 15
 
     def accepts(self, call):
@@ -211,8 +212,10 @@ class Numba(Backend):
             return EMPTY
         if p.kernel is None:
             return LAYOUT
-        if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL):
-            return "torch's kernel is as fast here (layer norm, or a small input)"
+        if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
+                                  or (p.kind == "group" and p.kernel.affine[4] == 0)):
+            return ("torch's kernel is as fast here (layer norm, group norm channels first, "
+                    "or a small input)")
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
         return None

@@ -16,9 +16,9 @@ D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
   chunks of rows, merged by the caller, then a per-column affine pass.
 
 Sums are two-pass (the mean, then the squared deviations from it; per line, chunk or sample,
-merged by Chan's formula), so no ``E[x^2] - E[x]^2``; the forward's sums add blocks of 2048
-elements summed in the input's precision (vectorized) in float64, so no long float32 sums, and
-the backward's sums are float64 throughout. The
+merged by Chan's formula), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums add blocks of 2048
+elements summed in the input's precision (vectorized) in float64, so no long float32 sums; the
+columns' per-column sums and the rows' backward sums are float64 throughout. The
 fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
 """
 
@@ -39,13 +39,15 @@ _BLOCK = 2048  # elements summed in the input's precision before adding into flo
 
 
 @njit(fastmath=_FAST, inline="always")
-def _sum(x, zero):
-    """sum(x) of a 1-D array: blocks of _BLOCK in x's precision (vectorized), added in float64."""
+def _sum(x, k, zero):
+    """sum(x - k) of a 1-D array: blocks of _BLOCK in x's precision (vectorized), added in
+    float64. With the shift ``k`` (a value of the data, near its mean) the block sums stay at
+    the scale of the spread, not of the mean: float32 blocks of values ~1e4 would lose ~1e-3."""
     s = 0.0
     for j0 in range(0, x.shape[0], _BLOCK):
         a = zero
         for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
-            a += x[j]
+            a += x[j] - k
         s += a
     return s
 
@@ -63,6 +65,22 @@ def _sq_dev(x, m, zero):
     return s
 
 
+@njit(fastmath=_FAST, inline="always")
+def _sums_dy(dy, x, m, r, zero):
+    """(sum(dy), sum(dy * xhat)) of 1-D arrays, xhat = (x - m) * r, blocked as ``_sum``."""
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, x.shape[0], _BLOCK):
+        a1 = zero
+        a2 = zero
+        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
+            a1 += dy[j]
+            a2 += dy[j] * ((x[j] - m) * r)
+        s1 += a1
+        s2 += a2
+    return s1, s2
+
+
 # ---- rows: layer and rms norm, x (R, L), w and b (L,) (ones / zeros when absent) ----
 
 @njit(**_JIT)
@@ -71,7 +89,8 @@ def rows_fwd(x, w, b, centered, eps, zero, y, mean, rstd, var):
     ``zero``: 0 in that dtype (the blocks' accumulator type)."""
     R, L = x.shape
     for i in prange(R):
-        m = _sum(x[i], zero) / L if centered else 0.0
+        k = x[i, 0]
+        m = k + _sum(x[i], k, zero) / L if centered else 0.0
         mean[i] = m
         mi = mean[i]  # in the statistics dtype: the passes below in that precision
         # second pass over the row, in cache; sum((x - mi)^2) = M2 + L (m - mi)^2
@@ -115,7 +134,8 @@ def lines_stats(x, centered, zero, center, lmean, lm2):
     the sum of squares. ``zero``: 0 in the input's dtype; ``center`` (lines,) scratch in it."""
     n, P = x.shape
     for i in prange(n):
-        m = _sum(x[i], zero) / P if centered else 0.0
+        k = x[i, 0]
+        m = k + _sum(x[i], k, zero) / P if centered else 0.0
         center[i] = m  # the mean rounded to the input's dtype: the second pass in that dtype
         c = center[i]
         lmean[i] = m
@@ -141,16 +161,19 @@ def lines_fwd_fused(x, lw, lb, centered, eps, zero, y, mean, rstd, var):
     G, D0, P = x.shape
     n = D0 * P
     for i in prange(G):
-        s = 0.0
+        m = 0.0
         if centered:
+            k = x[i, 0, 0]
+            s = 0.0
             for d in range(D0):
-                s += _sum(x[i, d], zero)
-        mean[i] = s / n
+                s += _sum(x[i, d], k, zero)
+            m = k + s / n
+        mean[i] = m
         mi = mean[i]
         q = 0.0
         for d in range(D0):  # the group again, in cache
             q += _sq_dev(x[i, d], mi, zero)
-        q = max(q - n * (s / n - mi) ** 2, 0.0)  # = M2 (the centre's rounding taken out)
+        q = max(q - n * (m - mi) ** 2, 0.0)  # = M2 (the centre's rounding taken out)
         var[i] = q / n
         rstd[i] = 1.0 / np.sqrt(q / n + eps)
         ri = rstd[i]
@@ -162,18 +185,11 @@ def lines_fwd_fused(x, lw, lb, centered, eps, zero, y, mean, rstd, var):
 
 
 @njit(**_JIT)
-def lines_bsum(dy, x, lm, lr, sdy, sdyx):
+def lines_bsum(dy, x, lm, lr, zero, sdy, sdyx):
     """Per line: sum(dy) and sum(dy * xhat), xhat = (x - lm) * lr (float64)."""
     n, P = x.shape
     for i in prange(n):
-        m, r = lm[i], lr[i]
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(P):
-            s1 += dy[i, j]
-            s2 += dy[i, j] * ((x[i, j] - m) * r)
-        sdy[i] = s1
-        sdyx[i] = s2
+        sdy[i], sdyx[i] = _sums_dy(dy[i], x[i], lm[i], lr[i], zero)
 
 
 @njit(**_JIT)
@@ -187,7 +203,7 @@ def lines_dx(dy, x, lm, c1, c2, c3, dx):
 
 
 @njit(**_JIT)
-def lines_bwd_fused(dy, x, mean, rstd, lw, centered, cs, dx, sdy, sdyx):
+def lines_bwd_fused(dy, x, mean, rstd, lw, centered, zero, cs, dx, sdy, sdyx):
     """As ``lines_fwd_fused``: per group the sums, then dx = rstd * (g - mean(g) - xhat *
     mean(g * xhat)), g = dy * w, in one pass over the group; sdy/sdyx (G, D0) float64 per line
     are kept for the weight and bias gradients; ``cs`` (G, 2) scratch in the statistics dtype."""
@@ -198,11 +214,7 @@ def lines_bwd_fused(dy, x, mean, rstd, lw, centered, cs, dx, sdy, sdyx):
         s1 = 0.0
         s2 = 0.0
         for d in range(D0):
-            a1 = 0.0
-            a2 = 0.0
-            for j in range(P):
-                a1 += dy[i, d, j]
-                a2 += dy[i, d, j] * ((x[i, d, j] - m) * r)
+            a1, a2 = _sums_dy(dy[i, d], x[i, d], m, r, zero)
             sdy[i, d] = a1
             sdyx[i, d] = a2
             s1 += lw[i, d] * a1
