@@ -157,6 +157,7 @@ def test_threads_give_the_same_result():
             torch.set_num_threads(n)
             y = F.rms_norm(x, (513,), w, backend="numba")
             got.append((y, *torch.autograd.grad(y.sin().sum(), (x, w))))
+            assert torch.get_num_threads() == n  # numba's launch leaves torch's count alone
     finally:
         torch.set_num_threads(before)
     for a, b in zip(*got, strict=True):
