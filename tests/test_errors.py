@@ -229,7 +229,7 @@ BAD = [
     ("activation unknown", lambda: F.group_norm(x4, 2, activation="tanh"),
      ValueError, r"activation must be None or one of \('relu', 'gelu', 'silu'\), got 'tanh'"),
     ("backend unknown", lambda: F.group_norm(x4, 2, backend="cuda"),
-     ValueError, r"backend must be None or one of \('triton', 'masked', 'hybrid', 'native', "
+     ValueError, r"backend must be None or one of \('triton', 'masked', 'numba', 'hybrid', 'native', "
      r"'reference'\), got "
                  r"'cuda'"),
     ("residual shape", lambda: F.layer_norm(x2, (4,), residual=torch.randn(2, 3)),
