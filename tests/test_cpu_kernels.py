@@ -176,8 +176,10 @@ def test_which_calls_it_takes_by_default():
         F.group_norm(big[:, :, ::2], 4)  # strided: not read in place
         F.group_norm(big, 4)  # channels first: torch's fused forward is as fast
         F.group_norm(big.contiguous(memory_format=torch.channels_last), 4)
+        F.batch_norm(big.contiguous(memory_format=torch.channels_last), None, None,
+                     training=True)  # channels last: torch's kernel is as fast
     assert ran == ["numba", "native", "native", "native", "native", "numba", "native", "native",
-                   "numba"]
+                   "numba", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():
