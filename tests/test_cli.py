@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,12 +12,20 @@ from normlab.cli import main
 
 def test_bench_writes_rows_and_table(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    assert main(["bench", "--quick", "--reps", "2", "--ops", "LayerNorm", "--out", str(out)]) == 0
+    threads = ["1", "2"] if (os.cpu_count() or 1) >= 2 else ["1"]
+    assert main(["bench", "--quick", "--reps", "2", "--ops", "RMSNorm", "--out", str(out),
+                 "--threads", *threads]) == 0
     printed = capsys.readouterr().out
-    assert "LayerNorm" in printed and "worst normlab/torch.nn time ratio" in printed
+    assert "RMSNorm" in printed and "worst normlab/torch.nn time ratio" in printed
+    assert "torch of copy" in printed and "normlab of copy" in printed
+    assert printed.count("torch threads=") == len(threads)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["threads"] for r in rows} == {int(n) for n in threads}
     providers = {r["provider"] for r in rows}
     assert providers == {"torch.nn", "normlab", "copy_"}
+    for r in rows:
+        if r["provider"] != "copy_":  # effective bandwidth over copy's, in the same loop
+            assert r["of_copy"] == pytest.approx(r["gbps"] / r["copy_gbps"])
     for r in rows:
         assert r["p20"] <= r["p50"] <= r["p80"] and r["gbps"] > 0
     nl_rows = [r for r in rows if r["provider"] == "normlab"]

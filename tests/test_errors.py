@@ -229,9 +229,8 @@ BAD = [
     ("activation unknown", lambda: F.group_norm(x4, 2, activation="tanh"),
      ValueError, r"activation must be None or one of \('relu', 'gelu', 'silu'\), got 'tanh'"),
     ("backend unknown", lambda: F.group_norm(x4, 2, backend="cuda"),
-     ValueError, r"backend must be None or one of \('triton', 'masked', 'hybrid', 'native', "
-     r"'reference'\), got "
-                 r"'cuda'"),
+     ValueError, r"backend must be None or one of \('triton', 'masked', 'numba', 'hybrid', "
+                 r"'native', 'reference'\), got 'cuda'"),
     ("residual shape", lambda: F.layer_norm(x2, (4,), residual=torch.randn(2, 3)),
      ValueError, r"residual must have the input's shape \(2, 4\), got \(2, 3\)"),
     ("residual int", lambda: F.layer_norm(x2, (4,), residual=torch.ones(2, 4, dtype=torch.int32)),

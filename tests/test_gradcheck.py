@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import normlab.functional as F
+from normlab import ops
 
 KINDS = {
     "batch": (lambda x, w, b, r, be, act: F.batch_norm(
@@ -70,3 +71,25 @@ def test_gradcheck_and_gradgradcheck(kind, epilogue, backend):
 
     assert torch.autograd.gradcheck(f, args)
     assert torch.autograd.gradgradcheck(f, args)
+
+
+# those it hands on: eval mode, AdaIN, a normalized block not in the last dims
+NUMBA_KINDS = [k for k in KINDS if k not in ("batch-eval", "adain", "layer-first")]
+
+
+@pytest.mark.skipif(not ops.cpu_available(), reason="numba is not installed")
+@pytest.mark.parametrize("kind", NUMBA_KINDS)
+def test_gradcheck_numba(kind):
+    """The numba kernels' backward (no double backward there: gradgradcheck is for the
+    reference path); which backend ran is checked, so a hand-on cannot pass for it."""
+    fn, shape, pshape = KINDS[kind]
+    x, w, b, _ = _inputs(kind, shape, pshape, False)
+    args = [a for a in (x, w, b) if a is not None]
+
+    def f(*tensors):
+        return fn(tensors[0], tensors[1], tensors[2] if b is not None else None, None,
+                  "numba", None)
+
+    with ops.trace_backends() as ran:
+        assert torch.autograd.gradcheck(f, args)
+    assert set(ran) == {"numba"}

@@ -1,10 +1,11 @@
 """``normlab bench``: normlab vs torch.nn on representative shapes, in one process.
 
 Every figure is relative to a baseline measured in the same run: each repetition times the
-torch.nn module and the normlab module back to back, alternating which goes first (A B, B A,
-...), so drift on a shared machine hits both. A same-size ``copy_`` gives the machine's
-practical memory bandwidth for the "fraction of copy" column. Rows are appended, one per
-(op, provider, mode), to a long-format JSONL file; a table is printed.
+torch.nn module, the normlab module and a same-size ``copy_`` back to back, alternating the
+order (A B C, C B A, ...), so drift on a shared machine hits all three. The ``copy_`` gives the
+machine's practical memory bandwidth for the "of copy" columns (effective bytes per second /
+copy's bytes per second, for torch.nn and for normlab). Rows are appended, one per (op,
+provider, mode, threads), to a long-format JSONL file; a table is printed per thread count.
 
 Bytes counted per call (the floor for a normalization): forward reads x and writes y
 (2 tensors); forward+backward adds reading x and dy and writing dx (5 tensors); copy_ reads
@@ -192,15 +193,30 @@ def _quantiles(ts: list[float]) -> tuple[float, float, float]:
 
 
 def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None,
-              printer=print) -> list[dict]:
-    """Measure every case (or those whose name is in ``ops``); append rows to ``out``."""
+              threads=None, printer=print) -> list[dict]:
+    """Measure every case (or those whose name is in ``ops``) at each of ``threads`` (torch
+    intra-op thread counts; None: the current one); append rows to ``out``."""
     reps = reps or (6 if quick else 40)
+    rows: list[dict] = []
+    before = torch.get_num_threads()
+    try:
+        for n in threads or [before]:
+            torch.set_num_threads(n)
+            rows += _run_at(out, quick, reps, dtype, ops, printer)
+    finally:
+        torch.set_num_threads(before)
+    worst = max(r["ratio"] for r in rows if r["provider"] == "normlab")
+    printer(f"worst normlab/torch.nn time ratio: {worst:.3f} (target <= 1.05)")
+    return rows
+
+
+def _run_at(out, quick, reps, dtype, ops, printer) -> list[dict]:
     run_id = uuid.uuid4().hex[:12]
     env = environment()
     rows: list[dict] = []
     cases = [c for c in CASES if ops is None or c.name in ops]
     header = (f"{'op':<15}{'layout':<14}{'mode':<17}{'baseline ms':>12}{'normlab ms':>12}"
-              f"{'ratio':>8}{'GB/s':>8}{'of copy':>9}")
+              f"{'ratio':>7}{'copy GB/s':>10}{'base of copy':>13}{'normlab of copy':>16}")
     printer(f"normlab bench: {len(cases)} shapes x {len(MODES)} modes, {reps} alternating "
             f"repetitions each, {dtype}, allocator={env['allocator']}, "
             f"torch threads={env['torch_threads']}")
@@ -216,22 +232,24 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
         dy = _input(case, shape, dtype)
         nbytes = x.numel() * x.element_size()
         dst = torch.empty_like(x)
-        copy_ts = [_time_once(functools.partial(dst.copy_, x)) for _ in range(max(reps, 5))]
-        c20, c50, c80 = _quantiles(copy_ts)
-        copy_gbps = _TENSORS_MOVED["copy"] * nbytes / c50 / 1e9
+        all_copies: list[float] = []
         for mode in MODES:
             mods = {base_name: ref_mod, "normlab": nl_mod, **extra}
             calls = {k: _timer(m, x, dy, mode) for k, m in mods.items()}
             saved = ({k: _saved_bytes(m, x) / 2 ** 20 for k, m in mods.items()}
                      if mode != "forward" else {})
+            calls["copy_"] = functools.partial(dst.copy_, x)  # the bandwidth, in the same loop
             for fn in calls.values():  # warm up: allocator, threads, first-call paths
                 fn()
                 fn()
             times: dict[str, list[float]] = {k: [] for k in calls}
             order = list(calls)
             for i in range(reps):
-                for name in (order if i % 2 == 0 else order[::-1]):  # A B, B A, ...
+                for name in (order if i % 2 == 0 else order[::-1]):  # A B C, C B A, ...
                     times[name].append(_time_once(calls[name]))
+            copies = times.pop("copy_")
+            all_copies += copies
+            copy_gbps = _TENSORS_MOVED["copy"] * nbytes / _quantiles(copies)[1] / 1e9
             base = _quantiles(times[base_name])[1]
             stats = {k: _quantiles(v) for k, v in times.items()}
             # the ratio is the median of per-repetition ratios: each pair was measured back to
@@ -239,36 +257,38 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
             paired = {k: statistics.median(a / b for a, b in zip(v, times[base_name],
                                                                  strict=True))
                       for k, v in times.items()}
+            of_copy = {}
             for provider, (p20, p50, p80) in stats.items():
                 gbps = _TENSORS_MOVED[mode] * nbytes / p50 / 1e9
+                of_copy[provider] = gbps / copy_gbps
                 row = dict(kind="bench", run_id=run_id, op=case.name, provider=provider,
                            mode=mode, layout=case.layout, shape=list(shape),
                            dtype=str(dtype).replace("torch.", ""), p20=p20, p50=p50, p80=p80,
                            unit="s", reps=reps, gbps=gbps, copy_gbps=copy_gbps,
-                           ratio=paired[provider], baseline=base_name,
-                           saved_mb=saved.get(provider), env=env, time=time.time())
+                           of_copy=of_copy[provider], ratio=paired[provider],
+                           baseline=base_name, saved_mb=saved.get(provider),
+                           threads=torch.get_num_threads(), env=env, time=time.time())
                 rows.append(row)
                 if out is not None:
                     append_row(out, row)
-            nl50 = stats["normlab"][1]
-            gbps = _TENSORS_MOVED[mode] * nbytes / nl50 / 1e9
             printer(f"{case.name:<15}{case.layout:<14}{mode:<17}{base * 1e3:>12.3f}"
-                    f"{nl50 * 1e3:>12.3f}{paired['normlab']:>8.3f}{gbps:>8.1f}"
-                    f"{gbps / copy_gbps:>9.2f}")
+                    f"{stats['normlab'][1] * 1e3:>12.3f}{paired['normlab']:>7.3f}"
+                    f"{copy_gbps:>10.1f}{of_copy[base_name]:>13.2f}{of_copy['normlab']:>16.2f}")
             if base_name != "torch.nn" or extra:
                 mem = "" if not saved else ", saved for backward: " + ", ".join(
                     f"{k} {v:.1f} MiB" for k, v in saved.items())
                 ctx = "".join(f"; {k} {stats[k][1] * 1e3:.3f} ms (x{paired[k]:.2f})"
                               for k in extra)
                 printer(f"{'':<15}baseline = {base_name}{ctx}{mem}")
+        c20, c50, c80 = _quantiles(all_copies)
+        copy_gbps = _TENSORS_MOVED["copy"] * nbytes / c50 / 1e9
         copy_row = dict(kind="bench", run_id=run_id, op=case.name, provider="copy_",
                         mode="copy", layout=case.layout, shape=list(shape),
                         dtype=str(dtype).replace("torch.", ""), p20=c20, p50=c50, p80=c80,
-                        unit="s", reps=len(copy_ts), gbps=copy_gbps, copy_gbps=copy_gbps,
-                        ratio=None, baseline=None, env=env, time=time.time())
+                        unit="s", reps=len(all_copies), gbps=copy_gbps, copy_gbps=copy_gbps,
+                        ratio=None, baseline=None, threads=torch.get_num_threads(), env=env,
+                        time=time.time())
         rows.append(copy_row)
         if out is not None:
             append_row(out, copy_row)
-    worst = max(r["ratio"] for r in rows if r["provider"] == "normlab")
-    printer(f"worst normlab/torch.nn time ratio: {worst:.3f} (target <= 1.05)")
     return rows

@@ -84,8 +84,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ops", nargs="+", choices=names, metavar="OP",
                        help=f"only these ops: {', '.join(names)}")
     bench.add_argument("--threads", type=_bounded_int(1, _CORES, " (the number of cores)"),
-                       default=None, help="torch intra-op threads, at most the number of "
-                                          "cores (default: torch's choice)")
+                       nargs="+", default=None, metavar="N",
+                       help="torch intra-op threads, at most the number of cores; several "
+                            "values run the table at each, e.g. --threads 1 2 (default: "
+                            "torch's choice)")
 
     from normlab.lab.claims import BASE
     from normlab.lab.study import CLAIM_IDS, MAX_SEEDS
@@ -638,11 +640,9 @@ def main(argv=None) -> int:
 
         from normlab.bench import run_bench
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
         try:
             run_bench(out=args.out, quick=args.quick, reps=args.reps,
-                      dtype=getattr(torch, args.dtype), ops=args.ops)
+                      dtype=getattr(torch, args.dtype), ops=args.ops, threads=args.threads)
         except OSError as exc:  # rows appended so far stay valid
             return _cannot_write("bench", exc)
         print(f"rows appended to {args.out}")

@@ -19,12 +19,16 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
   kernels, masks of batch/instance/group norm included; for CUDA tensors, or any tensor when
   asked for by name with ``TRITON_INTERPRET=1`` set before Triton is imported, which runs them
   on CPU slowly, for tests), ``"masked"`` (normlab's masked batch/instance/group Function),
+  ``"numba"`` (normlab's CPU kernels, float32/float64 training statistics; by default for
+  channels-first batch, instance, channels-last group and RMS norm on inputs of at least
+  32768 elements, where they beat torch's),
   ``"hybrid"`` (instance norm with the channel innermost in memory: torch's forward, the
   closed-form backward), ``"native"`` (torch's kernels; no masks) and ``"reference"`` (the
   closed-form math; takes every call). A backend asked for by name that cannot run the call
-  raises ``ValueError`` saying why, except the calls ``"triton"`` hands on (running statistics
-  in eval mode, AdaIN, an empty input, a layout the kernels do not read in place, masked
-  layer/rms norm), which run on the next backend that accepts them.
+  raises ``ValueError`` saying why, except the calls ``"triton"`` and ``"numba"`` hand on
+  (running statistics in eval mode, AdaIN, an empty input, a layout the kernels do not read in
+  place, masked layer/rms norm; for ``"numba"`` also any mask and dtypes other than float32 and
+  float64), which run on the next backend that accepts them.
   ``normlab.ops.trace_backends()`` shows which backend ran.
 
 Bad input raises ``TypeError`` (not a tensor, a tensor of the wrong dtype, an argument of the

@@ -2,7 +2,7 @@
 
 Beyond torch.nn, every module takes keyword-only ``channel_axis`` (1, or -1 for N x ... x C
 inputs), ``activation`` (None, "relu", "gelu", "silu") and ``backend`` (None or a name of
-``normlab.ops.BACKENDS``: "triton", "masked", "hybrid", "native", "reference"; see
+``normlab.ops.BACKENDS``: "triton", "masked", "numba", "hybrid", "native", "reference"; see
 ``normlab.functional``), and ``forward(input, residual=None)`` computes
 ``act(norm(input) + residual)``.
 """

@@ -1,9 +1,10 @@
 """Autograd-aware ops, one per kind (the pointwise DyT and Derf too), over one dispatcher
 (``dispatch.normalize``) and its ordered list of backends (Triton kernels, the masked
-Function, the instance-norm hybrid, torch's native kernels, the reference Function). Inputs
-are assumed valid: ``normlab.functional`` checks them. ``trace_backends()`` /
-``last_backend()`` show which backend ran."""
+Function, the numba CPU kernels, the instance-norm hybrid, torch's native kernels, the
+reference Function). Inputs are assumed valid: ``normlab.functional`` checks them.
+``trace_backends()`` / ``last_backend()`` show which backend ran."""
 
+from normlab.ops.cpu_op import available as cpu_available
 from normlab.ops.dispatch import (
     BACKEND_LIST,
     BACKENDS,
@@ -28,7 +29,7 @@ from normlab.ops.triton_op import available as triton_available
 from normlab.ops.triton_op import usable_for as triton_usable
 
 __all__ = ["BACKENDS", "BACKEND_LIST", "Running", "adaptive_instance_norm", "batch_norm",
-           "batch_renorm", "derf", "dynamic_tanh", "ghost_batch_renorm", "group_norm",
-           "instance_norm", "last_backend", "layer_norm",
+           "batch_renorm", "cpu_available", "derf", "dynamic_tanh", "ghost_batch_renorm",
+           "group_norm", "instance_norm", "last_backend", "layer_norm",
            "normalize", "reference_norm", "rms_norm", "sync_batch_norm", "trace_backends",
            "triton_available", "triton_usable"]

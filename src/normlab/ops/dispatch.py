@@ -12,6 +12,8 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
 * ``triton`` hands on what the kernels have no work for or do not read: running statistics
   (eval mode: a per-channel affine map), AdaIN, an empty input, a layout the kernels do not
   read in place, masked layer/rms norm. So ``BatchNorm2d(backend="triton")`` works in eval mode.
+* ``numba`` hands on the same calls as ``triton`` and also dtypes other than float32/float64
+  and any mask (its kernels have neither), so ``LayerNorm(backend="numba").bfloat16()`` works.
 * ``masked`` hands on a call whose statistics came out non-finite (NaN or Inf in the padding,
   which its multiply-by-mask passes read): the reference masked math, which never reads padded
   values, runs instead. That is one check on the (N, C) statistics, on CPU where this backend
@@ -36,7 +38,7 @@ from typing import NamedTuple
 import torch
 
 from normlab import spec
-from normlab.ops import native, triton_op
+from normlab.ops import cpu_op, native, triton_op
 from normlab.ops.masked import masked_norm
 from normlab.ops.pointwise import pointwise
 from normlab.ops.reference_op import reference_norm
@@ -198,6 +200,54 @@ class Masked(Backend):
         return like_input(apply_activation(y, call.activation), call.x), (mean, var, count)
 
 
+NUMBA_DTYPES = (torch.float32, torch.float64)
+
+
+class Numba(Backend):
+    """The numba CPU kernels (``cpu_op``): float32/float64 training statistics read in place,
+    where they beat torch's kernels (``normlab bench``); any such call when asked for by name."""
+
+    name = "numba"
+    hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
+                          "numba has no kernels for this dtype (float32 and float64 only)"})
+    # Chosen by default only where the bench measured it faster than torch's kernel: not
+    # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
+    # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
+    # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements (the Python around a
+    # call costs more than it saves there).
+    MIN_NUMEL = 1 << 15
+
+    def accepts(self, call):
+        p, x = call.plan, call.x
+        if x.device.type != "cpu":
+            return "the input is not on the CPU"
+        if x.dtype not in NUMBA_DTYPES:
+            return "numba has no kernels for this dtype (float32 and float64 only)"
+        if p.stats == "running":
+            return RUNNING
+        if p.kind == "adain":
+            return ADAIN
+        if call.mask is not None:
+            return "masks are not fused"
+        if x.numel() == 0:
+            return EMPTY
+        if p.kernel is None:
+            return LAYOUT
+        if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
+                                  or (p.kind == "group" and p.kernel.affine[4] == 0)
+                                  or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
+            return ("torch's kernel is as fast here (layer norm, group norm channels first, "
+                    "batch norm channels last, or a small input)")
+        if not cpu_op.available():  # last: the first time, this imports numba
+            return "numba is not installed"
+        return None
+
+    def run(self, call):
+        y, mean, var = cpu_op.numba_norm(call.plan, call.x, eps=call.eps, weight=call.weight,
+                                         bias=call.bias)
+        return native.epilogue(y, call.residual, call.activation), (mean, var, None)
+
+
 def _closed_form_backward_is_faster(x, channel_axis) -> bool:
     """Instance norm with the channel innermost in memory: torch's group-norm backward for that
     layout is slow on CPU (1.6x torch.nn's contiguous-copy path at 32x64x56x56), the closed form
@@ -217,6 +267,9 @@ class Hybrid(Backend):
             return "only instance norm with input statistics and no mask"
         if not _closed_form_backward_is_faster(call.x, call.channel_axis):
             return "only a channel innermost in memory (torch's backward is fast otherwise)"
+        if call.x.dtype not in (torch.float32, torch.float64) and not call.explicit:
+            # measured: the closed form in bfloat16 costs 1.8x torch's forward+backward
+            return "half precision: torch's kernels are faster there"
         return None
 
     def run(self, call):
@@ -306,7 +359,8 @@ class Reference(Backend):
 
 
 # The order backend=None tries; every accept rule of every path is in these classes.
-BACKEND_LIST: tuple[Backend, ...] = (Triton(), Masked(), Hybrid(), Native(), Reference())
+BACKEND_LIST: tuple[Backend, ...] = (Triton(), Masked(), Numba(), Hybrid(), Native(),
+                                     Reference())
 BACKENDS: tuple[str, ...] = tuple(b.name for b in BACKEND_LIST)
 _BY_NAME = {b.name: i for i, b in enumerate(BACKEND_LIST)}
 

@@ -1,0 +1,376 @@
+"""CPU kernels compiled by numba: the statistics and per-element passes of every kind, float32
+and float64, on numpy views of the input's memory (``normlab.ops.cpu_op`` makes the views,
+merges partial statistics and computes the per-line coefficients; nothing here allocates
+an activation-sized buffer or knows about autograd).
+
+The input's memory is read in one of three shapes (``spec.Kernel``'s 4-D view ``(NB, D0, D1,
+D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
+
+* **rows** (layer, rms): ``(R, L)``, one group per row; forward and backward fused, one row in
+  cache: the forward reads x once and writes y, the backward reads x and dy once and writes dx.
+* **lines** (batch, instance, group norm with the channel outermost): ``(lines, P)``, each
+  line ``P`` positions sharing one weight; per-line partial statistics, merged by the caller
+  (Chan's formula), then a per-line affine pass. Where a line is a whole group (instance norm)
+  the statistics and the output are one fused pass.
+* **columns** (the channel innermost): ``(NB, R, W)``, per-column partial statistics over
+  chunks of rows, merged by the caller, then a per-column affine pass.
+
+Sums are two-pass (the mean, then the squared deviations from it; per line, chunk or sample,
+merged by Chan's formula), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums add blocks of 2048
+elements summed in the input's precision (vectorized) in float64, so no long float32 sums; the
+columns' per-column sums and the rows' backward sums are float64 throughout. The
+fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["cols_apply", "cols_bsum", "cols_bwd_fused", "cols_dx", "cols_fwd_fused",
+           "cols_stats", "lines_apply", "lines_bsum", "lines_bwd_fused", "lines_dx",
+           "lines_fwd_fused", "lines_stats", "rows_bwd", "rows_fwd"]
+
+_FAST = {"reassoc", "contract", "nsz", "arcp"}  # no "nnan"/"ninf": NaN input gives NaN output
+_JIT = dict(parallel=True, fastmath=_FAST, cache=True, nogil=True)
+
+
+_BLOCK = 2048  # elements summed in the input's precision before adding into float64
+
+
+@njit(fastmath=_FAST, inline="always")
+def _sum(x, k, zero):
+    """sum(x - k) of a 1-D array: blocks of _BLOCK in x's precision (vectorized), added in
+    float64. With the shift ``k`` (a value of the data, near its mean) the block sums stay at
+    the scale of the spread, not of the mean: float32 blocks of values ~1e4 would lose ~1e-3."""
+    s = 0.0
+    for j0 in range(0, x.shape[0], _BLOCK):
+        a = zero
+        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
+            a += x[j] - k
+        s += a
+    return s
+
+
+@njit(fastmath=_FAST, inline="always")
+def _sq_dev(x, m, zero):
+    """sum((x - m)^2) of a 1-D array, blocked as ``_sum``."""
+    s = 0.0
+    for j0 in range(0, x.shape[0], _BLOCK):
+        a = zero
+        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
+            e = x[j] - m
+            a += e * e
+        s += a
+    return s
+
+
+@njit(fastmath=_FAST, inline="always")
+def _sums_dy(dy, x, m, r, zero):
+    """(sum(dy), sum(dy * xhat)) of 1-D arrays, xhat = (x - m) * r, blocked as ``_sum``."""
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, x.shape[0], _BLOCK):
+        a1 = zero
+        a2 = zero
+        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
+            a1 += dy[j]
+            a2 += dy[j] * ((x[j] - m) * r)
+        s1 += a1
+        s2 += a2
+    return s1, s2
+
+
+# ---- rows: layer and rms norm, x (R, L), w and b (L,) (ones / zeros when absent) ----
+
+@njit(**_JIT)
+def rows_fwd(x, w, b, centered, eps, zero, y, mean, rstd, var):
+    """y = (x - mean) * rstd * w + b per row; mean/rstd/var (R,) in the statistics dtype;
+    ``zero``: 0 in that dtype (the blocks' accumulator type)."""
+    R, L = x.shape
+    for i in prange(R):
+        k = x[i, 0]
+        m = k + _sum(x[i], k, zero) / L if centered else 0.0
+        mean[i] = m
+        mi = mean[i]  # in the statistics dtype: the passes below in that precision
+        # second pass over the row, in cache; sum((x - mi)^2) = M2 + L (m - mi)^2
+        q = max(_sq_dev(x[i], mi, zero) - L * (m - mi) ** 2, 0.0)
+        var[i] = q / L
+        rstd[i] = 1.0 / np.sqrt(q / L + eps)
+        ri = rstd[i]
+        for j in range(L):
+            y[i, j] = (x[i, j] - mi) * ri * w[j] + b[j]
+
+
+@njit(**_JIT)
+def rows_bwd(dy, x, w, mean, rstd, centered, nth, dx, dwp, dbp):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, per row; ``dwp``/``dbp``
+    (nth, L) float64: each thread's partial sums of dy * xhat and dy (the caller adds them)."""
+    R, L = x.shape
+    for t in prange(nth):
+        for i in range(t * R // nth, (t + 1) * R // nth):
+            mi, ri = mean[i], rstd[i]
+            s1 = 0.0
+            s2 = 0.0
+            for j in range(L):
+                xh = (x[i, j] - mi) * ri
+                u = dy[i, j] * xh
+                s1 += dy[i, j] * w[j]
+                s2 += u * w[j]
+                dwp[t, j] += u
+                dbp[t, j] += dy[i, j]
+            a = s1 / L if centered else 0.0
+            c = s2 / L
+            for j in range(L):  # the row again, in cache
+                xh = (x[i, j] - mi) * ri
+                dx[i, j] = ri * (dy[i, j] * w[j] - a - xh * c)
+
+
+# ---- lines: (lines, P), one weight per line ----
+
+@njit(**_JIT)
+def lines_stats(x, centered, zero, center, lmean, lm2):
+    """Per line: the mean and the sum of squared deviations (float64); uncentered: mean 0 and
+    the sum of squares. ``zero``: 0 in the input's dtype; ``center`` (lines,) scratch in it."""
+    n, P = x.shape
+    for i in prange(n):
+        k = x[i, 0]
+        m = k + _sum(x[i], k, zero) / P if centered else 0.0
+        center[i] = m  # the mean rounded to the input's dtype: the second pass in that dtype
+        c = center[i]
+        lmean[i] = m
+        # sum((x - c)^2) = M2 + P (m - c)^2: the rounding of the centre taken out exactly
+        lm2[i] = max(_sq_dev(x[i], c, zero) - P * (m - c) ** 2, 0.0)
+
+
+@njit(**_JIT)
+def lines_apply(x, lm, ls, lb, y):
+    """y = (x - lm) * ls + lb with per-line lm, ls, lb (in the statistics dtype)."""
+    n, P = x.shape
+    for i in prange(n):
+        m, s, b = lm[i], ls[i], lb[i]
+        for j in range(P):
+            y[i, j] = (x[i, j] - m) * s + b
+
+
+@njit(**_JIT)
+def lines_fwd_fused(x, lw, lb, centered, eps, zero, y, mean, rstd, var):
+    """x (G, D0, P): each group is D0 consecutive lines (instance norm: 1; group norm channels
+    first: C/G), weights per line (G, D0): statistics and output in one pass over the group;
+    ``zero``: 0 in the statistics dtype."""
+    G, D0, P = x.shape
+    n = D0 * P
+    for i in prange(G):
+        m = 0.0
+        if centered:
+            k = x[i, 0, 0]
+            s = 0.0
+            for d in range(D0):
+                s += _sum(x[i, d], k, zero)
+            m = k + s / n
+        mean[i] = m
+        mi = mean[i]
+        q = 0.0
+        for d in range(D0):  # the group again, in cache
+            q += _sq_dev(x[i, d], mi, zero)
+        q = max(q - n * (m - mi) ** 2, 0.0)  # = M2 (the centre's rounding taken out)
+        var[i] = q / n
+        rstd[i] = 1.0 / np.sqrt(q / n + eps)
+        ri = rstd[i]
+        for d in range(D0):
+            sc = ri * lw[i, d]
+            bi = lb[i, d]
+            for j in range(P):
+                y[i, d, j] = (x[i, d, j] - mi) * sc + bi
+
+
+@njit(**_JIT)
+def lines_bsum(dy, x, lm, lr, zero, sdy, sdyx):
+    """Per line: sum(dy) and sum(dy * xhat), xhat = (x - lm) * lr (float64)."""
+    n, P = x.shape
+    for i in prange(n):
+        sdy[i], sdyx[i] = _sums_dy(dy[i], x[i], lm[i], lr[i], zero)
+
+
+@njit(**_JIT)
+def lines_dx(dy, x, lm, c1, c2, c3, dx):
+    """dx = c1 * dy + c2 * (x - lm) + c3 with per-line coefficients."""
+    n, P = x.shape
+    for i in prange(n):
+        m, a, b, c = lm[i], c1[i], c2[i], c3[i]
+        for j in range(P):
+            dx[i, j] = a * dy[i, j] + b * (x[i, j] - m) + c
+
+
+@njit(**_JIT)
+def lines_bwd_fused(dy, x, mean, rstd, lw, centered, zero, cs, dx, sdy, sdyx):
+    """As ``lines_fwd_fused``: per group the sums, then dx = rstd * (g - mean(g) - xhat *
+    mean(g * xhat)), g = dy * w, in one pass over the group; sdy/sdyx (G, D0) float64 per line
+    are kept for the weight and bias gradients; ``cs`` (G, 2) scratch in the statistics dtype."""
+    G, D0, P = x.shape
+    n = D0 * P
+    for i in prange(G):
+        m, r = mean[i], rstd[i]
+        s1 = 0.0
+        s2 = 0.0
+        for d in range(D0):
+            a1, a2 = _sums_dy(dy[i, d], x[i, d], m, r, zero)
+            sdy[i, d] = a1
+            sdyx[i, d] = a2
+            s1 += lw[i, d] * a1
+            s2 += lw[i, d] * a2
+        cs[i, 0] = (s1 / n if centered else 0.0) * r
+        cs[i, 1] = (s2 / n) * r * r
+        c1, c2 = cs[i, 0], cs[i, 1]  # in the statistics dtype: the output pass in that precision
+        for d in range(D0):
+            a = r * lw[i, d]
+            for j in range(P):
+                dx[i, d, j] = a * dy[i, d, j] - c1 - c2 * (x[i, d, j] - m)
+
+
+# ---- columns: (NB, R, W), the groups' channels innermost ----
+
+@njit(**_JIT)
+def cols_stats(x, centered, rows, pm, pq):
+    """Per (b, chunk of ``rows`` rows, column): the mean and the sum of squared deviations
+    (float64), ``pm``/``pq`` (NB, T, W); uncentered: mean 0 and the sum of squares."""
+    NB, R, W = x.shape
+    T = pm.shape[1]
+    for u in prange(NB * T):
+        b = u // T
+        t = u % T
+        lo = t * rows
+        hi = min(R, lo + rows)
+        s = np.zeros(W)
+        if centered:
+            for r in range(lo, hi):
+                for j in range(W):
+                    s[j] += x[b, r, j]
+            for j in range(W):
+                s[j] /= hi - lo
+        q = np.zeros(W)
+        for r in range(lo, hi):  # the chunk again, in cache
+            for j in range(W):
+                d = x[b, r, j] - s[j]
+                q[j] += d * d
+        for j in range(W):
+            pm[b, t, j] = s[j]
+            pq[b, t, j] = q[j]
+
+
+@njit(**_JIT)
+def cols_apply(x, cm, cs, cb, y):
+    """y = (x - cm) * cs + cb with per-(b, column) coefficients (NB, W)."""
+    NB, R, W = x.shape
+    for u in prange(NB * R):
+        b = u // R
+        r = u % R
+        for j in range(W):
+            y[b, r, j] = (x[b, r, j] - cm[b, j]) * cs[b, j] + cb[b, j]
+
+
+@njit(**_JIT)
+def cols_bsum(dy, x, cm, cr, rows, pdy, pdyx):
+    """Per (b, chunk, column): sum(dy) and sum(dy * xhat), xhat = (x - cm) * cr (float64)."""
+    NB, R, W = x.shape
+    T = pdy.shape[1]
+    for u in prange(NB * T):
+        b = u // T
+        t = u % T
+        s1 = np.zeros(W)
+        s2 = np.zeros(W)
+        for r in range(t * rows, min(R, (t + 1) * rows)):
+            for j in range(W):
+                s1[j] += dy[b, r, j]
+                s2[j] += dy[b, r, j] * ((x[b, r, j] - cm[b, j]) * cr[b, j])
+        for j in range(W):
+            pdy[b, t, j] = s1[j]
+            pdyx[b, t, j] = s2[j]
+
+
+@njit(**_JIT)
+def cols_dx(dy, x, cm, c1, c2, c3, dx):
+    """dx = c1 * dy + c2 * (x - cm) + c3 with per-(b, column) coefficients."""
+    NB, R, W = x.shape
+    for u in prange(NB * R):
+        b = u // R
+        r = u % R
+        for j in range(W):
+            dx[b, r, j] = c1[b, j] * dy[b, r, j] + c2[b, j] * (x[b, r, j] - cm[b, j]) + c3[b, j]
+
+
+@njit(**_JIT)
+def cols_fwd_fused(x, d2, cw, cb, centered, eps, sc, y, mean, rstd, var):
+    """One sample (NB, R, W) in cache per unit, W = D1 * d2 columns, group of column j:
+    j // d2 (instance and group norm with the channels innermost): the group means, the
+    squared deviations from them, the output, in three passes over the sample. ``cw``/``cb``
+    (NB, W) per-column weight and bias; ``sc`` (NB, 3, W) scratch in the statistics dtype;
+    mean/rstd/var (NB, D1)."""
+    NB, R, W = x.shape
+    D1 = W // d2
+    n = R * d2
+    for b in prange(NB):
+        s = np.zeros(W)
+        if centered:
+            for r in range(R):
+                for j in range(W):
+                    s[j] += x[b, r, j]
+        gm = np.zeros(D1)
+        for j in range(W):
+            gm[j // d2] += s[j]
+        for g in range(D1):
+            gm[g] /= n
+        for j in range(W):
+            sc[b, 0, j] = gm[j // d2]
+        q = np.zeros(W)
+        for r in range(R):
+            for j in range(W):  # no j // d2 here: it would keep the loop from vectorizing
+                e = x[b, r, j] - sc[b, 0, j]
+                q[j] += e * e
+        gq = np.zeros(D1)
+        for j in range(W):
+            gq[j // d2] += q[j]
+        for g in range(D1):
+            mean[b, g] = gm[g]
+            var[b, g] = gq[g] / n
+            rstd[b, g] = 1.0 / np.sqrt(gq[g] / n + eps)
+        for j in range(W):
+            sc[b, 1, j] = rstd[b, j // d2] * cw[b, j]
+        for r in range(R):
+            for j in range(W):
+                y[b, r, j] = (x[b, r, j] - sc[b, 0, j]) * sc[b, 1, j] + cb[b, j]
+
+
+@njit(**_JIT)
+def cols_bwd_fused(dy, x, d2, cw, cm, cr, centered, sc, dx, sdy, sdyx):
+    """The backward of ``cols_fwd_fused``, one sample per unit: per column sum(dy) and
+    sum(dy * xhat) (kept in sdy/sdyx (NB, W), float64, for the weight and bias gradients),
+    the group sums, then dx in a second pass. cm/cr (NB, W): each column's group mean and
+    rstd; ``sc`` (NB, 3, W) scratch in the statistics dtype."""
+    NB, R, W = x.shape
+    D1 = W // d2
+    n = R * d2
+    for b in prange(NB):
+        a1 = np.zeros(W)
+        a2 = np.zeros(W)
+        for r in range(R):
+            for j in range(W):
+                a1[j] += dy[b, r, j]
+                a2[j] += dy[b, r, j] * ((x[b, r, j] - cm[b, j]) * cr[b, j])
+        s1 = np.zeros(D1)
+        s2 = np.zeros(D1)
+        for j in range(W):
+            sdy[b, j] = a1[j]
+            sdyx[b, j] = a2[j]
+            s1[j // d2] += cw[b, j] * a1[j]
+            s2[j // d2] += cw[b, j] * a2[j]
+        for j in range(W):
+            g = j // d2
+            r_ = cr[b, j]
+            sc[b, 0, j] = r_ * cw[b, j]
+            sc[b, 1, j] = -(s2[g] / n) * r_ * r_
+            sc[b, 2, j] = -(s1[g] / n) * r_ if centered else 0.0
+        for r in range(R):
+            for j in range(W):
+                dx[b, r, j] = (sc[b, 0, j] * dy[b, r, j] + sc[b, 1, j] * (x[b, r, j] - cm[b, j])
+                               + sc[b, 2, j])

@@ -1,0 +1,368 @@
+"""The CPU backend: the numba kernels of ``normlab.kernels.cpu.norm`` behind ``torch.library``
+custom ops (with fake implementations, so ``torch.compile(fullgraph=True)`` traces through
+them) and an autograd formula.
+
+The input's memory is read in place through ``spec.plan(..., strides=...).kernel``'s 4-D view
+``(NB, D0, D1, D2)`` (a group is one ``(b, d1)`` reduced over ``(d0, d2)``), in one of three
+shapes (``_shape``): *rows* (layer, rms: one group per row, fused), *lines* (channels first:
+each run of ``D2`` positions shares one weight) and *columns* (channels innermost). The kernels
+return partial statistics per line or per chunk of rows in float64; they are merged here by
+Chan's formula (tiny tensors: one value per line or per chunk and column), and the per-line /
+per-column coefficients of the output and gradient passes are computed here too, in float64.
+Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
+backend takes only those two dtypes (numba has no bfloat16). Which calls come here is
+``dispatch.Numba.accepts``. No double backward (use ``backend="reference"``).
+
+numba compiles each kernel on its first call in a process (a few seconds; cached on disk next
+to the kernels' source, so later processes load it). The kernels run on
+``torch.get_num_threads()`` threads, one call at a time (a lock: numba's default thread pool
+does not take concurrent launches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import threading
+
+import torch
+
+from normlab import spec
+from normlab.reference import stat_dtype
+
+__all__ = ["available", "numba_norm"]
+
+_LOCK = threading.Lock()
+TILE = 1 << 14  # elements per chunk of rows in the column statistics (64 KiB of float32: in L2)
+SAMPLE_BYTES = 1 << 22  # a sample this small is normalized in one unit (it stays in cache)
+ROWS, LINES, COLUMNS = 0, 1, 2
+
+
+_AVAILABLE = importlib.util.find_spec("numba") is not None
+
+
+def available() -> bool:
+    """numba is installed (importing normlab never imports it: the first numba call does)."""
+    return _AVAILABLE
+
+
+@functools.cache
+def _kernels():
+    import numba
+
+    from normlab.kernels.cpu import norm
+
+    return numba, norm
+
+
+def _shape(dims, affine, family) -> int:
+    """Which of the kernels' three readings of the memory a 4-D view takes."""
+    if family == spec.COLUMN:
+        return COLUMNS
+    if affine[4] == 0:  # the D2 positions of a line share one weight: channels first
+        return LINES
+    if dims[1] == 1 and dims[2] == 1:  # layer and rms: one group per row
+        return ROWS
+    return COLUMNS  # group norm with the channels innermost: (N, positions, G, C/G)
+
+
+@functools.lru_cache(maxsize=256)
+def _affine_index(dims, affine, shape):
+    """The weight index of each line (NB, D0, D1) or each (b, column) (NB, D1 * D2)."""
+    nb, d0, d1, d2 = dims
+    mod_b, sb, s0, s1, s2 = affine
+    b = (torch.arange(nb) % mod_b) * sb
+    if shape == LINES:
+        return (b[:, None, None] + torch.arange(d0)[None, :, None] * s0
+                + torch.arange(d1)[None, None, :] * s1)
+    return (b[:, None, None] + torch.arange(d1)[None, :, None] * s1
+            + torch.arange(d2)[None, None, :] * s2).reshape(nb, d1 * d2)
+
+
+def _np(t: torch.Tensor, shape):
+    """The tensor's memory (dense, in memory order) as a numpy array of ``shape``."""
+    t = t.detach()
+    return t.as_strided((t.numel(),), (1,)).numpy().reshape(shape)
+
+
+def _param(t, n, fill, dtype):
+    if t is None:
+        return torch.full((n,), fill, dtype=dtype)
+    return t.detach().reshape(-1).to(dtype).contiguous()
+
+
+def _zero(dtype):
+    """0 as a numpy scalar of ``dtype`` (the kernels' block accumulators take its type)."""
+    return torch.zeros((), dtype=dtype).numpy()[()]
+
+
+@contextlib.contextmanager
+def _launch(numba):
+    """One kernel launch at a time, on ``torch.get_num_threads()`` of numba's threads; torch's
+    thread count is put back afterwards (numba's OpenMP pool shares torch's OpenMP runtime, and
+    a launch leaves the runtime's thread count at numba's)."""
+    with _LOCK:
+        before = torch.get_num_threads()
+        n = max(1, min(before, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+
+def _merge(pm, pq, counts, centered):
+    """Chan's merge of partial (mean, sum of squared deviations) along the last dim, whose
+    parts hold ``counts`` elements each -> (mean, biased variance), float64."""
+    n = counts.sum()
+    if not centered:
+        return torch.zeros(pm.shape[:-1], dtype=torch.float64), pq.sum(-1) / n
+    mean = (pm * counts).sum(-1) / n
+    m2 = pq.sum(-1) + (counts * (pm - mean.unsqueeze(-1)) ** 2).sum(-1)
+    return mean, m2 / n
+
+
+def _fused_columns(x, dims) -> bool:
+    """Whether a columns-shaped call normalizes one sample per unit (several samples, each
+    small enough to stay in cache) rather than in chunks of rows merged afterwards."""
+    nb, d0, d1, d2 = dims
+    return nb > 1 and d0 * d1 * d2 * x.element_size() <= SAMPLE_BYTES
+
+
+def _forward(x, weight, bias, dims, affine, family, centered, eps):
+    numba, k = _kernels()
+    nb, d0, d1, d2 = dims
+    sdt = stat_dtype(x.dtype)
+    shape = _shape(dims, affine, family)
+    y = torch.empty_like(x)
+    if shape == ROWS:
+        mean, rstd, var = (torch.empty(nb, dtype=sdt) for _ in range(3))
+        w, b = _param(weight, d2, 1.0, x.dtype), _param(bias, d2, 0.0, x.dtype)
+        with _launch(numba):
+            k.rows_fwd(_np(x, (nb, d2)), w.numpy(), b.numpy(), centered, eps, _zero(sdt),
+                       _np(y, (nb, d2)), mean.numpy(), rstd.numpy(), var.numpy())
+        return y, mean, rstd, var
+    idx = _affine_index(dims, affine, shape)
+    cw = int(idx.max()) + 1
+    w, b = _param(weight, cw, 1.0, torch.float64), _param(bias, cw, 0.0, torch.float64)
+    if shape == LINES:
+        lines = (nb * d0 * d1, d2)
+        if d1 == 1:  # each group is D0 consecutive lines: one fused pass
+            grp = (nb, d0, d2)
+            mean, rstd, var = (torch.empty(nb, dtype=sdt) for _ in range(3))
+            lw, lb = w[idx].reshape(nb, d0).to(sdt), b[idx].reshape(nb, d0).to(sdt)
+            with _launch(numba):
+                k.lines_fwd_fused(_np(x, grp), lw.numpy(), lb.numpy(), centered, eps,
+                                  _zero(sdt), _np(y, grp), mean.numpy(), rstd.numpy(), var.numpy())
+            return y, mean, rstd, var
+        lmean, lm2 = (torch.empty(lines[0], dtype=torch.float64) for _ in range(2))
+        with _launch(numba):
+            k.lines_stats(_np(x, lines), centered, _zero(sdt),
+                          torch.empty(lines[0], dtype=sdt).numpy(), lmean.numpy(), lm2.numpy())
+        counts = torch.full((d0,), float(d2), dtype=torch.float64)
+        gm, var = _merge(lmean.view(nb, d0, d1).transpose(1, 2), lm2.view(nb, d0, d1)
+                         .transpose(1, 2), counts, centered)  # (NB, D1)
+        rstd = torch.rsqrt(var + eps)
+        lm = gm.unsqueeze(1).expand(nb, d0, d1).reshape(-1).to(sdt)
+        ls = (rstd.unsqueeze(1) * w[idx]).reshape(-1).to(sdt)
+        lb = b[idx].reshape(-1).to(sdt)
+        with _launch(numba):
+            k.lines_apply(_np(x, lines), lm.numpy(), ls.numpy(), lb.numpy(), _np(y, lines))
+    elif _fused_columns(x, dims):
+        cols = (nb, d0, d1 * d2)
+        mean, rstd, var = (torch.empty(nb, d1, dtype=sdt) for _ in range(3))
+        with _launch(numba):
+            k.cols_fwd_fused(_np(x, cols), d2, w[idx].to(sdt).numpy(), b[idx].to(sdt).numpy(),
+                             centered, eps, torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(),
+                             _np(y, cols), mean.numpy(), rstd.numpy(), var.numpy())
+        return y, mean.reshape(-1), rstd.reshape(-1), var.reshape(-1)
+    else:
+        cols = (nb, d0, d1 * d2)
+        rows = max(1, TILE // (d1 * d2))
+        t = -(-d0 // rows)
+        pm, pq = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
+        with _launch(numba):
+            k.cols_stats(_np(x, cols), centered, rows, pm.numpy(), pq.numpy())
+        counts = torch.full((t, d2), float(rows), dtype=torch.float64)
+        counts[-1] = d0 - rows * (t - 1)
+
+        def by_group(p):  # (NB, T, D1 * D2) -> (NB, D1, T * D2)
+            return p.view(nb, t, d1, d2).permute(0, 2, 1, 3).reshape(nb, d1, t * d2)
+
+        gm, var = _merge(by_group(pm), by_group(pq), counts.reshape(-1), centered)
+        rstd = torch.rsqrt(var + eps)
+
+        def per_column(s):  # (NB, D1) -> (NB, D1 * D2)
+            return s.unsqueeze(-1).expand(nb, d1, d2).reshape(nb, d1 * d2)
+
+        cm = per_column(gm).to(sdt).contiguous()
+        cs = (per_column(rstd) * w[idx]).to(sdt).contiguous()
+        cb = b[idx].to(sdt).contiguous()
+        with _launch(numba):
+            k.cols_apply(_np(x, cols), cm.numpy(), cs.numpy(), cb.numpy(), _np(y, cols))
+    return (y, gm.reshape(-1).to(sdt), rstd.reshape(-1).to(sdt), var.reshape(-1).to(sdt))
+
+
+def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
+    """-> (dx, dweight, dbias) with dweight/dbias float64 over the weight's elements."""
+    numba, k = _kernels()
+    nb, d0, d1, d2 = dims
+    sdt = stat_dtype(x.dtype)
+    shape = _shape(dims, affine, family)
+    dx = torch.empty_like(x)
+    if shape == ROWS:
+        w = _param(weight, d2, 1.0, x.dtype)
+        with _launch(numba) as nth:
+            dwp, dbp = (torch.zeros(nth, d2, dtype=torch.float64) for _ in range(2))
+            k.rows_bwd(_np(dy, (nb, d2)), _np(x, (nb, d2)), w.numpy(), mean.numpy(),
+                       rstd.numpy(), centered, nth, _np(dx, (nb, d2)), dwp.numpy(),
+                       dbp.numpy())
+        return dx, dwp.sum(0), dbp.sum(0)
+    idx = _affine_index(dims, affine, shape)
+    cw = int(idx.max()) + 1
+    w = _param(weight, cw, 1.0, torch.float64)
+    r = rstd.double().view(nb, d1)
+    if shape == LINES:
+        lines = (nb * d0 * d1, d2)
+        n = d0 * d2
+        sdy, sdyx = (torch.empty(lines[0], dtype=torch.float64) for _ in range(2))
+        if d1 == 1:  # each group is D0 consecutive lines: one fused pass
+            grp = (nb, d0, d2)
+            lw = w[idx].reshape(nb, d0).to(sdt)
+            scratch = torch.empty(nb, 2, dtype=sdt)
+            with _launch(numba):
+                k.lines_bwd_fused(_np(dy, grp), _np(x, grp), mean.numpy(), rstd.numpy(),
+                                  lw.numpy(), centered, _zero(sdt), scratch.numpy(),
+                                  _np(dx, grp),
+                                  sdy.numpy().reshape(nb, d0), sdyx.numpy().reshape(nb, d0))
+        else:
+            lm = mean.view(nb, 1, d1).expand(nb, d0, d1).reshape(-1).contiguous()
+            lr = rstd.view(nb, 1, d1).expand(nb, d0, d1).reshape(-1).contiguous()
+            with _launch(numba):
+                k.lines_bsum(_np(dy, lines), _np(x, lines), lm.numpy(), lr.numpy(),
+                             _zero(sdt), sdy.numpy(), sdyx.numpy())
+            wl = w[idx]  # (NB, D0, D1)
+            s1 = (wl * sdy.view(nb, d0, d1)).sum(1)  # sum(g) per group, (NB, D1)
+            s2 = (wl * sdyx.view(nb, d0, d1)).sum(1)  # sum(g * xhat)
+            c1 = (r.unsqueeze(1) * wl).reshape(-1)
+            c2 = (-(r * r) * s2 / n).unsqueeze(1).expand(nb, d0, d1).reshape(-1)
+            c3 = (-(r * s1) / n if centered else torch.zeros_like(r)).unsqueeze(1)
+            c3 = c3.expand(nb, d0, d1).reshape(-1)
+            with _launch(numba):
+                k.lines_dx(_np(dy, lines), _np(x, lines), lm.numpy(),
+                           *(c.to(sdt).contiguous().numpy() for c in (c1, c2, c3)),
+                           _np(dx, lines))
+        flat = idx.reshape(-1)
+    elif _fused_columns(x, dims):
+        cols = (nb, d0, d1 * d2)
+        cm = mean.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
+        cr = rstd.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
+        sdy, sdyx = (torch.empty(nb * d1 * d2, dtype=torch.float64) for _ in range(2))
+        with _launch(numba):
+            k.cols_bwd_fused(_np(dy, cols), _np(x, cols), d2, w[idx].to(sdt).numpy(),
+                             cm.numpy(), cr.numpy(), centered,
+                             torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(), _np(dx, cols),
+                             sdy.numpy().reshape(nb, -1), sdyx.numpy().reshape(nb, -1))
+        flat = idx.reshape(-1)
+    else:
+        cols = (nb, d0, d1 * d2)
+        rows = max(1, TILE // (d1 * d2))
+        t = -(-d0 // rows)
+
+        def per_column(s):  # (NB, D1) -> (NB, D1 * D2)
+            return s.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2)
+
+        cm = per_column(mean).contiguous()
+        cr = per_column(rstd).contiguous()
+        pdy, pdyx = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
+        with _launch(numba):
+            k.cols_bsum(_np(dy, cols), _np(x, cols), cm.numpy(), cr.numpy(), rows,
+                        pdy.numpy(), pdyx.numpy())
+        sdy, sdyx = pdy.sum(1), pdyx.sum(1)  # (NB, W)
+        wc = w[idx]
+        n = d0 * d2
+        s1 = (wc * sdy).view(nb, d1, d2).sum(-1)
+        s2 = (wc * sdyx).view(nb, d1, d2).sum(-1)
+        c1 = per_column(r) * wc
+        c2 = per_column(-(r * r) * s2 / n)
+        c3 = per_column(-(r * s1) / n if centered else torch.zeros_like(r))
+        with _launch(numba):
+            k.cols_dx(_np(dy, cols), _np(x, cols), cm.numpy(),
+                      *(c.to(sdt).contiguous().numpy() for c in (c1, c2, c3)), _np(dx, cols))
+        flat = idx.reshape(-1)
+        sdy, sdyx = sdy.reshape(-1), sdyx.reshape(-1)
+    dw = torch.zeros(cw, dtype=torch.float64).index_add_(0, flat, sdyx.reshape(-1))
+    db = torch.zeros(cw, dtype=torch.float64).index_add_(0, flat, sdy.reshape(-1))
+    return dx, dw, db
+
+
+@torch.library.custom_op("normlab::numba_norm_fwd", mutates_args=())
+def _fwd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+         family: int, dims: list[int], affine: list[int], centered: bool,
+         eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(x, weight, bias, tuple(dims), tuple(affine), _FAMILIES[family], centered,
+                    eps)
+
+
+@_fwd.register_fake
+def _(x, weight, bias, family, dims, affine, centered, eps):
+    def stats():
+        return x.new_empty(dims[0] * dims[2], dtype=stat_dtype(x.dtype))
+    return torch.empty_like(x), stats(), stats(), stats()
+
+
+@torch.library.custom_op("normlab::numba_norm_bwd", mutates_args=())
+def _bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
+         bias: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, family: int,
+         dims: list[int], affine: list[int], centered: bool, need_dw: bool,
+         need_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db = _backward(dy, x, weight, mean, rstd, tuple(dims), tuple(affine),
+                           _FAMILIES[family], centered)
+    dw = dw.to(weight.dtype).reshape(weight.shape) if need_dw else x.new_empty(0)
+    db = db.to(bias.dtype).reshape(bias.shape) if need_db else x.new_empty(0)
+    return dx, dw, db
+
+
+@_bwd.register_fake
+def _(dy, x, weight, bias, mean, rstd, family, dims, affine, centered, need_dw, need_db):
+    return (torch.empty_like(x), torch.empty_like(weight) if need_dw else x.new_empty(0),
+            torch.empty_like(bias) if need_db else x.new_empty(0))
+
+
+_FAMILIES = (spec.ROW, spec.COLUMN)
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, family, dims, affine, centered, _eps = inputs
+    _, mean, rstd, _var = output
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.args = (family, dims, affine, centered)
+
+
+def _autograd(ctx, dy, _dmean, _drstd, _dvar):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    family, dims, affine, centered = ctx.args
+    needs = ctx.needs_input_grad
+    if dy.stride() != x.stride() or dy.dtype != x.dtype:  # the kernels read dy like x
+        dy = torch.empty_like(x).copy_(dy)
+    need_dw = bool(needs[1]) and weight is not None
+    need_db = bool(needs[2]) and bias is not None
+    dx, dw, db = _bwd(dy, x, weight, bias, mean, rstd, family, dims, affine, centered,
+                      need_dw, need_db)
+    return (dx if needs[0] else None, dw if need_dw else None, db if need_db else None,
+            None, None, None, None, None)
+
+
+_fwd.register_autograd(_autograd, setup_context=_setup)
+
+
+def numba_norm(plan: spec.Plan, x: torch.Tensor, *, eps: float, weight=None, bias=None):
+    """-> ``(y, mean, var)`` with the statistics in ``plan.stats_shape`` (var biased).
+    ``plan.kernel`` must be set and ``x`` float32 or float64 on the CPU (the dispatcher's
+    numba backend accepts only such calls)."""
+    k = plan.kernel
+    y, mean, _rstd, var = _fwd(x, weight, bias, _FAMILIES.index(k.family), list(k.dims),
+                               list(k.affine), plan.centered, float(eps))
+    return y, mean.reshape(plan.stats_shape), var.reshape(plan.stats_shape)
