@@ -66,11 +66,15 @@ def _mnist1d(seed: int) -> Dataset:
     args = get_dataset_args()
     args.seed = 42 + seed  # seed 0 is the package's canonical data set (its default seed, 42)
     d = make_dataset(args)  # generated offline, ~3 s; cached per process
-    x, xt = (torch.tensor(np.asarray(a), dtype=torch.float32) for a in (d["x"], d["x_test"]))
-    mean, std = x.mean(), x.std()
-    return Dataset("mnist1d", ((x - mean) / std).unsqueeze(1),
+    # standardized by numpy in float64: the same numbers whatever process builds the data and
+    # however many threads it has (torch's float32 mean over 160k values depends on its thread
+    # count: a Ray driver and a one-thread worker made data 1e-7 apart)
+    x, xt = (np.asarray(a, dtype=np.float64) for a in (d["x"], d["x_test"]))
+    mean, std = x.mean(), x.std(ddof=1)
+    x, xt = (torch.from_numpy(((a - mean) / std).astype(np.float32)) for a in (x, xt))
+    return Dataset("mnist1d", x.unsqueeze(1),
                    torch.tensor(np.asarray(d["y"]), dtype=torch.int64),
-                   ((xt - mean) / std).unsqueeze(1),
+                   xt.unsqueeze(1),
                    torch.tensor(np.asarray(d["y_test"]), dtype=torch.int64), 10)
 
 
@@ -105,11 +109,11 @@ def _tabular(seed: int) -> Dataset:
     from sklearn.datasets import load_breast_cancer
 
     d = load_breast_cancer()
-    x = torch.tensor(d.data, dtype=torch.float32)
     y = torch.tensor(d.target, dtype=torch.int64)
     tr, te = _split(len(y), 0.3, seed)
-    mean, std = x[tr].mean(0), x[tr].std(0)
-    x = (x - mean) / std
+    xa = np.asarray(d.data, dtype=np.float64)  # numpy float64: independent of torch's threads
+    train = xa[tr]
+    x = torch.from_numpy(((xa - train.mean(0)) / train.std(0, ddof=1)).astype(np.float32))
     return Dataset("tabular", x[tr], y[tr], x[te], y[te], 2)
 
 
