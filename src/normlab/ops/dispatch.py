@@ -203,13 +203,17 @@ class Masked(Backend):
 NUMBA_DTYPES = (torch.float32, torch.float64)
 
 
+_NO_POINTWISE = "numba has no kernels for the pointwise kinds (DyT, Derf): ops/pointwise.py"
+
+
 class Numba(Backend):
     """The numba CPU kernels (``cpu_op``): float32/float64 training statistics read in place,
     where they beat torch's kernels (``normlab bench``); any such call when asked for by name."""
 
     name = "numba"
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
-                          "numba has no kernels for this dtype (float32 and float64 only)"})
+                          "numba has no kernels for this dtype (float32 and float64 only)",
+                          _NO_POINTWISE})
     # Chosen by default only where the bench measured it faster than torch's kernel: not
     # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
     # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
@@ -223,6 +227,8 @@ class Numba(Backend):
             return "the input is not on the CPU"
         if x.dtype not in NUMBA_DTYPES:
             return "numba has no kernels for this dtype (float32 and float64 only)"
+        if p.stats == "none":
+            return _NO_POINTWISE
         if p.stats == "running":
             return RUNNING
         if p.kind == "adain":
