@@ -17,7 +17,7 @@ def test_bench_writes_rows_and_table(tmp_path, capsys):
                  "--threads", *threads]) == 0
     printed = capsys.readouterr().out
     assert "RMSNorm" in printed and "worst normlab/torch.nn time ratio" in printed
-    assert "torch of copy" in printed and "normlab of copy" in printed
+    assert "base of copy" in printed and "normlab of copy" in printed
     assert printed.count("torch threads=") == len(threads)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["threads"] for r in rows} == {int(n) for n in threads}
