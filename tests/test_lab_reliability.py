@@ -49,7 +49,7 @@ BAD_SETTINGS = [
     (["--hidden=0,8"], r"--hidden=0,8: expected .* each an integer in \[1, 4096\]"),
     (["--eval_every=0"], r"--eval_every=0: expected an integer in \[1, 1000000\]"),
     (["--data=imagenet"], r"--data=imagenet: expected one of mnist1d, digits, digits_rgb, "
-                          r"tabular, mnist1d_seq, got 'imagenet'"),
+                          r"tabular, mnist1d_seq, mnist1d_tokens, got 'imagenet'"),
     (["--momentum=-0.1"], r"--momentum=-0.1: expected a finite number in \[0, 1\)"),
     (["--dropout=1.5"], r"--dropout=1.5: expected a finite number in \[0, 1\)"),
     (["--activation=gelu"], r"--activation=gelu: expected one of relu, sigmoid, tanh"),

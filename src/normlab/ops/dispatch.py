@@ -239,6 +239,11 @@ class Numba(Backend):
             return EMPTY
         if p.kernel is None:
             return LAYOUT
+        if not call.explicit and x.dtype != torch.float32:
+            # float64 stays on torch's kernels unless asked for: users compare float64 results
+            # with torch's bit for bit (surgery's probes, the zoo's whole-model checks), and a
+            # different summation order compounds through train-mode batch statistics
+            return "float64 runs torch's kernels unless numba is asked for by name"
         if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
                                   or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
