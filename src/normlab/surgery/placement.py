@@ -245,8 +245,8 @@ def _pairs(graph: fx.Graph, modules: dict, todo: dict, placement: str, left: dic
                               + "), not to one activation")
                 continue
             act_node = next(iter(cur.users))
-            if act_node.args[:1] != (cur,):
-                left[path] = f"its output is not the input of {_describe(act_node, modules)}"
+            if act_node.args[:1] != (cur,):  # e.g. add(shortcut, norm(x))
+                left[path] = f"followed by {_describe(act_node, modules)}, not an activation"
                 continue
         else:
             act_node = node.args[0]
