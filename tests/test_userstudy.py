@@ -144,6 +144,40 @@ def test_the_layer_arm_is_the_users_model_with_layer_norm():
     assert torch.allclose(model[1](model[0](x)), ref, atol=1e-5)
 
 
+def test_a_placement_arm_is_the_users_model_with_the_norm_after_the_relu():
+    from normlab.lab.userstudy import build_arm
+
+    x = torch.randn(5, 8, dtype=torch.float64)
+    for arm, kind in (("as-is@after", nn.BatchNorm1d), ("layer@after", None)):
+        model, note = build_arm(make_net, arm, (x.float(),))
+        assert "move_norms: 1 norm(s) moved after their activation (module), 0 left" in note
+        model = model.double().eval()
+        h = torch.relu(model[0](x))  # Linear -> ReLU -> norm, by hand with torch.nn.functional
+        norm = model[1].norm
+        if kind is nn.BatchNorm1d:
+            assert type(norm) is nn.BatchNorm1d
+            ref = nn.functional.batch_norm(h, norm.running_mean, norm.running_var, norm.weight,
+                                           norm.bias, False, 0.0, norm.eps)
+        else:
+            ref = nn.functional.layer_norm(h, (16,), norm.weight, norm.bias, norm.eps)
+        torch.testing.assert_close(model(x), model[3](ref), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_placement_arm_runs_and_one_that_moves_nothing_is_a_row_with_the_reason(tmp_path):
+    result = _study(tmp_path, "make_net", norms="as-is,as-is@after", batch_sizes=[8],
+                    lrs=[0.1], seeds=2, steps=5)
+    rows = _by(result["rows"], arm="as-is@after")
+    assert len(rows) == 2 and all(r["status"] == "ok" and "1 norm(s) moved after" in
+                                  r["surgery"] for r in rows)
+    plain = _study(tmp_path / "plain", "make_plain", norms="as-is,as-is@after",
+                   batch_sizes=[8], lrs=[0.1], seeds=2, steps=5)
+    rows = _by(plain["rows"], arm="as-is@after")
+    assert len(rows) == 2 and all(
+        r["status"] == "error" and r["stage"] == "surgery" and "moved no layer: the model has "
+        "no normalization layer surgery knows" in r["error"] for r in rows)
+
+
 @pytest.mark.slow
 def test_a_surgery_refusal_is_a_row_with_the_reason(tmp_path):
     result = _study(tmp_path, "make_plain", norms="as-is,group,none", batch_sizes=[8],
@@ -231,6 +265,12 @@ _BAD = [
     (_GOOD + ["--norms", "as-is,bogus"], r"--norms: unknown norm 'bogus'; expected one of"),
     (_GOOD + ["--norms", "layer:3"], r"--norms: 'layer:3': only group, ghost, renorm take"),
     (_GOOD + ["--norms", "group,group"], r"--norms: a norm is given twice"),
+    (_GOOD + ["--norms", "as-is@middle"], r"--norms: 'as-is@middle': expected @after or "
+                                          r"@before \(the norms after or before their "
+                                          r"activation\), got @middle"),
+    (_GOOD + ["--norms", "none@after"], r"--norms: 'none@after': 'none' has no norm to place"),
+    (_GOOD + ["--norms", "bogus@after"], r"--norms: unknown norm 'bogus'"),
+    (_GOOD + ["--norms", "layer:3@after"], r"--norms: 'layer:3': only group, ghost, renorm"),
     (_GOOD + ["--batch-sizes", "0"], r"--batch-sizes: expected positive int values, got 0"),
     (_GOOD + ["--batch-sizes", "4,x"], r"--batch-sizes: expected comma-separated int"),
     (_GOOD + ["--batch-sizes", "100000"], r"--batch-sizes: 100000 is larger than the training"),

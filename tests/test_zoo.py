@@ -17,6 +17,7 @@ from normlab.surgery import (
     SurgeryWarning,
     fold_batch_norm,
     is_norm,
+    move_norms,
     swap_norms,
     to_normlab,
 )
@@ -281,3 +282,130 @@ def test_sync_and_freeze_leave_and_name_what_they_cannot_convert():
     new, report = freeze_batch_norm(model, return_report=True)
     assert [p for p, _, _ in report.left] == ["1"]
     assert type(new[1]) is MyBatchNorm and isinstance(new[2], nl.FrozenBatchNorm)
+
+
+# --------------------------------------------------------------------------------------------
+# move_norms on real models: each compared with the same network written (or re-wired) by hand
+# with the activation before the norm, from the original model's own modules
+
+
+def _seeded(model, x, training, seed=0):
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return copy.deepcopy(model).train(training)(x)
+
+
+def _tv_resnet_act_then_norm(m, x, training):
+    """torchvision's ResNet forward (BasicBlock) with ReLU before bn1 of the stem and of each
+    block; bn2 still before the residual add, ReLU after it, as in the original."""
+    f = nn.functional
+
+    def bn(layer, h):
+        return f.batch_norm(h, layer.running_mean.clone(), layer.running_var.clone(),
+                            layer.weight, layer.bias, training, 0.1, layer.eps)
+
+    h = m.maxpool(bn(m.bn1, f.relu(m.conv1(x))))
+    for stage in (m.layer1, m.layer2, m.layer3, m.layer4):
+        for blk in stage:
+            out = bn(blk.bn1, f.relu(blk.conv1(h)))
+            out = bn(blk.bn2, blk.conv2(out))
+            skip = h if blk.downsample is None else bn(blk.downsample[1], blk.downsample[0](h))
+            h = f.relu(out + skip)
+    return m.fc(torch.flatten(m.avgpool(h), 1))
+
+
+def test_move_norms_on_torchvision_resnet18_matches_a_hand_written_forward():
+    model = tv.models.resnet18(weights=None, num_classes=10).double()
+    zoo._realistic(model, torch.randn(4, 3, 32, 32, dtype=torch.float64))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new, report = move_norms(model, example_inputs=x)
+    blocks = [m for m in model.modules() if type(m).__name__ == "BasicBlock"]
+    # one ReLU module serves each block twice (after bn1, after the add): a traced copy
+    assert report.method == "fx" and len(report.moved) == 1 + len(blocks) == 9
+    assert {p for p, _ in report.moved} == {"bn1"} | {f"layer{i}.{j}.bn1" for i in range(1, 5)
+                                                      for j in range(2)}
+    assert all("add()" in why for _, _, why in report.left) and len(report.left) == 8 + 3
+    for training in (False, True):
+        with torch.no_grad():
+            ref = _tv_resnet_act_then_norm(copy.deepcopy(model), x, training)
+        assert zoo.rel_err(ref, _seeded(new, x, training)) < 1e-10
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _hand_moved(model, pairs, act_cls):
+    """A copy of ``model`` with each (norm path, activation path or None for a fused one)
+    re-wired by hand: the norm becomes Sequential(act_cls(), norm) and the activation
+    Identity (a fused timm norm+act: its ``act`` attribute set to Identity)."""
+    m = copy.deepcopy(model)
+    for norm_path, act_path in pairs:
+        norm = m.get_submodule(norm_path)
+        if act_path is None:
+            norm.act = nn.Identity()
+        else:
+            parent, _, name = act_path.rpartition(".")
+            setattr(m.get_submodule(parent) if parent else m, name, nn.Identity())
+        parent, _, name = norm_path.rpartition(".")
+        setattr(m.get_submodule(parent) if parent else m, name, nn.Sequential(act_cls(), norm))
+    return m
+
+
+def test_move_norms_on_timm_resnet10t_keeps_its_class_and_matches_a_hand_rewired_copy():
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=10, stem_width=16,
+                              channels=(16, 32, 64, 128)).double()
+    zoo._realistic(model, torch.randn(4, 3, 16, 16, dtype=torch.float64))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)).double()
+    new, report = move_norms(model, example_inputs=x)
+    assert type(new) is type(model) and report.method == "module"
+    # the tiered stem's two (bn, ReLU), the stem's bn1/act1, and bn1/act1 of each BasicBlock
+    pairs = [("conv1.1", "conv1.2"), ("conv1.4", "conv1.5"), ("bn1", "act1")] + [
+        (f"{p}.bn1", f"{p}.act1") for p, m in model.named_modules()
+        if type(m).__name__ == "BasicBlock"]
+    assert sorted(p for p, _ in report.moved) == sorted(n for n, _ in pairs) and len(pairs) == 7
+    assert {p for p, _, _ in report.left} == {p for p, m in model.named_modules()
+                                             if isinstance(m, nn.BatchNorm2d)} - set(
+                                                 dict(pairs))
+    oracle = _hand_moved(model, pairs, nn.ReLU)
+    for training in (False, True):
+        assert zoo.rel_err(_seeded(oracle, x, training), _seeded(new, x, training)) < 1e-10
+    # the same state dict keys as the original, so its checkpoints load
+    new.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_move_norms_splits_timm_batch_norm_act_in_efficientnet_b0():
+    from timm.layers import BatchNormAct2d
+    model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=10).double()
+    zoo._realistic(model, torch.randn(4, 3, 32, 32, dtype=torch.float64))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).double()
+    new, report = move_norms(model, example_inputs=x)
+    fused = [p for p, m in model.named_modules()
+             if type(m) is BatchNormAct2d and not isinstance(m.act, nn.Identity)]
+    assert len(fused) > 20 and sorted(p for p, _ in report.moved) == sorted(fused)
+    assert all(type(model.get_submodule(p).act) is nn.SiLU for p in fused)
+    assert all(type(new.get_submodule(p).act) is nn.SiLU for p in fused)
+    oracle = _hand_moved(model, [(p, None) for p in fused], nn.SiLU)
+    for training in (False, True):
+        assert zoo.rel_err(_seeded(oracle, x, training), _seeded(new, x, training)) < 1e-10
+    # and each moved layer, on the tensor it receives in the model: norm(silu(u)) by
+    # torch.nn.functional with the original layer's tensors
+    seen = {}
+    for p in fused:
+        new.get_submodule(p).register_forward_hook(
+            lambda mod, i, o, p=p: seen.__setitem__(p, (i[0], o)))
+    _seeded(new, x, False)
+    for p in fused:
+        bn, (u, y) = model.get_submodule(p), seen[p]
+        ref = nn.functional.batch_norm(nn.functional.silu(u), bn.running_mean, bn.running_var,
+                                       bn.weight, bn.bias, False, 0.0, bn.eps)
+        assert zoo.rel_err(ref, y) < 1e-10, p
+
+
+def test_move_norms_on_a_vit_moves_nothing_and_says_why():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
+                              num_classes=10, depth=2).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    new, report = move_norms(model, example_inputs=x)
+    norms = [p for p, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
+    assert report.moved == [] and sorted(p for p, _, _ in report.left) == sorted(norms)
+    assert all("not an activation" in why for _, _, why in report.left)
+    assert zoo.rel_err(_seeded(model, x, False), _seeded(new, x, False)) == 0

@@ -3,17 +3,19 @@
 The factories a user would write for ``normlab study`` (README, "Your own model"):
 
     PYTHONPATH=examples/study normlab study --model image_resnet:make_model \\
-        --data image_resnet:make_data --norms as-is,group:4,layer,none --batch-sizes 4,32 \\
-        --lr 0.03,0.1 --seeds 3 --steps 120 --out study-resnet
+        --data image_resnet:make_data --norms as-is,as-is@after,group:4,layer,none \\
+        --batch-sizes 4,32 --lr 0.03,0.1 --seeds 3 --steps 120 --out study-resnet
     normlab advise study-resnet
 
 The model is timm's ``resnet10t`` built with ``pretrained=False`` (nothing is downloaded); its
-own normalization (the ``as-is`` arm) is batch norm. The data are scikit-learn's 8x8 digits,
-coloured (normlab's lab data set ``digits_rgb``: random ink and background colours per image)
-and upsampled to 16x16. The ResNet's strides bring that to 1x1 in its last two stages: there
-a group norm with one channel per group (``group``, the registry's default of gcd(32, C) groups
-at these widths) has nothing left to normalize over and outputs only its bias, so the example
-asks for 4 groups (``group:4``).
+own normalization (the ``as-is`` arm) is batch norm, before each ReLU; ``as-is@after`` is the
+same batch norms moved after their ReLU (``normlab.surgery.move_norms``: the 7 norms whose
+output goes to a ReLU; those before a residual add stay). The data are scikit-learn's 8x8
+digits, coloured (normlab's lab data set ``digits_rgb``: random ink and background colours per
+image) and upsampled to 16x16. The ResNet's strides bring that to 1x1 in its last two stages:
+there a group norm with one channel per group (``group``, the registry's default of gcd(32, C)
+groups at these widths) has nothing left to normalize over and outputs only its bias, so the
+example asks for 4 groups (``group:4``).
 """
 
 from __future__ import annotations

@@ -160,7 +160,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "study", help="the lab on your own model and data: which normalization to use",
         description="Train the model your factory builds, as given (as-is: its own "
                     "normalization, the baseline) and with other normalizations put in by "
-                    "normlab.surgery (swap_norms; remove_norms for none), at each batch size, "
+                    "normlab.surgery (swap_norms; remove_norms for none; move_norms for "
+                    "@after/@before), at each batch size, "
                     "learning rate and seed, on the data your factory returns (a validation "
                     "split is carved from train, the same for every run). Rows are appended "
                     "to OUT/results.jsonl as runs finish: rerun the same command to resume. "
@@ -179,7 +180,9 @@ def _build_parser() -> argparse.ArgumentParser:
     study.add_argument("--norms", default="as-is,group,layer,none", metavar="NORM,...",
                        help="arms: as-is (always included: the baseline), none, or a registry "
                             "name (batch, group, layer, instance, rms, renorm, ghost, frozen; "
-                            "group:G, ghost:K, renorm:K) (default: %(default)s)")
+                            "group:G, ghost:K, renorm:K); any but none with @after or @before: "
+                            "its norms then moved after (before) their activation, e.g. "
+                            "as-is@after, group:4@after (default: %(default)s)")
     study.add_argument("--batch-sizes", default="32", metavar="B,...",
                        help="batch sizes, the scientific knob (default: %(default)s)")
     study.add_argument("--lr", default="0.01,0.03,0.1", metavar="LR,...",

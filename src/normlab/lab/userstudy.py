@@ -3,8 +3,11 @@
 The user names a model factory and a data factory (import paths ``pkg.mod:name``, or callables
 from Python). Each *arm* is the model as given (``as-is``, the baseline: the user's own
 normalization), or the model after ``normlab.surgery``: ``swap_norms`` to a registry kind
-(``group``, ``layer``, ``rms``, ``batch``, ``ghost:K``, ...) or ``remove_norms`` (``none``). A
-factory that accepts ``norm=`` builds the arm itself instead (``factory(norm="group")``).
+(``group``, ``layer``, ``rms``, ``batch``, ``ghost:K``, ...) or ``remove_norms`` (``none``);
+a suffix ``@after`` / ``@before`` then moves the norms after / before their activation
+(``move_norms``: ``as-is@after`` is the model's own norms after the activation,
+``group:4@after`` group norm there). A factory that accepts ``norm=`` builds the arm itself
+instead (``factory(norm="group@after")``).
 
 Every (arm, batch size, learning rate, seed) is one run of the lab's runner
 (``lab.runner.run_all``): rows appended to ``results.jsonl`` as runs finish, keyed by the hash of
@@ -102,9 +105,32 @@ def _takes_norm(factory) -> bool:
         return False
 
 
+_PLACEMENTS = {"after": "after_activation", "before": "before_activation"}
+
+
+def parse_arm(name: str) -> tuple[str, str | None]:
+    """``"group:4@after"`` -> ``("group:4", "after_activation")``: the norm part (checked by
+    :func:`parse_norm`) and the placement an ``@after`` / ``@before`` suffix asks for (None
+    without one: the norms stay where the model has them)."""
+    if not isinstance(name, str):
+        raise StudyError(f"--norms: expected a norm name, got {type(name).__name__}")
+    base, sep, where = name.partition("@")
+    if not sep:
+        parse_norm(name)
+        return name, None
+    if where not in _PLACEMENTS:
+        raise StudyError(f"--norms: {name!r}: expected @after or @before (the norms after or "
+                         f"before their activation), got @{where}")
+    if base == "none":
+        raise StudyError(f"--norms: {name!r}: 'none' has no norm to place")
+    parse_norm(base)
+    return base, _PLACEMENTS[where]
+
+
 def parse_norm(name: str) -> tuple[str, dict]:
     """``"group:8"`` -> ``("group", {"num_groups": 8})``; ``"as-is"``, ``"none"``, a registry
-    name, or ``ghost:K`` / ``renorm:K`` (virtual batch of K) / ``group:G``."""
+    name, or ``ghost:K`` / ``renorm:K`` (virtual batch of K) / ``group:G``. An arm's
+    ``@after``/``@before`` suffix is :func:`parse_arm`'s."""
     from normlab.registry import list_norm_layers
 
     kind, sep, k = name.partition(":")
@@ -112,7 +138,8 @@ def parse_norm(name: str) -> tuple[str, dict]:
     if kind not in valid or kind == "adain":
         raise StudyError(f"--norms: unknown norm {name!r}; expected one of "
                          f"{', '.join(v for v in valid if v != 'adain')} (group:G, ghost:K, "
-                         f"renorm:K with an integer)")
+                         f"renorm:K with an integer; @after or @before to move the norms "
+                         f"after or before their activation)")
     if not sep:
         return kind, {}
     if kind not in _TAKES_K:
@@ -130,13 +157,38 @@ class _Refused(Exception):
     """This arm cannot be built from this model (the reason is the row's error)."""
 
 
-def build_arm(factory: Callable, norm: str):
-    """(model, note) for arm ``norm`` from ``factory``; ``_Refused`` with the reason."""
+def build_arm(factory: Callable, norm: str, example=None):
+    """(model, note) for arm ``norm`` from ``factory``; ``_Refused`` with the reason.
+    ``example``: a tuple of inputs the model takes (a placement arm checks on it that the moved
+    layers run)."""
     from torch import nn
 
-    from normlab.surgery import SurgeryError, is_norm, remove_norms, swap_norms
+    from normlab.surgery import SurgeryError, is_norm, move_norms, remove_norms, swap_norms
 
-    kind, kwargs = parse_norm(norm)
+    base, placement = parse_arm(norm)
+    if placement is not None and not _takes_norm(factory):
+        model, note = build_arm(factory, base)
+        try:
+            model, report = move_norms(model, placement, example_inputs=example)
+        except SurgeryError as exc:
+            raise _Refused(f"move_norms refused: {exc}") from None
+        side = placement.split("_")[0]
+        if not report.moved:
+            why = "; ".join(f"{p} ({c}): {r}" for p, c, r in report.left[:5]) or \
+                "the model has no normalization layer surgery knows"
+            if len(report.left) > 5:
+                why += f"; and {len(report.left) - 5} more"
+            if report.trace_error:
+                why = (f"torch.fx could not trace the model ({report.trace_error[:200]}); "
+                       + why)
+            if report.already:
+                why = (f"{len(report.already)} norm(s) already {side} their activation; "
+                       + why)
+            raise _Refused(f"move_norms {side} the activation moved no layer: {why}")
+        note += (f"; move_norms: {len(report.moved)} norm(s) moved {side} their activation "
+                 f"({report.method}), {len(report.left)} left")
+        return model, note
+    kind, kwargs = parse_norm(base)
     if kind == "as-is" or _takes_norm(factory):
         model = factory() if kind == "as-is" else factory(norm=norm)
         if not isinstance(model, nn.Module):
@@ -313,7 +365,8 @@ def train_user(cfg: dict) -> dict:
         train, test, fit, val = _data(cfg)
         factory = resolve(cfg["model"], "--model")
         torch.manual_seed(cfg["seed"])  # the model's initialization varies with the seed
-        model, note = build_arm(factory, cfg["norm"])
+        example = tuple(_batch(train, fit[:2], "cpu")[0])
+        model, note = build_arm(factory, cfg["norm"], example)
         model = model.to(cfg["device"]).train()
         loss_fn, metric_fn = _task_fns(cfg)
     except _Refused as exc:
@@ -425,7 +478,7 @@ def plan_user_study(model, data, *, norms=("as-is", "group", "layer", "none"),
     if not norms:
         raise StudyError("--norms: expected at least one norm")
     for n in norms:
-        parse_norm(n)
+        parse_arm(n)
     if len(set(norms)) != len(norms):
         raise StudyError(f"--norms: a norm is given twice: {','.join(norms)}")
     if BASELINE not in norms:  # the baseline every arm is compared with

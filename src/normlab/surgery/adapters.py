@@ -26,8 +26,8 @@ from torch import nn
 
 from normlab import nn as nl
 
-__all__ = ["PROBE_RTOL", "PROBE_RTOL_UPCAST", "Adapter", "NormAct", "NormInfo", "Refused",
-           "adapter_for", "build_twin", "class_key", "looks_like_norm", "probe",
+__all__ = ["PROBE_RTOL", "PROBE_RTOL_UPCAST", "ActThenNorm", "Adapter", "NormAct", "NormInfo",
+           "Refused", "adapter_for", "build_twin", "class_key", "looks_like_norm", "probe",
            "register_adapter", "structural_match"]
 
 # A twin matches its original when max|a - b| <= rtol * max|a| on every probe: float64
@@ -381,7 +381,29 @@ def fused_name(act: nn.Module | None) -> str | None:
     return _FUSED.get(class_key(type(act)))
 
 
-class NormAct(nn.Module):
+class _KeepsNormKeys(nn.Module):
+    """A wrapper whose state dict keeps its ``norm``'s keys at the top level (the other
+    children's under their names), so the state dict of the layer it replaces loads both
+    ways."""
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        if args:  # torch's deprecated positional form
+            destination, prefix, keep_vars = (list(args) + [destination, prefix, keep_vars])[:3]
+        if destination is None:
+            from collections import OrderedDict
+            destination = OrderedDict()
+        for name, child in self.named_children():
+            child.state_dict(destination=destination, keep_vars=keep_vars,
+                             prefix=prefix if name == "norm" else f"{prefix}{name}.")
+        return destination
+
+    def _nest_norm_keys(self, state_dict, prefix, *args):
+        for k in list(self.norm.state_dict()):
+            if prefix + k in state_dict:
+                state_dict[prefix + "norm." + k] = state_dict.pop(prefix + k)
+
+
+class NormAct(_KeepsNormKeys):
     """A normlab norm followed by the drop and activation modules it cannot fuse:
     ``act(drop(norm(x)))``. The state dict keeps the norm's keys at the top level (and the
     act's and drop's under ``act.``/``drop.``), as the timm norm+act classes it replaces, so
@@ -398,23 +420,20 @@ class NormAct(nn.Module):
     def forward(self, input):
         return self.act(self.drop(self.norm(input)))
 
-    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
-        if args:  # torch's deprecated positional form
-            destination, prefix, keep_vars = (list(args) + [destination, prefix, keep_vars])[:3]
-        if destination is None:
-            from collections import OrderedDict
-            destination = OrderedDict()
-        self.norm.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
-        self.drop.state_dict(destination=destination, prefix=prefix + "drop.",
-                             keep_vars=keep_vars)
-        self.act.state_dict(destination=destination, prefix=prefix + "act.",
-                            keep_vars=keep_vars)
-        return destination
 
-    def _nest_norm_keys(self, state_dict, prefix, *args):
-        for k in list(self.norm.state_dict()):
-            if prefix + k in state_dict:
-                state_dict[prefix + "norm." + k] = state_dict.pop(prefix + k)
+class ActThenNorm(_KeepsNormKeys):
+    """A norm moved after its activation (``surgery.move_norms``): ``norm(act(x))``. The state
+    dict keeps the norm's keys at the top level (the act's under ``act.``), so the moved
+    layer's state dict loads both ways."""
+
+    def __init__(self, act: nn.Module, norm: nn.Module):
+        super().__init__()
+        self.act = act
+        self.norm = norm
+        self._register_load_state_dict_pre_hook(self._nest_norm_keys)
+
+    def forward(self, input):
+        return self.norm(self.act(input))
 
 
 def _norm_act(m: NormAct) -> NormInfo:
@@ -427,6 +446,9 @@ def _norm_act(m: NormAct) -> NormInfo:
 
 
 register_adapter(NormAct, _norm_act, "a normlab norm, then drop, then act")
+register_adapter(ActThenNorm, _refuse("its activation comes before the norm (moved by "
+                                      "move_norms); swap or convert before moving"),
+                 "an activation, then a norm (move_norms' placement after the activation)")
 
 # --------------------------------------------------------------------------------------------
 # building the normlab twin

@@ -53,7 +53,8 @@ class SurgeryReport:
 
 def is_norm(module: nn.Module) -> bool:
     """Whether ``module`` is a normalization layer of the adapter table (torch.nn, normlab,
-    timm, torchvision, Hugging Face; exact classes, never a subclass) or a :class:`NormAct`.
+    timm, torchvision, Hugging Face; exact classes, never a subclass), a :class:`NormAct` or an
+    :class:`ActThenNorm`.
     AdaIN takes two inputs and is left alone."""
     return ad.adapter_for(module) is not None or isinstance(module, ad.NormAct)
 
@@ -324,6 +325,8 @@ def _without_norm(m: nn.Module) -> nn.Module:
     """What is left of a norm layer without its normalization: its activation (and drop)."""
     if isinstance(m, ad.NormAct):
         return ad.NormAct(nn.Identity(), m.drop, m.act)
+    if isinstance(m, ad.ActThenNorm):  # a norm moved after its activation: the activation
+        return m.act
     try:
         info = ad.read(m)
         act, rest = ad.split_rest(info)
