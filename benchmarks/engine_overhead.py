@@ -37,6 +37,7 @@ from normlab.lab.study import plan_study
 
 WHERE_AND_WHEN = {"time", "env", "pid", "host", "node", "engine", "wall_seconds",
                   "train_seconds"}
+TIMES_IN_FINAL = {"step_ms"}  # a row's final metrics that are times (CPU ms per step)
 WORKERS = 2
 
 
@@ -61,9 +62,14 @@ def _study(engine, plan, folder: Path) -> tuple[float, list[dict]]:
 
 def _rows_differing(a: list[dict], b: list[dict]) -> int:
     """How many runs' rows differ between two studies (beyond where and when they ran)."""
+    def numbers(row):
+        out = {k: v for k, v in row.items() if k not in WHERE_AND_WHEN}
+        out["final"] = {k: v for k, v in (row.get("final") or {}).items()
+                        if k not in TIMES_IN_FINAL}
+        return out
+
     def strip(rows):
-        return {r["key"]: {k: v for k, v in r.items() if k not in WHERE_AND_WHEN}
-                for r in rows}
+        return {r["key"]: numbers(r) for r in rows}
     sa, sb = strip(a), strip(b)
     assert set(sa) == set(sb)
     return sum(sa[k] != sb[k] for k in sa)

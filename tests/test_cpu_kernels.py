@@ -99,9 +99,19 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_like(*a, **k)))
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """torch's (so the kernels') thread count: on one thread the calls run the kernels'
+    serial twins (``norm.SERIAL``), on more the parallel kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_matches_the_oracle_and_torch_nn(case, dtype, poisoned):
+def test_matches_the_oracle_and_torch_nn(case, dtype, threads, poisoned):
     _, kind, shape, opts = case
     x, w, b = _make(kind, shape, opts, dtype)
     dy = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))

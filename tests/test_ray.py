@@ -11,12 +11,13 @@ so they run only in a network namespace that holds nothing but loopback (scripts
 ``unshare -n -p -f --mount-proc bash -c 'ip link set lo up && python -m pytest -m ray
 tests/test_ray.py'``); anywhere else they skip, and no Ray process is started.
 
-Same rows: every field but where and when a row ran (engine, node, host, pid, times) is
-compared, bit for bit. Known gap, cause not found: some runs come out slightly different
-under Ray (losses ~1e-7 apart). One cause was found and fixed (the data were standardized by
-torch's float32 mean at the driver's thread count: tests/test_data.py), but since the numba
-CPU backend (issue 17) merged, runs on the digits differ too. The test asserts everything
-else and marks the difference xfail naming the runs, so fixing the cause turns it into a pass.
+Same rows: every field but where and when a row ran (engine, node, host, pid, times: the
+wall and training seconds, the CPU milliseconds per step) is compared, bit for bit. Two causes
+made runs differ under Ray (losses ~1e-7 apart), each with a test here or beside the data
+that fails where it was not fixed: the data were standardized by torch's float32 mean at the
+Ray driver's thread count (tests/test_data.py), and a worker that compiled normlab's numba
+kernels itself trained differently from one that loaded them from numba's disk cache (the
+first test of the engines below that starts no Ray).
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ TINY_OVERRIDES = {"data": "tabular", "hidden": [8], "eval_every": 5, "steps": 5}
 # what a row says about where and when it ran, not what the run computed
 WHERE_AND_WHEN = {"time", "env", "pid", "host", "node", "engine", "wall_seconds",
                   "train_seconds"}
+TIMES_IN_FINAL = {"step_ms"}  # a row's final metrics that are times (CPU ms per step)
+
+
+def _numbers(row: dict) -> dict:
+    """What a row's run computed: the row without where and when it ran."""
+    out = {k: v for k, v in row.items() if k not in WHERE_AND_WHEN}
+    if isinstance(out.get("final"), dict):
+        out["final"] = {k: v for k, v in out["final"].items() if k not in TIMES_IN_FINAL}
+    return out
 
 
 def _one_line(err: str) -> str:
@@ -160,6 +170,47 @@ def test_a_failing_run_is_a_row_the_others_go_on_and_a_rerun_retries_it(tmp_path
     counts, rows = run_all(plan, path, engine=LocalEngine(1), progress=False)
     assert counts["ran"] == 1 and counts["already_done"] == 3  # only the failed one again
     assert rows[-1]["key"] == run_key(bad) and rows[-1]["status"] == "ok"
+
+
+# a run in a fresh process: what a Ray worker or a local worker is. It prints its rows' numbers
+# (the evaluations: no times in them) and whether normlab's numba kernels ran.
+_RUN_IN_A_FRESH_PROCESS = """
+import json
+from normlab.lab.study import plan_study
+from normlab.lab.train import train_run
+from normlab.ops import trace_backends
+_, plans, _ = plan_study("quick", only=["batch-size-one"], seeds=1)
+cnn = next(c for c in plans["batch-size-one"] if c["data"] == "digits")  # the CNN on the digits
+rows = []
+with trace_backends() as ran:
+    for norm in ("batch", "instance"):  # at a batch of 64, both on the numba kernels
+        cfg = dict(cnn, norm=norm, batch_size=64, steps=12, eval_every=4)
+        out = train_run(cfg)
+        rows.append([norm, out["status"], out["evals"]])
+print(json.dumps({"rows": rows, "numba": "numba" in set(ran)}))
+"""
+
+
+def test_a_run_gives_the_same_numbers_whether_its_process_compiled_the_kernels_or_not(
+        tmp_path):
+    """The cause of the rows that differed under Ray: a worker that compiled normlab's numba
+    kernels itself (numba's disk cache did not have them yet) trained a few ulps away from a
+    worker that loaded them from the cache. Two fresh processes on an empty cache of their
+    own: the first compiles, the second loads; their runs must agree bit for bit."""
+    cache = tmp_path / "numba-cache"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache),
+           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    outs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _RUN_IN_A_FRESH_PROCESS], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        assert any(cache.rglob("*.nbc")), "the first process cached no kernel"
+    compiled, loaded = outs
+    assert compiled["numba"], "the runs did not use the numba kernels: the test tests nothing"
+    assert [row[:2] for row in compiled["rows"]] == [["batch", "ok"], ["instance", "ok"]]
+    assert loaded["rows"] == compiled["rows"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,15 +370,28 @@ def test_a_killed_ray_lab_resumes_to_the_rows_of_the_local_engine(cluster, tmp_p
         other = local_rows[key]
         assert row["engine"] == "ray" and other["engine"] == "local"
         assert set(row) - {"node"} == set(other), key
-        if any(row[f] != other[f] for f in set(other) - WHERE_AND_WHEN):
-            differ.append((row["config"]["data"], row["claim"], row["config"]["arm"]))
-    # bit for bit: the runs on the digits and the table
-    if differ:  # the known gap (module docstring): everything else above was checked
-        pytest.xfail(f"known, cause not found: {len(differ)} of the {len(ray_rows)} runs "
-                     f"trained slightly differently under Ray: {differ}")
+        if _numbers(row) != _numbers(other):
+            differ.append((row["config"]["data"], row["claim"], row["config"]["arm"],
+                           _first_difference(_numbers(row), _numbers(other))))
+    # bit for bit, every run: the same config and seed give the same numbers on either engine
+    assert not differ, (f"{len(differ)} of the {len(ray_rows)} runs trained differently under "
+                        f"Ray (ray != local): {differ}")
     s_ray = json.loads((ray_out / "summary.json").read_text())
     s_local = json.loads((local_out / "summary.json").read_text())
     assert s_ray == s_local
+
+
+def _first_difference(a, b, path="row"):
+    """Where two rows first differ, e.g. ``row['evals'][1]['train_loss']: 2.33 != 2.34``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}[{k!r}]")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path}: {a!r} != {b!r}"
 
 
 def _ray_task_pids() -> set[int]:

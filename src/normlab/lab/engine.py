@@ -119,9 +119,9 @@ def _die_with(parent: int) -> None:
 
 
 def _init_worker(parent: int | None = None) -> None:
-    import torch
+    from normlab.lab.train import pin_run
 
-    torch.set_num_threads(1)
+    pin_run()  # what train_run pins again per run: one torch (and numba) thread
     if parent is not None:  # a pool worker process (not the in-process path)
         # Ctrl-C reaches the whole process group: the parent decides (it lets the runs in
         # flight finish and keeps their rows), so a worker does not stop on it

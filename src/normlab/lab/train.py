@@ -1,7 +1,8 @@
 """Train one run of the lab: a resolved config in, the metrics of every evaluation out.
 
-A run is deterministic given its config (seed included) on one machine: one torch thread,
-seeded initialization and batch order, no nondeterministic kernels on CPU.
+A run is deterministic given its config (seed included) on one machine: the process is pinned
+first (:func:`pin_run`), then initialization and batch order are seeded; no nondeterministic
+kernels on CPU. So the rows are the same whichever engine and process ran the run.
 """
 
 from __future__ import annotations
@@ -18,9 +19,24 @@ from normlab import distributed
 from normlab.lab import data as datasets
 from normlab.lab.models import CNN, MLP, SeqCNN, SeqRNN, Transformer, hidden_inputs
 
-__all__ = ["build_model", "data_key", "load_data", "train_run", "warmup_factor"]
+__all__ = ["build_model", "data_key", "load_data", "pin_run", "train_run", "warmup_factor"]
 
 _PROBE_BATCH = 512  # test examples the activation probe looks at
+
+
+def pin_run() -> None:
+    """Set what a run's numbers depend on beyond its config, the same in every process that
+    trains one (a local worker, a Ray task, the driver itself): the one place both engines go
+    through (``train_run`` calls it first; the engines' workers call it when they start).
+
+    One torch thread: torch's reductions split their sums over its threads, and normlab's
+    numba kernels run on torch's thread count; on one thread they are the serial twins
+    (``normlab.kernels.cpu.norm``), whose numbers are the same whether this process compiled
+    them or loaded them from numba's disk cache, which the parallel kernels' are not (a Ray
+    worker that compiled the kernels trained the digits a few ulps away from a local worker
+    that loaded them). The run's data are built by numpy in float64 (``lab.data``), so they do
+    not depend on the thread count of the process that builds them (a Ray driver)."""
+    torch.set_num_threads(1)
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -148,11 +164,11 @@ def train_run(cfg: dict, ds: datasets.Dataset | None = None) -> dict:
     then measured as they are) or ``error`` (the model refused the input, e.g. batch norm on
     one value per channel; ``error`` holds the message).
     """
+    pin_run()
     if cfg.get("study"):  # a run of `normlab study`: the user's model and data
         from normlab.lab.userstudy import train_user
 
         return train_user(cfg)
-    torch.set_num_threads(1)
     if cfg["model"] == "stylizer":  # the style-contrast claim: a generator, not a classifier
         from normlab.style.feedforward import train_stylizer
 

@@ -358,9 +358,7 @@ def train_user(cfg: dict) -> dict:
     and the stage and reason (``surgery``, ``train`` at step k, ``eval``)."""
     import torch
 
-    t0 = time.perf_counter()
-    if cfg["device"] == "cpu":
-        torch.set_num_threads(1)  # as every lab run: one thread per worker
+    t0 = time.perf_counter()  # the process is pinned already (lab.train.pin_run)
     try:
         train, test, fit, val = _data(cfg)
         factory = resolve(cfg["model"], "--model")

@@ -16,7 +16,10 @@ backend takes only those two dtypes (numba has no bfloat16). Which calls come he
 numba compiles each kernel on its first call in a process (a few seconds; cached on disk next
 to the kernels' source, so later processes load it). The kernels run on
 ``torch.get_num_threads()`` threads, one call at a time (a lock: numba's default thread pool
-does not take concurrent launches).
+does not take concurrent launches); on one thread, as their serial twins
+(``norm.SERIAL``), whose results are the same in every process (the parallel kernels' differ
+in the last bits between a process that compiled them and one that loaded them from the cache;
+the lab's runs, on one thread, rely on this: ``lab.train.pin_run``).
 """
 
 from __future__ import annotations
@@ -98,16 +101,19 @@ def _zero(dtype):
 
 
 @contextlib.contextmanager
-def _launch(numba):
-    """One kernel launch at a time, on ``torch.get_num_threads()`` of numba's threads; torch's
-    thread count is put back afterwards (numba's OpenMP pool shares torch's OpenMP runtime, and
-    a launch leaves the runtime's thread count at numba's)."""
+def _launch(numba, k):
+    """One kernel launch at a time, on ``torch.get_num_threads()`` of numba's threads; yields
+    ``(kernels, threads)``: the parallel kernels, or on one thread their serial twins
+    (``k.SERIAL``: the same numbers in every process, whether it compiled the kernels or
+    loaded them from numba's cache; see ``normlab.kernels.cpu.norm``). torch's thread count is
+    put back afterwards (numba's OpenMP pool shares torch's OpenMP runtime, and a launch
+    leaves the runtime's thread count at numba's)."""
     with _LOCK:
         before = torch.get_num_threads()
         n = max(1, min(before, numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(n)
         try:
-            yield n
+            yield (k if n > 1 else k.SERIAL), n
         finally:
             if torch.get_num_threads() != before:
                 torch.set_num_threads(before)
@@ -140,8 +146,8 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
     if shape == ROWS:
         mean, rstd, var = (torch.empty(nb, dtype=sdt) for _ in range(3))
         w, b = _param(weight, d2, 1.0, x.dtype), _param(bias, d2, 0.0, x.dtype)
-        with _launch(numba):
-            k.rows_fwd(_np(x, (nb, d2)), w.numpy(), b.numpy(), centered, eps, _zero(sdt),
+        with _launch(numba, k) as (kern, _):
+            kern.rows_fwd(_np(x, (nb, d2)), w.numpy(), b.numpy(), centered, eps, _zero(sdt),
                        _np(y, (nb, d2)), mean.numpy(), rstd.numpy(), var.numpy())
         return y, mean, rstd, var
     idx = _affine_index(dims, affine, shape)
@@ -153,13 +159,13 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
             grp = (nb, d0, d2)
             mean, rstd, var = (torch.empty(nb, dtype=sdt) for _ in range(3))
             lw, lb = w[idx].reshape(nb, d0).to(sdt), b[idx].reshape(nb, d0).to(sdt)
-            with _launch(numba):
-                k.lines_fwd_fused(_np(x, grp), lw.numpy(), lb.numpy(), centered, eps,
+            with _launch(numba, k) as (kern, _):
+                kern.lines_fwd_fused(_np(x, grp), lw.numpy(), lb.numpy(), centered, eps,
                                   _zero(sdt), _np(y, grp), mean.numpy(), rstd.numpy(), var.numpy())
             return y, mean, rstd, var
         lmean, lm2 = (torch.empty(lines[0], dtype=torch.float64) for _ in range(2))
-        with _launch(numba):
-            k.lines_stats(_np(x, lines), centered, _zero(sdt),
+        with _launch(numba, k) as (kern, _):
+            kern.lines_stats(_np(x, lines), centered, _zero(sdt),
                           torch.empty(lines[0], dtype=sdt).numpy(), lmean.numpy(), lm2.numpy())
         counts = torch.full((d0,), float(d2), dtype=torch.float64)
         gm, var = _merge(lmean.view(nb, d0, d1).transpose(1, 2), lm2.view(nb, d0, d1)
@@ -168,13 +174,13 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
         lm = gm.unsqueeze(1).expand(nb, d0, d1).reshape(-1).to(sdt)
         ls = (rstd.unsqueeze(1) * w[idx]).reshape(-1).to(sdt)
         lb = b[idx].reshape(-1).to(sdt)
-        with _launch(numba):
-            k.lines_apply(_np(x, lines), lm.numpy(), ls.numpy(), lb.numpy(), _np(y, lines))
+        with _launch(numba, k) as (kern, _):
+            kern.lines_apply(_np(x, lines), lm.numpy(), ls.numpy(), lb.numpy(), _np(y, lines))
     elif _fused_columns(x, dims):
         cols = (nb, d0, d1 * d2)
         mean, rstd, var = (torch.empty(nb, d1, dtype=sdt) for _ in range(3))
-        with _launch(numba):
-            k.cols_fwd_fused(_np(x, cols), d2, w[idx].to(sdt).numpy(), b[idx].to(sdt).numpy(),
+        with _launch(numba, k) as (kern, _):
+            kern.cols_fwd_fused(_np(x, cols), d2, w[idx].to(sdt).numpy(), b[idx].to(sdt).numpy(),
                              centered, eps, torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(),
                              _np(y, cols), mean.numpy(), rstd.numpy(), var.numpy())
         return y, mean.reshape(-1), rstd.reshape(-1), var.reshape(-1)
@@ -183,8 +189,8 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
         rows = max(1, TILE // (d1 * d2))
         t = -(-d0 // rows)
         pm, pq = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
-        with _launch(numba):
-            k.cols_stats(_np(x, cols), centered, rows, pm.numpy(), pq.numpy())
+        with _launch(numba, k) as (kern, _):
+            kern.cols_stats(_np(x, cols), centered, rows, pm.numpy(), pq.numpy())
         counts = torch.full((t, d2), float(rows), dtype=torch.float64)
         counts[-1] = d0 - rows * (t - 1)
 
@@ -200,8 +206,8 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
         cm = per_column(gm).to(sdt).contiguous()
         cs = (per_column(rstd) * w[idx]).to(sdt).contiguous()
         cb = b[idx].to(sdt).contiguous()
-        with _launch(numba):
-            k.cols_apply(_np(x, cols), cm.numpy(), cs.numpy(), cb.numpy(), _np(y, cols))
+        with _launch(numba, k) as (kern, _):
+            kern.cols_apply(_np(x, cols), cm.numpy(), cs.numpy(), cb.numpy(), _np(y, cols))
     return (y, gm.reshape(-1).to(sdt), rstd.reshape(-1).to(sdt), var.reshape(-1).to(sdt))
 
 
@@ -214,9 +220,9 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
     dx = torch.empty_like(x)
     if shape == ROWS:
         w = _param(weight, d2, 1.0, x.dtype)
-        with _launch(numba) as nth:
+        with _launch(numba, k) as (kern, nth):
             dwp, dbp = (torch.zeros(nth, d2, dtype=torch.float64) for _ in range(2))
-            k.rows_bwd(_np(dy, (nb, d2)), _np(x, (nb, d2)), w.numpy(), mean.numpy(),
+            kern.rows_bwd(_np(dy, (nb, d2)), _np(x, (nb, d2)), w.numpy(), mean.numpy(),
                        rstd.numpy(), centered, nth, _np(dx, (nb, d2)), dwp.numpy(),
                        dbp.numpy())
         return dx, dwp.sum(0), dbp.sum(0)
@@ -232,16 +238,16 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
             grp = (nb, d0, d2)
             lw = w[idx].reshape(nb, d0).to(sdt)
             scratch = torch.empty(nb, 2, dtype=sdt)
-            with _launch(numba):
-                k.lines_bwd_fused(_np(dy, grp), _np(x, grp), mean.numpy(), rstd.numpy(),
+            with _launch(numba, k) as (kern, _):
+                kern.lines_bwd_fused(_np(dy, grp), _np(x, grp), mean.numpy(), rstd.numpy(),
                                   lw.numpy(), centered, _zero(sdt), scratch.numpy(),
                                   _np(dx, grp),
                                   sdy.numpy().reshape(nb, d0), sdyx.numpy().reshape(nb, d0))
         else:
             lm = mean.view(nb, 1, d1).expand(nb, d0, d1).reshape(-1).contiguous()
             lr = rstd.view(nb, 1, d1).expand(nb, d0, d1).reshape(-1).contiguous()
-            with _launch(numba):
-                k.lines_bsum(_np(dy, lines), _np(x, lines), lm.numpy(), lr.numpy(),
+            with _launch(numba, k) as (kern, _):
+                kern.lines_bsum(_np(dy, lines), _np(x, lines), lm.numpy(), lr.numpy(),
                              _zero(sdt), sdy.numpy(), sdyx.numpy())
             wl = w[idx]  # (NB, D0, D1)
             s1 = (wl * sdy.view(nb, d0, d1)).sum(1)  # sum(g) per group, (NB, D1)
@@ -250,8 +256,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
             c2 = (-(r * r) * s2 / n).unsqueeze(1).expand(nb, d0, d1).reshape(-1)
             c3 = (-(r * s1) / n if centered else torch.zeros_like(r)).unsqueeze(1)
             c3 = c3.expand(nb, d0, d1).reshape(-1)
-            with _launch(numba):
-                k.lines_dx(_np(dy, lines), _np(x, lines), lm.numpy(),
+            with _launch(numba, k) as (kern, _):
+                kern.lines_dx(_np(dy, lines), _np(x, lines), lm.numpy(),
                            *(c.to(sdt).contiguous().numpy() for c in (c1, c2, c3)),
                            _np(dx, lines))
         flat = idx.reshape(-1)
@@ -260,8 +266,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         cm = mean.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
         cr = rstd.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
         sdy, sdyx = (torch.empty(nb * d1 * d2, dtype=torch.float64) for _ in range(2))
-        with _launch(numba):
-            k.cols_bwd_fused(_np(dy, cols), _np(x, cols), d2, w[idx].to(sdt).numpy(),
+        with _launch(numba, k) as (kern, _):
+            kern.cols_bwd_fused(_np(dy, cols), _np(x, cols), d2, w[idx].to(sdt).numpy(),
                              cm.numpy(), cr.numpy(), centered,
                              torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(), _np(dx, cols),
                              sdy.numpy().reshape(nb, -1), sdyx.numpy().reshape(nb, -1))
@@ -277,8 +283,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         cm = per_column(mean).contiguous()
         cr = per_column(rstd).contiguous()
         pdy, pdyx = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
-        with _launch(numba):
-            k.cols_bsum(_np(dy, cols), _np(x, cols), cm.numpy(), cr.numpy(), rows,
+        with _launch(numba, k) as (kern, _):
+            kern.cols_bsum(_np(dy, cols), _np(x, cols), cm.numpy(), cr.numpy(), rows,
                         pdy.numpy(), pdyx.numpy())
         sdy, sdyx = pdy.sum(1), pdyx.sum(1)  # (NB, W)
         wc = w[idx]
@@ -288,8 +294,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         c1 = per_column(r) * wc
         c2 = per_column(-(r * r) * s2 / n)
         c3 = per_column(-(r * s1) / n if centered else torch.zeros_like(r))
-        with _launch(numba):
-            k.cols_dx(_np(dy, cols), _np(x, cols), cm.numpy(),
+        with _launch(numba, k) as (kern, _):
+            kern.cols_dx(_np(dy, cols), _np(x, cols), cm.numpy(),
                       *(c.to(sdt).contiguous().numpy() for c in (c1, c2, c3)), _np(dx, cols))
         flat = idx.reshape(-1)
         sdy, sdyx = sdy.reshape(-1), sdyx.reshape(-1)

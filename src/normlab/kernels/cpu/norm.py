@@ -20,19 +20,31 @@ merged by Chan's formula), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums 
 elements summed in the input's precision (vectorized) in float64, so no long float32 sums; the
 columns' per-column sums and the rows' backward sums are float64 throughout. The
 fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
+
+Every kernel exists twice: compiled with ``parallel=True`` (its ``prange`` split over numba's
+threads) and, in :data:`SERIAL`, compiled without (``prange`` is a plain loop), for calls on
+one thread. The serial twin is not only faster there: it is reproducible. numba compiles a
+parallel kernel's loop body as a function of its own and links a copy of it into the kernel;
+a process that compiled the kernel runs the first, a process that loaded the kernel from the
+disk cache runs the copy, which LLVM optimized a second time in another context (it fuses
+other multiply-adds, reassociates other sums), so the two give results a few ulps apart. A
+serial kernel is one piece of machine code, the same whether compiled here or loaded.
 """
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["cols_apply", "cols_bsum", "cols_bwd_fused", "cols_dx", "cols_fwd_fused",
+__all__ = ["SERIAL", "cols_apply", "cols_bsum", "cols_bwd_fused", "cols_dx", "cols_fwd_fused",
            "cols_stats", "lines_apply", "lines_bsum", "lines_bwd_fused", "lines_dx",
            "lines_fwd_fused", "lines_stats", "rows_bwd", "rows_fwd"]
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}  # no "nnan"/"ninf": NaN input gives NaN output
 _JIT = dict(parallel=True, fastmath=_FAST, cache=True, nogil=True)
+_JIT_SERIAL = dict(fastmath=_FAST, cache=True, nogil=True)
 
 
 _BLOCK = 2048  # elements summed in the input's precision before adding into float64
@@ -374,3 +386,21 @@ def cols_bwd_fused(dy, x, d2, cw, cm, cr, centered, sc, dx, sdy, sdyx):
             for j in range(W):
                 dx[b, r, j] = (sc[b, 0, j] * dy[b, r, j] + sc[b, 1, j] * (x[b, r, j] - cm[b, j])
                                + sc[b, 2, j])
+
+
+# ---- the serial twins (module doc): the same source compiled without parallel=True ----
+
+def _serial_twin(kernel):
+    """``kernel``'s Python function compiled without ``parallel=True``, under its own name
+    (``<name>_serial``: numba's disk cache is named after the function, so the twins do not
+    share cache files with the parallel kernels)."""
+    f = kernel.py_func
+    twin = types.FunctionType(f.__code__, f.__globals__, f"{f.__name__}_serial",
+                              f.__defaults__, f.__closure__)
+    twin.__qualname__ = f"{f.__qualname__}_serial"
+    twin.__doc__ = f.__doc__
+    return njit(**_JIT_SERIAL)(twin)
+
+
+SERIAL = types.SimpleNamespace(**{name: _serial_twin(globals()[name])
+                                  for name in __all__ if name != "SERIAL"})
