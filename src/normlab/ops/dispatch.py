@@ -217,9 +217,15 @@ class Numba(Backend):
     # Chosen by default only where the bench measured it faster than torch's kernel: not
     # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
     # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
-    # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements (the Python around a
-    # call costs more than it saves there).
-    MIN_NUMEL = 1 << 15
+    # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements: a call costs ~0.3 ms
+    # of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms, so numba was
+    # 1.4-2.2x slower at 65k elements and broke even between 260k and 520k (batch, instance,
+    # group norm, 1 thread, /tmp measurements in the issue-17 note; the lab's small models
+    # stay on torch's kernels and never import numba); group norm with the channel innermost
+    # only when a backward will run (torch's forward is as fast, 0.9-1.4x; its backward is
+    # slow, 4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
+    MIN_NUMEL = 1 << 20
+    MIN_NUMEL_GROUP_CL = 1 << 22
 
     def accepts(self, call):
         p, x = call.plan, call.x
@@ -246,9 +252,13 @@ class Numba(Backend):
             return "float64 runs torch's kernels unless numba is asked for by name"
         if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
+                                  or (p.kind == "group" and (
+                                      not _needs_grad(call)
+                                      or x.numel() < self.MIN_NUMEL_GROUP_CL))
                                   or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
             return ("torch's kernel is as fast here (layer norm, group norm channels first, "
-                    "batch norm channels last, or a small input)")
+                    "group norm channels last without a backward or below 4M elements, "
+                    "batch norm channels last, or an input below 1M elements)")
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
         return None
@@ -257,6 +267,12 @@ class Numba(Backend):
         y, mean, var = cpu_op.numba_norm(call.plan, call.x, eps=call.eps, weight=call.weight,
                                          bias=call.bias)
         return native.epilogue(y, call.residual, call.activation), (mean, var, None)
+
+
+def _needs_grad(call: Call) -> bool:
+    """Whether autograd will run a backward through this call."""
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (call.x, call.weight, call.bias))
 
 
 def _closed_form_backward_is_faster(x, channel_axis) -> bool:
@@ -382,10 +398,11 @@ _CHOICES: dict = {}  # (plan, is_cuda, has mask, backend) -> the backend select(
 def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
-    rule reads only the plan, the device, whether there is a mask and whether the backend was
-    named (and ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
+    rule reads only the plan, the device, whether there is a mask, whether the backend was
+    named and whether a backward will run (and ``torch.compile``, whose calls are not cached),
+    so the choice is cached on those."""
     compiling = torch.compiler.is_compiling()
-    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start)
+    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call))
     if not compiling:
         b = _CHOICES.get(key)
         if b is not None:

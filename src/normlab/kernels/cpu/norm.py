@@ -28,8 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = ["cols_apply", "cols_bsum", "cols_bwd_fused", "cols_dx", "cols_fwd_fused",
-           "cols_stats", "lines_apply", "lines_bsum", "lines_bwd_fused", "lines_dx",
-           "lines_fwd_fused", "lines_stats", "rows_bwd", "rows_fwd"]
+           "cols_stats", "lines_bwd_fused", "lines_fwd_fused", "rows_bwd", "rows_fwd"]
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}  # no "nnan"/"ninf": NaN input gives NaN output
 _JIT = dict(parallel=True, fastmath=_FAST, cache=True, nogil=True)
@@ -126,106 +125,90 @@ def rows_bwd(dy, x, w, mean, rstd, centered, nth, dx, dwp, dbp):
                 dx[i, j] = ri * (dy[i, j] * w[j] - a - xh * c)
 
 
-# ---- lines: (lines, P), one weight per line ----
+# ---- lines: (NB, D0, D1, P), one weight per line, group (b, d1) = D0 lines of P ----
 
-@njit(**_JIT)
-def lines_stats(x, centered, zero, center, lmean, lm2):
-    """Per line: the mean and the sum of squared deviations (float64); uncentered: mean 0 and
-    the sum of squares. ``zero``: 0 in the input's dtype; ``center`` (lines,) scratch in it."""
-    n, P = x.shape
-    for i in prange(n):
-        k = x[i, 0]
-        m = k + _sum(x[i], k, zero) / P if centered else 0.0
-        center[i] = m  # the mean rounded to the input's dtype: the second pass in that dtype
-        c = center[i]
-        lmean[i] = m
-        # sum((x - c)^2) = M2 + P (m - c)^2: the rounding of the centre taken out exactly
-        lm2[i] = max(_sq_dev(x[i], c, zero) - P * (m - c) ** 2, 0.0)
+@njit(fastmath=_FAST, inline="always")
+def _chan(n, m, q, p, lm, lq):
+    """Chan's merge of a part (``p`` elements, mean ``lm``, squared deviations ``lq``) into
+    the running (n, m, q), float64."""
+    t = n + p
+    d = lm - m
+    return t, m + d * (p / t), q + lq + d * d * (n * (p / t))
 
 
 @njit(**_JIT)
-def lines_apply(x, lm, ls, lb, y):
-    """y = (x - lm) * ls + lb with per-line lm, ls, lb (in the statistics dtype)."""
-    n, P = x.shape
-    for i in prange(n):
-        m, s, b = lm[i], ls[i], lb[i]
-        for j in range(P):
-            y[i, j] = (x[i, j] - m) * s + b
-
-
-@njit(**_JIT)
-def lines_fwd_fused(x, lw, lb, centered, eps, zero, y, mean, rstd, var):
-    """x (G, D0, P): each group is D0 consecutive lines (instance norm: 1; group norm channels
-    first: C/G), weights per line (G, D0): statistics and output in one pass over the group;
-    ``zero``: 0 in the statistics dtype."""
-    G, D0, P = x.shape
-    n = D0 * P
-    for i in prange(G):
+def lines_fwd_fused(x, w, bias, aff, centered, eps, zero, sc, y, mean, rstd, var):
+    """x (NB, D0, D1, P); line (b, d0, d1) has weight ``w[(b % MOD_B) * SB + d0 * S0 + d1 *
+    S1]`` (and bias), ``aff = (MOD_B, SB, S0, S1)``, ``w``/``bias`` in the statistics dtype;
+    statistics (NB, D1) in that dtype, ``zero``: 0 in it, ``sc`` (NB, D1) scratch in it. Per
+    group (b, d1): each line's mean and squared deviations (two passes over the line, in L1),
+    merged in float64 by Chan's formula, then the output, the lines in reverse order (the last
+    ones read are still in cache: batch norm's group is one channel, N lines, about L2's
+    size; so the forward reads x from memory about once, not twice)."""
+    NB, D0, D1, P = x.shape
+    mod_b, sb, st0, st1 = aff
+    for u in prange(NB * D1):
+        b = u // D1
+        g = u % D1
+        wg = (b % mod_b) * sb + g * st1  # the weight index of line (b, 0, g)
+        n = 0.0
         m = 0.0
-        if centered:
-            k = x[i, 0, 0]
-            s = 0.0
-            for d in range(D0):
-                s += _sum(x[i, d], k, zero)
-            m = k + s / n
-        mean[i] = m
-        mi = mean[i]
         q = 0.0
-        for d in range(D0):  # the group again, in cache
-            q += _sq_dev(x[i, d], mi, zero)
-        q = max(q - n * (m - mi) ** 2, 0.0)  # = M2 (the centre's rounding taken out)
-        var[i] = q / n
-        rstd[i] = 1.0 / np.sqrt(q / n + eps)
-        ri = rstd[i]
         for d in range(D0):
-            sc = ri * lw[i, d]
-            bi = lb[i, d]
+            line = x[b, d, g]
+            lm = 0.0
+            if centered:
+                k = line[0]
+                lm = k + _sum(line, k, zero) / P
+            sc[b, g] = lm  # the line mean rounded to the statistics dtype: the pass below in it
+            c = sc[b, g]
+            # sum((x - c)^2) = M2 + P (lm - c)^2: the rounding of the centre taken out exactly
+            lq = max(_sq_dev(line, c, zero) - P * (lm - c) ** 2, 0.0)
+            if centered:
+                n, m, q = _chan(n, m, q, float(P), lm, lq)
+            else:
+                n, q = n + P, q + lq
+        mean[b, g] = m
+        var[b, g] = q / n
+        rstd[b, g] = 1.0 / np.sqrt(q / n + eps)
+        mi, ri = mean[b, g], rstd[b, g]
+        for d in range(D0 - 1, -1, -1):
+            s = ri * w[wg + d * st0]
+            bi = bias[wg + d * st0]
             for j in range(P):
-                y[i, d, j] = (x[i, d, j] - mi) * sc + bi
+                y[b, d, g, j] = (x[b, d, g, j] - mi) * s + bi
 
 
 @njit(**_JIT)
-def lines_bsum(dy, x, lm, lr, zero, sdy, sdyx):
-    """Per line: sum(dy) and sum(dy * xhat), xhat = (x - lm) * lr (float64)."""
-    n, P = x.shape
-    for i in prange(n):
-        sdy[i], sdyx[i] = _sums_dy(dy[i], x[i], lm[i], lr[i], zero)
-
-
-@njit(**_JIT)
-def lines_dx(dy, x, lm, c1, c2, c3, dx):
-    """dx = c1 * dy + c2 * (x - lm) + c3 with per-line coefficients."""
-    n, P = x.shape
-    for i in prange(n):
-        m, a, b, c = lm[i], c1[i], c2[i], c3[i]
-        for j in range(P):
-            dx[i, j] = a * dy[i, j] + b * (x[i, j] - m) + c
-
-
-@njit(**_JIT)
-def lines_bwd_fused(dy, x, mean, rstd, lw, centered, zero, cs, dx, sdy, sdyx):
-    """As ``lines_fwd_fused``: per group the sums, then dx = rstd * (g - mean(g) - xhat *
-    mean(g * xhat)), g = dy * w, in one pass over the group; sdy/sdyx (G, D0) float64 per line
-    are kept for the weight and bias gradients; ``cs`` (G, 2) scratch in the statistics dtype."""
-    G, D0, P = x.shape
+def lines_bwd_fused(dy, x, mean, rstd, w, aff, centered, zero, cs, dx, sdy, sdyx):
+    """The backward of ``lines_fwd_fused``, one group per unit: each line's sum(dy) and
+    sum(dy * xhat) (float64, kept in sdy/sdyx (NB, D0, D1) for the weight and bias gradients),
+    then dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, the lines in reverse
+    order; ``w`` and ``aff`` as in ``lines_fwd_fused``; ``cs`` (NB, D1, 2) scratch in the
+    statistics dtype."""
+    NB, D0, D1, P = x.shape
+    mod_b, sb, st0, st1 = aff
     n = D0 * P
-    for i in prange(G):
-        m, r = mean[i], rstd[i]
+    for u in prange(NB * D1):
+        b = u // D1
+        g = u % D1
+        wg = (b % mod_b) * sb + g * st1
+        m, r = mean[b, g], rstd[b, g]
         s1 = 0.0
         s2 = 0.0
         for d in range(D0):
-            a1, a2 = _sums_dy(dy[i, d], x[i, d], m, r, zero)
-            sdy[i, d] = a1
-            sdyx[i, d] = a2
-            s1 += lw[i, d] * a1
-            s2 += lw[i, d] * a2
-        cs[i, 0] = (s1 / n if centered else 0.0) * r
-        cs[i, 1] = (s2 / n) * r * r
-        c1, c2 = cs[i, 0], cs[i, 1]  # in the statistics dtype: the output pass in that precision
-        for d in range(D0):
-            a = r * lw[i, d]
+            a1, a2 = _sums_dy(dy[b, d, g], x[b, d, g], m, r, zero)
+            sdy[b, d, g] = a1
+            sdyx[b, d, g] = a2
+            s1 += w[wg + d * st0] * a1
+            s2 += w[wg + d * st0] * a2
+        cs[b, g, 0] = (s1 / n if centered else 0.0) * r
+        cs[b, g, 1] = (s2 / n) * r * r
+        c1, c2 = cs[b, g, 0], cs[b, g, 1]  # in the statistics dtype: the output pass in it
+        for d in range(D0 - 1, -1, -1):
+            a = r * w[wg + d * st0]
             for j in range(P):
-                dx[i, d, j] = a * dy[i, d, j] - c1 - c2 * (x[i, d, j] - m)
+                dx[b, d, g, j] = a * dy[b, d, g, j] - c1 - c2 * (x[b, d, g, j] - m)
 
 
 # ---- columns: (NB, R, W), the groups' channels innermost ----
