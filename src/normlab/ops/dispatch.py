@@ -219,11 +219,11 @@ class Numba(Backend):
     # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
     # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements: a call costs ~0.3 ms
     # of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms, so numba was
-    # 1.4-2.2x slower at 65k elements and broke even between 260k and 520k (batch, instance,
-    # group norm, 1 thread, /tmp measurements in the issue-17 note; the lab's small models
-    # stay on torch's kernels and never import numba); group norm with the channel innermost
-    # only when a backward will run (torch's forward is as fast, 0.9-1.4x; its backward is
-    # slow, 4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
+    # 1.5-2.1x slower at 64 Ki elements and broke even between 256 Ki and 512 Ki (batch,
+    # instance, group norm, 1 thread; the table is in docs/ARCHITECTURE.md, "Where it is the
+    # default"; the lab's small models stay on torch's kernels and never import numba); group
+    # norm with the channel innermost only when a backward will run (torch's forward is as
+    # fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
     MIN_NUMEL = 1 << 20
     MIN_NUMEL_GROUP_CL = 1 << 22
 
