@@ -5,10 +5,12 @@ them) and an autograd formula.
 The input's memory is read in place through ``spec.plan(..., strides=...).kernel``'s 4-D view
 ``(NB, D0, D1, D2)`` (a group is one ``(b, d1)`` reduced over ``(d0, d2)``), in one of three
 shapes (``_shape``): *rows* (layer, rms: one group per row, fused), *lines* (channels first:
-each run of ``D2`` positions shares one weight) and *columns* (channels innermost). The kernels
-return partial statistics per line or per chunk of rows in float64; they are merged here by
-Chan's formula (tiny tensors: one value per line or per chunk and column), and the per-line /
-per-column coefficients of the output and gradient passes are computed here too, in float64.
+each run of ``D2`` positions shares one weight; one fused unit per group, statistics merged
+in the kernel) and *columns* (channels innermost). The columns' kernels for large samples
+return partial statistics per chunk of rows in float64; they are merged here by Chan's formula
+(tiny tensors: one value per chunk and column), and the per-column coefficients of the output
+and gradient passes are computed here too, in float64. Eager calls on plain tensors go through
+``_Eager`` (the same functions, without the custom op's dispatcher work).
 Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
 backend takes only those two dtypes (numba has no bfloat16). Which calls come here is
 ``dispatch.Numba.accepts``. No double backward (use ``backend="reference"``).

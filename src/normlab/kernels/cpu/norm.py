@@ -8,17 +8,19 @@ D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
 
 * **rows** (layer, rms): ``(R, L)``, one group per row; forward and backward fused, one row in
   cache: the forward reads x once and writes y, the backward reads x and dy once and writes dx.
-* **lines** (batch, instance, group norm with the channel outermost): ``(lines, P)``, each
-  line ``P`` positions sharing one weight; per-line partial statistics, merged by the caller
-  (Chan's formula), then a per-line affine pass. Where a line is a whole group (instance norm)
-  the statistics and the output are one fused pass.
+* **lines** (batch, instance, group norm with the channel outermost): ``(NB, D0, D1, P)``,
+  each line ``P`` positions sharing one weight, a group the ``D0`` lines of one ``(b, d1)``
+  (batch norm: a channel's N lines, one per sample); one unit per group: each line's
+  statistics in L1, merged by Chan's formula, then the output over the group's lines in
+  reverse order (the last read still in cache); the backward likewise (sums, then dx).
 * **columns** (the channel innermost): ``(NB, R, W)``, per-column partial statistics over
   chunks of rows, merged by the caller, then a per-column affine pass.
 
 Sums are two-pass (the mean, then the squared deviations from it; per line, chunk or sample,
-merged by Chan's formula), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums add blocks of 2048
-elements summed in the input's precision (vectorized) in float64, so no long float32 sums; the
-columns' per-column sums and the rows' backward sums are float64 throughout. The
+merged by Chan's formula in float64), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums add
+blocks of 2048 elements summed in the input's precision (vectorized) in float64, so no long
+float32 sums; the columns' per-column sums and the rows' backward sums are float64 throughout.
+The
 fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
 """
 
