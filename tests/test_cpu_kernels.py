@@ -232,3 +232,30 @@ def test_compile_fullgraph_through_the_custom_ops():
     torch.testing.assert_close(yc, ye, **oracle.tol(torch.float32))
     for a, b in zip(gc, ge, strict=True):
         oracle.close(a, b, torch.float32, scale=10)
+
+
+def test_half_precision_channels_last_instance_norm_runs_on_a_float32_copy():
+    # torch's channels-last group-norm backward in bfloat16 took 8x torch.nn's instance norm;
+    # with a backward to run, numba normalizes a float32 copy and casts back
+    x = (torch.randn(16, 8, 96, 96) * 3 + 2).bfloat16()
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()  # 1.2 Mi elements
+    w = torch.rand(8).bfloat16().requires_grad_()
+    b = torch.randn(8).bfloat16().requires_grad_()
+    dy = torch.randn_like(x)
+    with ops.trace_backends() as ran:
+        y = F.instance_norm(x, weight=w, bias=b)
+        with torch.no_grad():
+            F.instance_norm(x, weight=w, bias=b)  # no backward: torch's forward is fast
+    assert ran == ["numba", "native"]
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    got = torch.autograd.grad(y, (x, w, b), dy)
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = oracle.instance(xd, wd, bd)
+    want = torch.autograd.grad(ref, (xd, wd, bd), dy.double())
+    xt, wt, bt = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    base = torch.nn.functional.instance_norm(xt, weight=wt, bias=bt)
+    base_g = torch.autograd.grad(base, (xt, wt, bt), dy)
+    oracle.close_to_torch(y, ref, base, torch.bfloat16)
+    for g, r, t, what in zip(got, want, base_g, ("dx", "dweight", "dbias"), strict=True):
+        assert g.dtype == torch.bfloat16
+        oracle.close_to_torch(g, r, t, torch.bfloat16, what)
