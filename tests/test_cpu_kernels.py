@@ -175,21 +175,25 @@ def test_threads_give_the_same_result():
 
 
 def test_which_calls_it_takes_by_default():
-    big = torch.randn(8, 16, 32, 32)
+    big = torch.randn(16, 16, 64, 64)  # 1 Mi elements: Numba.MIN_NUMEL
+    cl = torch.randn(16, 16, 128, 128).contiguous(memory_format=torch.channels_last)  # 4 Mi
     with ops.trace_backends() as ran:
         F.batch_norm(big, None, None, training=True)  # large float32 training batch norm
-        F.batch_norm(torch.randn(4, 3, 5), None, None, training=True)  # small: torch's kernel
+        F.batch_norm(big[:, :, :32], None, None, training=True)  # below 1 Mi: torch's kernel
         F.batch_norm(big, torch.zeros(16), torch.ones(16), training=False)  # eval: an affine map
         F.group_norm(big.bfloat16(), 4)  # no bfloat16 kernels
-        F.layer_norm(torch.randn(64, 1024), (1024,))  # torch's fused kernel is as fast
-        F.rms_norm(torch.randn(64, 1024), (1024,))
+        F.layer_norm(torch.randn(1024, 1024), (1024,))  # torch's fused kernel is as fast
+        F.rms_norm(torch.randn(1024, 1024), (1024,))
         F.group_norm(big[:, :, ::2], 4)  # strided: not read in place
         F.group_norm(big, 4)  # channels first: torch's fused forward is as fast
-        F.group_norm(big.contiguous(memory_format=torch.channels_last), 4)
+        F.group_norm(cl, 4)  # channels last, no backward: torch's forward is as fast
+        F.group_norm(cl.requires_grad_(), 4)  # with a backward: torch's is slow
+        F.group_norm(cl.detach()[:, :, :64].contiguous(memory_format=torch.channels_last)
+                     .requires_grad_(), 4)  # ... but not below 4 Mi elements
         F.batch_norm(big.contiguous(memory_format=torch.channels_last), None, None,
                      training=True)  # channels last: torch's kernel is as fast
     assert ran == ["numba", "native", "native", "native", "native", "numba", "native", "native",
-                   "numba", "native"]
+                   "native", "numba", "native", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():
@@ -238,3 +242,30 @@ def test_compile_fullgraph_through_the_custom_ops():
     torch.testing.assert_close(yc, ye, **oracle.tol(torch.float32))
     for a, b in zip(gc, ge, strict=True):
         oracle.close(a, b, torch.float32, scale=10)
+
+
+def test_half_precision_channels_last_instance_norm_runs_on_a_float32_copy():
+    # torch's channels-last group-norm backward in bfloat16 took 8x torch.nn's instance norm;
+    # with a backward to run, numba normalizes a float32 copy and casts back
+    x = (torch.randn(16, 8, 96, 96) * 3 + 2).bfloat16()
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()  # 1.2 Mi elements
+    w = torch.rand(8).bfloat16().requires_grad_()
+    b = torch.randn(8).bfloat16().requires_grad_()
+    dy = torch.randn_like(x)
+    with ops.trace_backends() as ran:
+        y = F.instance_norm(x, weight=w, bias=b)
+        with torch.no_grad():
+            F.instance_norm(x, weight=w, bias=b)  # no backward: torch's forward is fast
+    assert ran == ["numba", "native"]
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    got = torch.autograd.grad(y, (x, w, b), dy)
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = oracle.instance(xd, wd, bd)
+    want = torch.autograd.grad(ref, (xd, wd, bd), dy.double())
+    xt, wt, bt = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    base = torch.nn.functional.instance_norm(xt, weight=wt, bias=bt)
+    base_g = torch.autograd.grad(base, (xt, wt, bt), dy)
+    oracle.close_to_torch(y, ref, base, torch.bfloat16)
+    for g, r, t, what in zip(got, want, base_g, ("dx", "dweight", "dbias"), strict=True):
+        assert g.dtype == torch.bfloat16
+        oracle.close_to_torch(g, r, t, torch.bfloat16, what)

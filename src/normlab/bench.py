@@ -2,7 +2,9 @@
 
 Every figure is relative to a baseline measured in the same run: each repetition times the
 torch.nn module, the normlab module and a same-size ``copy_`` back to back, alternating the
-order (A B C, C B A, ...), so drift on a shared machine hits all three. The ``copy_`` gives the
+order and rotating it (A B C, C B A, B C A, A C B, C A B, B A C, ...: each provider in each
+position equally often, so neither drift on a shared machine nor what ran just before -- the
+cache a neighbour leaves -- favours one). The ``copy_`` gives the
 machine's practical memory bandwidth for the "of copy" columns (effective bytes per second /
 copy's bytes per second, for torch.nn and for normlab). Rows are appended, one per (op,
 provider, mode, threads), to a long-format JSONL file; a table is printed per thread count.
@@ -245,7 +247,9 @@ def _run_at(out, quick, reps, dtype, ops, printer) -> list[dict]:
             times: dict[str, list[float]] = {k: [] for k in calls}
             order = list(calls)
             for i in range(reps):
-                for name in (order if i % 2 == 0 else order[::-1]):  # A B C, C B A, ...
+                k = (i // 2) % len(order)
+                turn = order[k:] + order[:k]
+                for name in (turn if i % 2 == 0 else turn[::-1]):  # A B C, C B A, B C A, ...
                     times[name].append(_time_once(calls[name]))
             copies = times.pop("copy_")
             all_copies += copies

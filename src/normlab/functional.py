@@ -20,8 +20,9 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
   asked for by name with ``TRITON_INTERPRET=1`` set before Triton is imported, which runs them
   on CPU slowly, for tests), ``"masked"`` (normlab's masked batch/instance/group Function),
   ``"numba"`` (normlab's CPU kernels, float32/float64 training statistics; by default for
-  float32 channels-first batch, instance, channels-last group and RMS norm on inputs of at
-  least 32768 elements, where they beat torch's; float64 when asked for by name),
+  float32 channels-first batch, instance, channels-last group (with a backward) and RMS norm
+  on inputs of at least 1 Mi elements, where they beat torch's; float64 when asked for by
+  name),
   ``"hybrid"`` (instance norm with the channel innermost in memory: torch's forward, the
   closed-form backward), ``"native"`` (torch's kernels; no masks) and ``"reference"`` (the
   closed-form math; takes every call). A backend asked for by name that cannot run the call

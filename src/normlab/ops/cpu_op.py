@@ -5,10 +5,12 @@ them) and an autograd formula.
 The input's memory is read in place through ``spec.plan(..., strides=...).kernel``'s 4-D view
 ``(NB, D0, D1, D2)`` (a group is one ``(b, d1)`` reduced over ``(d0, d2)``), in one of three
 shapes (``_shape``): *rows* (layer, rms: one group per row, fused), *lines* (channels first:
-each run of ``D2`` positions shares one weight) and *columns* (channels innermost). The kernels
-return partial statistics per line or per chunk of rows in float64; they are merged here by
-Chan's formula (tiny tensors: one value per line or per chunk and column), and the per-line /
-per-column coefficients of the output and gradient passes are computed here too, in float64.
+each run of ``D2`` positions shares one weight; one fused unit per group, statistics merged
+in the kernel) and *columns* (channels innermost). The columns' kernels for large samples
+return partial statistics per chunk of rows in float64; they are merged here by Chan's formula
+(tiny tensors: one value per chunk and column), and the per-column coefficients of the output
+and gradient passes are computed here too, in float64. Eager calls on plain tensors go through
+``_Eager`` (the same functions, without the custom op's dispatcher work).
 Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
 backend takes only those two dtypes (numba has no bfloat16). Which calls come here is
 ``dispatch.Numba.accepts``. No double backward (use ``backend="reference"``).
@@ -72,21 +74,26 @@ def _shape(dims, affine, family) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _affine_index(dims, affine, shape):
-    """The weight index of each line (NB, D0, D1) or each (b, column) (NB, D1 * D2)."""
+    """-> (the weight index of each line (NB, D0, D1) or each (b, column) (NB, D1 * D2), the
+    number of weight elements)."""
     nb, d0, d1, d2 = dims
     mod_b, sb, s0, s1, s2 = affine
     b = (torch.arange(nb) % mod_b) * sb
     if shape == LINES:
-        return (b[:, None, None] + torch.arange(d0)[None, :, None] * s0
-                + torch.arange(d1)[None, None, :] * s1)
-    return (b[:, None, None] + torch.arange(d1)[None, :, None] * s1
-            + torch.arange(d2)[None, None, :] * s2).reshape(nb, d1 * d2)
+        idx = (b[:, None, None] + torch.arange(d0)[None, :, None] * s0
+               + torch.arange(d1)[None, None, :] * s1)
+    else:
+        idx = (b[:, None, None] + torch.arange(d1)[None, :, None] * s1
+               + torch.arange(d2)[None, None, :] * s2).reshape(nb, d1 * d2)
+    return idx, int(idx.max()) + 1
 
 
 def _np(t: torch.Tensor, shape):
     """The tensor's memory (dense, in memory order) as a numpy array of ``shape``."""
     t = t.detach()
-    return t.as_strided((t.numel(),), (1,)).numpy().reshape(shape)
+    if not t.is_contiguous():
+        t = t.as_strided((t.numel(),), (1,))
+    return t.numpy().reshape(shape)
 
 
 def _param(t, n, fill, dtype):
@@ -95,6 +102,7 @@ def _param(t, n, fill, dtype):
     return t.detach().reshape(-1).to(dtype).contiguous()
 
 
+@functools.cache
 def _zero(dtype):
     """0 as a numpy scalar of ``dtype`` (the kernels' block accumulators take its type)."""
     return torch.zeros((), dtype=dtype).numpy()[()]
@@ -150,33 +158,18 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
             kern.rows_fwd(_np(x, (nb, d2)), w.numpy(), b.numpy(), centered, eps, _zero(sdt),
                        _np(y, (nb, d2)), mean.numpy(), rstd.numpy(), var.numpy())
         return y, mean, rstd, var
-    idx = _affine_index(dims, affine, shape)
-    cw = int(idx.max()) + 1
+    idx, cw = _affine_index(dims, affine, shape)
+    if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)
+        # separate tensors: a custom op's outputs must not alias one another
+        mean, rstd, var, scratch = (torch.empty(nb, d1, dtype=sdt) for _ in range(4))
+        w, b = _param(weight, cw, 1.0, sdt), _param(bias, cw, 0.0, sdt)
+        with _launch(numba, k) as (kern, _):
+            kern.lines_fwd_fused(_np(x, dims), w.numpy(), b.numpy(), affine[:4], centered, eps,
+                              _zero(sdt), scratch.numpy(), _np(y, dims), mean.numpy(),
+                              rstd.numpy(), var.numpy())
+        return y, mean.view(-1), rstd.view(-1), var.view(-1)
     w, b = _param(weight, cw, 1.0, torch.float64), _param(bias, cw, 0.0, torch.float64)
-    if shape == LINES:
-        lines = (nb * d0 * d1, d2)
-        if d1 == 1:  # each group is D0 consecutive lines: one fused pass
-            grp = (nb, d0, d2)
-            mean, rstd, var = (torch.empty(nb, dtype=sdt) for _ in range(3))
-            lw, lb = w[idx].reshape(nb, d0).to(sdt), b[idx].reshape(nb, d0).to(sdt)
-            with _launch(numba, k) as (kern, _):
-                kern.lines_fwd_fused(_np(x, grp), lw.numpy(), lb.numpy(), centered, eps,
-                                  _zero(sdt), _np(y, grp), mean.numpy(), rstd.numpy(), var.numpy())
-            return y, mean, rstd, var
-        lmean, lm2 = (torch.empty(lines[0], dtype=torch.float64) for _ in range(2))
-        with _launch(numba, k) as (kern, _):
-            kern.lines_stats(_np(x, lines), centered, _zero(sdt),
-                          torch.empty(lines[0], dtype=sdt).numpy(), lmean.numpy(), lm2.numpy())
-        counts = torch.full((d0,), float(d2), dtype=torch.float64)
-        gm, var = _merge(lmean.view(nb, d0, d1).transpose(1, 2), lm2.view(nb, d0, d1)
-                         .transpose(1, 2), counts, centered)  # (NB, D1)
-        rstd = torch.rsqrt(var + eps)
-        lm = gm.unsqueeze(1).expand(nb, d0, d1).reshape(-1).to(sdt)
-        ls = (rstd.unsqueeze(1) * w[idx]).reshape(-1).to(sdt)
-        lb = b[idx].reshape(-1).to(sdt)
-        with _launch(numba, k) as (kern, _):
-            kern.lines_apply(_np(x, lines), lm.numpy(), ls.numpy(), lb.numpy(), _np(y, lines))
-    elif _fused_columns(x, dims):
+    if _fused_columns(x, dims):
         cols = (nb, d0, d1 * d2)
         mean, rstd, var = (torch.empty(nb, d1, dtype=sdt) for _ in range(3))
         with _launch(numba, k) as (kern, _):
@@ -226,42 +219,17 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
                        rstd.numpy(), centered, nth, _np(dx, (nb, d2)), dwp.numpy(),
                        dbp.numpy())
         return dx, dwp.sum(0), dbp.sum(0)
-    idx = _affine_index(dims, affine, shape)
-    cw = int(idx.max()) + 1
-    w = _param(weight, cw, 1.0, torch.float64)
-    r = rstd.double().view(nb, d1)
-    if shape == LINES:
-        lines = (nb * d0 * d1, d2)
-        n = d0 * d2
-        sdy, sdyx = (torch.empty(lines[0], dtype=torch.float64) for _ in range(2))
-        if d1 == 1:  # each group is D0 consecutive lines: one fused pass
-            grp = (nb, d0, d2)
-            lw = w[idx].reshape(nb, d0).to(sdt)
-            scratch = torch.empty(nb, 2, dtype=sdt)
-            with _launch(numba, k) as (kern, _):
-                kern.lines_bwd_fused(_np(dy, grp), _np(x, grp), mean.numpy(), rstd.numpy(),
-                                  lw.numpy(), centered, _zero(sdt), scratch.numpy(),
-                                  _np(dx, grp),
-                                  sdy.numpy().reshape(nb, d0), sdyx.numpy().reshape(nb, d0))
-        else:
-            lm = mean.view(nb, 1, d1).expand(nb, d0, d1).reshape(-1).contiguous()
-            lr = rstd.view(nb, 1, d1).expand(nb, d0, d1).reshape(-1).contiguous()
-            with _launch(numba, k) as (kern, _):
-                kern.lines_bsum(_np(dy, lines), _np(x, lines), lm.numpy(), lr.numpy(),
-                             _zero(sdt), sdy.numpy(), sdyx.numpy())
-            wl = w[idx]  # (NB, D0, D1)
-            s1 = (wl * sdy.view(nb, d0, d1)).sum(1)  # sum(g) per group, (NB, D1)
-            s2 = (wl * sdyx.view(nb, d0, d1)).sum(1)  # sum(g * xhat)
-            c1 = (r.unsqueeze(1) * wl).reshape(-1)
-            c2 = (-(r * r) * s2 / n).unsqueeze(1).expand(nb, d0, d1).reshape(-1)
-            c3 = (-(r * s1) / n if centered else torch.zeros_like(r)).unsqueeze(1)
-            c3 = c3.expand(nb, d0, d1).reshape(-1)
-            with _launch(numba, k) as (kern, _):
-                kern.lines_dx(_np(dy, lines), _np(x, lines), lm.numpy(),
-                           *(c.to(sdt).contiguous().numpy() for c in (c1, c2, c3)),
-                           _np(dx, lines))
-        flat = idx.reshape(-1)
+    idx, cw = _affine_index(dims, affine, shape)
+    if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)
+        sdy, sdyx = torch.empty(2, nb, d0, d1, dtype=torch.float64).unbind()
+        with _launch(numba, k) as (kern, _):
+            kern.lines_bwd_fused(_np(dy, dims), _np(x, dims), mean.view(nb, d1).numpy(),
+                              rstd.view(nb, d1).numpy(), _param(weight, cw, 1.0, sdt).numpy(),
+                              affine[:4], centered, _zero(sdt),
+                              torch.empty(nb, d1, 2, dtype=sdt).numpy(), _np(dx, dims),
+                              sdy.numpy(), sdyx.numpy())
     elif _fused_columns(x, dims):
+        w = _param(weight, cw, 1.0, torch.float64)
         cols = (nb, d0, d1 * d2)
         cm = mean.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
         cr = rstd.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
@@ -271,8 +239,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
                              cm.numpy(), cr.numpy(), centered,
                              torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(), _np(dx, cols),
                              sdy.numpy().reshape(nb, -1), sdyx.numpy().reshape(nb, -1))
-        flat = idx.reshape(-1)
     else:
+        w = _param(weight, cw, 1.0, torch.float64)
         cols = (nb, d0, d1 * d2)
         rows = max(1, TILE // (d1 * d2))
         t = -(-d0 // rows)
@@ -282,6 +250,7 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
 
         cm = per_column(mean).contiguous()
         cr = per_column(rstd).contiguous()
+        r = rstd.double().view(nb, d1)
         pdy, pdyx = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
         with _launch(numba, k) as (kern, _):
             kern.cols_bsum(_np(dy, cols), _np(x, cols), cm.numpy(), cr.numpy(), rows,
@@ -297,8 +266,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         with _launch(numba, k) as (kern, _):
             kern.cols_dx(_np(dy, cols), _np(x, cols), cm.numpy(),
                       *(c.to(sdt).contiguous().numpy() for c in (c1, c2, c3)), _np(dx, cols))
-        flat = idx.reshape(-1)
         sdy, sdyx = sdy.reshape(-1), sdyx.reshape(-1)
+    flat = idx.reshape(-1)
     dw = torch.zeros(cw, dtype=torch.float64).index_add_(0, flat, sdyx.reshape(-1))
     db = torch.zeros(cw, dtype=torch.float64).index_add_(0, flat, sdy.reshape(-1))
     return dx, dw, db
@@ -364,11 +333,62 @@ def _autograd(ctx, dy, _dmean, _drstd, _dvar):
 _fwd.register_autograd(_autograd, setup_context=_setup)
 
 
+class _Eager(torch.autograd.Function):
+    """The custom ops' forward and backward (the same ``_forward``/``_backward``) for eager
+    calls on plain tensors, without the dispatcher's work around a custom op (about 0.3 ms of
+    Python per forward+backward: 3% of a (32, 64, 56, 56) batch norm, more on small inputs).
+    ``torch.compile``, fake tensors and other tensor subclasses, and functorch transforms go
+    through the custom ops (``_use_custom_op``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, family, dims, affine, centered, eps):
+        # ctx first, no setup_context: Function.apply then skips binding the arguments by
+        # signature (inspect, ~0.1 ms); functorch transforms, which would need setup_context,
+        # take the custom ops
+        y, mean, rstd, var = _forward(x, weight, bias, dims, affine, _FAMILIES[family],
+                                      centered, eps)
+        ctx.mark_non_differentiable(mean, rstd, var)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.args = (family, dims, affine, centered)
+        return y, mean, rstd, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _drstd, _dvar):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        family, dims, affine, centered = ctx.args
+        needs = ctx.needs_input_grad
+        if dy is None:
+            return (None,) * 8
+        if dy.stride() != x.stride() or dy.dtype != x.dtype:  # the kernels read dy like x
+            dy = torch.empty_like(x).copy_(dy)
+        dx, dw, db = _backward(dy, x, weight, mean, rstd, dims, affine, _FAMILIES[family],
+                               centered)
+        dw = dw.to(weight.dtype).reshape(weight.shape) if needs[1] else None
+        db = db.to(bias.dtype).reshape(bias.shape) if needs[2] else None
+        return (dx if needs[0] else None, dw, db, None, None, None, None, None)
+
+
+def _use_custom_op(*tensors) -> bool:
+    """Whether a call goes through the custom ops: under ``torch.compile``, with a tensor
+    subclass (fake tensors while tracing) or under a functorch transform."""
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or any(t is not None and type(t) not in _PLAIN for t in tensors))
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def numba_norm(plan: spec.Plan, x: torch.Tensor, *, eps: float, weight=None, bias=None):
     """-> ``(y, mean, var)`` with the statistics in ``plan.stats_shape`` (var biased).
     ``plan.kernel`` must be set and ``x`` float32 or float64 on the CPU (the dispatcher's
     numba backend accepts only such calls)."""
     k = plan.kernel
-    y, mean, _rstd, var = _fwd(x, weight, bias, _FAMILIES.index(k.family), list(k.dims),
-                               list(k.affine), plan.centered, float(eps))
+    family = _FAMILIES.index(k.family)
+    if _use_custom_op(x, weight, bias):
+        y, mean, _rstd, var = _fwd(x, weight, bias, family, list(k.dims), list(k.affine),
+                                   plan.centered, float(eps))
+    else:
+        y, mean, _rstd, var = _Eager.apply(x, weight, bias, family, k.dims, k.affine,
+                                           plan.centered, float(eps))
     return y, mean.reshape(plan.stats_shape), var.reshape(plan.stats_shape)

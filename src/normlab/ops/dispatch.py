@@ -13,7 +13,9 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
   (eval mode: a per-channel affine map), AdaIN, an empty input, a layout the kernels do not
   read in place, masked layer/rms norm. So ``BatchNorm2d(backend="triton")`` works in eval mode.
 * ``numba`` hands on the same calls as ``triton`` and also dtypes other than float32/float64
-  and any mask (its kernels have neither), so ``LayerNorm(backend="numba").bfloat16()`` works.
+  and any mask (its kernels have neither), so ``LayerNorm(backend="numba").bfloat16()`` works;
+  the one half-precision call it takes is instance norm with the channel innermost and a
+  backward to run, on a float32 copy (``_upcast_pays``).
 * ``masked`` hands on a call whose statistics came out non-finite (NaN or Inf in the padding,
   which its multiply-by-mask passes read): the reference masked math, which never reads padded
   values, runs instead. That is one check on the (N, C) statistics, on CPU where this backend
@@ -217,15 +219,21 @@ class Numba(Backend):
     # Chosen by default only where the bench measured it faster than torch's kernel: not
     # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
     # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
-    # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements (the Python around a
-    # call costs more than it saves there).
-    MIN_NUMEL = 1 << 15
+    # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements: a call costs ~0.3 ms
+    # of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms, so numba was
+    # 1.5-2.1x slower at 64 Ki elements and broke even between 256 Ki and 512 Ki (batch,
+    # instance, group norm, 1 thread; the table is in docs/ARCHITECTURE.md, "Where it is the
+    # default"; the lab's small models stay on torch's kernels and never import numba); group
+    # norm with the channel innermost only when a backward will run (torch's forward is as
+    # fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
+    MIN_NUMEL = 1 << 20
+    MIN_NUMEL_GROUP_CL = 1 << 22
 
     def accepts(self, call):
         p, x = call.plan, call.x
         if x.device.type != "cpu":
             return "the input is not on the CPU"
-        if x.dtype not in NUMBA_DTYPES:
+        if x.dtype not in NUMBA_DTYPES and not _upcast_pays(call):
             return "numba has no kernels for this dtype (float32 and float64 only)"
         if p.stats == "none":
             return _NO_POINTWISE
@@ -239,24 +247,51 @@ class Numba(Backend):
             return EMPTY
         if p.kernel is None:
             return LAYOUT
-        if not call.explicit and x.dtype != torch.float32:
+        if not call.explicit and x.dtype == torch.float64:
             # float64 stays on torch's kernels unless asked for: users compare float64 results
             # with torch's bit for bit (surgery's probes, the zoo's whole-model checks), and a
             # different summation order compounds through train-mode batch statistics
             return "float64 runs torch's kernels unless numba is asked for by name"
         if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
+                                  or (p.kind == "group" and (
+                                      not _needs_grad(call)
+                                      or x.numel() < self.MIN_NUMEL_GROUP_CL))
                                   or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
             return ("torch's kernel is as fast here (layer norm, group norm channels first, "
-                    "batch norm channels last, or a small input)")
+                    "group norm channels last without a backward or below 4M elements, "
+                    "batch norm channels last, or an input below 1M elements)")
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
         return None
 
     def run(self, call):
-        y, mean, var = cpu_op.numba_norm(call.plan, call.x, eps=call.eps, weight=call.weight,
-                                         bias=call.bias)
+        x = call.x
+        if x.dtype not in NUMBA_DTYPES:  # _upcast_pays: a float32 copy (same strides), cast back
+            y, mean, var = cpu_op.numba_norm(call.plan, x.float(), eps=call.eps,
+                                             weight=call.weight, bias=call.bias)
+            y = y.to(x.dtype)
+        else:
+            y, mean, var = cpu_op.numba_norm(call.plan, x, eps=call.eps, weight=call.weight,
+                                             bias=call.bias)
         return native.epilogue(y, call.residual, call.activation), (mean, var, None)
+
+
+def _upcast_pays(call: Call) -> bool:
+    """Half-precision instance norm with the channel innermost and a backward to run: torch's
+    channels-last group-norm backward in bfloat16 took 8.1x torch.nn's instance norm at (32, 64,
+    56, 56) and the closed form 1.8x, so numba runs on a float32 copy (statistics in float32, as
+    promised for half inputs; the casts are autograd's)."""
+    x, p = call.x, call.plan
+    return (x.dtype in (torch.bfloat16, torch.float16) and p.kind == "instance"
+            and p.kernel is not None and p.kernel.family == spec.COLUMN and x.dim() > 2
+            and _needs_grad(call) and (call.explicit or x.numel() >= Numba.MIN_NUMEL))
+
+
+def _needs_grad(call: Call) -> bool:
+    """Whether autograd will run a backward through this call."""
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (call.x, call.weight, call.bias))
 
 
 def _closed_form_backward_is_faster(x, channel_axis) -> bool:
@@ -382,10 +417,11 @@ _CHOICES: dict = {}  # (plan, is_cuda, has mask, backend) -> the backend select(
 def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
-    rule reads only the plan, the device, whether there is a mask and whether the backend was
-    named (and ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
+    rule reads only the plan, the device, whether there is a mask, whether the backend was
+    named and whether a backward will run (and ``torch.compile``, whose calls are not cached),
+    so the choice is cached on those."""
     compiling = torch.compiler.is_compiling()
-    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start)
+    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call))
     if not compiling:
         b = _CHOICES.get(key)
         if b is not None:

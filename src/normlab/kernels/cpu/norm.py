@@ -8,18 +8,19 @@ D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
 
 * **rows** (layer, rms): ``(R, L)``, one group per row; forward and backward fused, one row in
   cache: the forward reads x once and writes y, the backward reads x and dy once and writes dx.
-* **lines** (batch, instance, group norm with the channel outermost): ``(lines, P)``, each
-  line ``P`` positions sharing one weight; per-line partial statistics, merged by the caller
-  (Chan's formula), then a per-line affine pass. Where a line is a whole group (instance norm)
-  the statistics and the output are one fused pass.
+* **lines** (batch, instance, group norm with the channel outermost): ``(NB, D0, D1, P)``,
+  each line ``P`` positions sharing one weight, a group the ``D0`` lines of one ``(b, d1)``
+  (batch norm: a channel's N lines, one per sample); one unit per group: each line's
+  statistics in L1, merged by Chan's formula, then the output over the group's lines in
+  reverse order (the last read still in cache); the backward likewise (sums, then dx).
 * **columns** (the channel innermost): ``(NB, R, W)``, per-column partial statistics over
   chunks of rows, merged by the caller, then a per-column affine pass.
 
 Sums are two-pass (the mean, then the squared deviations from it; per line, chunk or sample,
-merged by Chan's formula), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums add blocks of 2048
-elements summed in the input's precision (vectorized) in float64, so no long float32 sums; the
-columns' per-column sums and the rows' backward sums are float64 throughout. The
-fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
+merged by Chan's formula in float64), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums add
+blocks of 2048 elements summed in the input's precision (vectorized) in float64, so no long
+float32 sums; the columns' per-column sums and the rows' backward sums are float64 throughout.
+The fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
 
 Every kernel exists twice: compiled with ``parallel=True`` (its ``prange`` split over numba's
 threads) and, in :data:`SERIAL`, compiled without (``prange`` is a plain loop), for calls on
@@ -33,14 +34,15 @@ serial kernel is one piece of machine code, the same whether compiled here or lo
 
 from __future__ import annotations
 
-import types
+from types import FunctionType, SimpleNamespace
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 __all__ = ["SERIAL", "cols_apply", "cols_bsum", "cols_bwd_fused", "cols_dx", "cols_fwd_fused",
-           "cols_stats", "lines_apply", "lines_bsum", "lines_bwd_fused", "lines_dx",
-           "lines_fwd_fused", "lines_stats", "rows_bwd", "rows_fwd"]
+           "cols_stats", "lines_bwd_fused", "lines_fwd_fused", "rows_bwd", "rows_fwd"]
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}  # no "nnan"/"ninf": NaN input gives NaN output
 _JIT = dict(parallel=True, fastmath=_FAST, cache=True, nogil=True)
@@ -93,6 +95,127 @@ def _sums_dy(dy, x, m, r, zero):
     return s1, s2
 
 
+# ---- streaming stores: the output written without reading its lines into the cache first ----
+#
+# A plain store to memory not in cache first reads the line it writes (write-allocate): writing
+# y costs about as much as copying into it (measured: an affine pass over (2048, 3136) float32
+# 3.1-3.5 ms with plain stores, 2.3-2.8 ms with streaming ones, copy_ 3.0-3.5). LLVM's loop
+# vectorizer does not emit non-temporal stores for arrays of unknown alignment, so the two
+# output passes that write a whole activation (the lines' y and dx) store 32-byte vectors
+# through these intrinsics (a store with LLVM's !nontemporal metadata, aligned: the loops do
+# the unaligned head and the tail with plain stores); ``_fence`` orders them before the kernel
+# returns.
+
+def _vector(context, builder, arrty, arr, idx):
+    """(pointer to 32 bytes of ``arr`` from element ``idx``, the vector type, its width)."""
+    lt = context.get_value_type(arrty.dtype)
+    w = 32 // (arrty.dtype.bitwidth // 8)
+    vt = ir.VectorType(lt, w)
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [idx]), vt.as_pointer()), vt, w
+
+
+def _scalars(context, builder, sig, args, first):
+    """``args[first:]`` cast to the output array's dtype (the vector's element type)."""
+    dt = sig.args[0].dtype
+    return [context.cast(builder, v, t, dt)
+            for v, t in zip(args[first:], sig.args[first:], strict=True)]
+
+
+def _splat(builder, vt, w, v):
+    u = builder.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(u, u, ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w))
+
+
+def _stream(builder, value, ptr):
+    st = builder.store(value, ptr, align=32)
+    st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+
+
+@intrinsic
+def _stream_affine(typingctx, y, x, i, m, s, b):
+    """y[i:i+W] = (x[i:i+W] - m) * s + b, W = 32 bytes of y's dtype, streamed; y[i] 32-byte
+    aligned."""
+    def codegen(context, builder, sig, args):
+        ya, xa, idx = args[:3]
+        mv, sv, bv = _scalars(context, builder, sig, args, 3)
+        yp, vt, w = _vector(context, builder, sig.args[0], ya, idx)
+        xp, _, _ = _vector(context, builder, sig.args[1], xa, idx)
+        xv = builder.load(xp, align=sig.args[1].dtype.bitwidth // 8)
+        r = builder.fadd(builder.fmul(builder.fsub(xv, _splat(builder, vt, w, mv)),
+                                      _splat(builder, vt, w, sv)), _splat(builder, vt, w, bv))
+        _stream(builder, r, yp)
+        return context.get_dummy_value()
+    return types.void(y, x, i, m, s, b), codegen
+
+
+@intrinsic
+def _stream_dx(typingctx, dx, dy, x, i, a, c1, c2, m):
+    """dx[i:i+W] = a * dy[i:i+W] - c1 - c2 * (x[i:i+W] - m), streamed; dx[i] 32-byte aligned."""
+    def codegen(context, builder, sig, args):
+        da, ga, xa, idx = args[:4]
+        av, c1v, c2v, mv = _scalars(context, builder, sig, args, 4)
+        dp, vt, w = _vector(context, builder, sig.args[0], da, idx)
+        gp, _, _ = _vector(context, builder, sig.args[1], ga, idx)
+        xp, _, _ = _vector(context, builder, sig.args[2], xa, idx)
+        al = sig.args[1].dtype.bitwidth // 8
+        gv, xv = builder.load(gp, align=al), builder.load(xp, align=al)
+        t = builder.fsub(builder.fmul(_splat(builder, vt, w, av), gv), _splat(builder, vt, w, c1v))
+        u = builder.fmul(_splat(builder, vt, w, c2v),
+                         builder.fsub(xv, _splat(builder, vt, w, mv)))
+        _stream(builder, builder.fsub(t, u), dp)
+        return context.get_dummy_value()
+    return types.void(dx, dy, x, i, a, c1, c2, m), codegen
+
+
+@intrinsic
+def _fence(typingctx):
+    """A full memory fence (orders the streaming stores before what follows)."""
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit(inline="always")
+def _head(y):
+    """How many leading elements of the 1-D ``y`` precede its first 32-byte boundary."""
+    w = 32 // y.itemsize
+    return min(y.shape[0], (32 - y.ctypes.data % 32) // y.itemsize % w)
+
+
+@njit(fastmath=_FAST, inline="always")
+def _affine_line(y, x, m, s, b):
+    """y = (x - m) * s + b over a line, the aligned body streamed."""
+    P = x.shape[0]
+    h = _head(y)
+    for j in range(h):
+        y[j] = (x[j] - m) * s + b
+    w = 32 // y.itemsize
+    j = h
+    while j + w <= P:
+        _stream_affine(y, x, j, m, s, b)
+        j += w
+    for k in range(j, P):
+        y[k] = (x[k] - m) * s + b
+
+
+@njit(fastmath=_FAST, inline="always")
+def _dx_line(dx, dy, x, a, c1, c2, m):
+    """dx = a * dy - c1 - c2 * (x - m) over a line, the aligned body streamed."""
+    P = x.shape[0]
+    h = _head(dx)
+    for j in range(h):
+        dx[j] = a * dy[j] - c1 - c2 * (x[j] - m)
+    w = 32 // dx.itemsize
+    j = h
+    while j + w <= P:
+        _stream_dx(dx, dy, x, j, a, c1, c2, m)
+        j += w
+    for k in range(j, P):
+        dx[k] = a * dy[k] - c1 - c2 * (x[k] - m)
+
+
 # ---- rows: layer and rms norm, x (R, L), w and b (L,) (ones / zeros when absent) ----
 
 @njit(**_JIT)
@@ -138,106 +261,87 @@ def rows_bwd(dy, x, w, mean, rstd, centered, nth, dx, dwp, dbp):
                 dx[i, j] = ri * (dy[i, j] * w[j] - a - xh * c)
 
 
-# ---- lines: (lines, P), one weight per line ----
+# ---- lines: (NB, D0, D1, P), one weight per line, group (b, d1) = D0 lines of P ----
 
-@njit(**_JIT)
-def lines_stats(x, centered, zero, center, lmean, lm2):
-    """Per line: the mean and the sum of squared deviations (float64); uncentered: mean 0 and
-    the sum of squares. ``zero``: 0 in the input's dtype; ``center`` (lines,) scratch in it."""
-    n, P = x.shape
-    for i in prange(n):
-        k = x[i, 0]
-        m = k + _sum(x[i], k, zero) / P if centered else 0.0
-        center[i] = m  # the mean rounded to the input's dtype: the second pass in that dtype
-        c = center[i]
-        lmean[i] = m
-        # sum((x - c)^2) = M2 + P (m - c)^2: the rounding of the centre taken out exactly
-        lm2[i] = max(_sq_dev(x[i], c, zero) - P * (m - c) ** 2, 0.0)
+@njit(fastmath=_FAST, inline="always")
+def _chan(n, m, q, p, lm, lq):
+    """Chan's merge of a part (``p`` elements, mean ``lm``, squared deviations ``lq``) into
+    the running (n, m, q), float64."""
+    t = n + p
+    d = lm - m
+    return t, m + d * (p / t), q + lq + d * d * (n * (p / t))
 
 
 @njit(**_JIT)
-def lines_apply(x, lm, ls, lb, y):
-    """y = (x - lm) * ls + lb with per-line lm, ls, lb (in the statistics dtype)."""
-    n, P = x.shape
-    for i in prange(n):
-        m, s, b = lm[i], ls[i], lb[i]
-        for j in range(P):
-            y[i, j] = (x[i, j] - m) * s + b
-
-
-@njit(**_JIT)
-def lines_fwd_fused(x, lw, lb, centered, eps, zero, y, mean, rstd, var):
-    """x (G, D0, P): each group is D0 consecutive lines (instance norm: 1; group norm channels
-    first: C/G), weights per line (G, D0): statistics and output in one pass over the group;
-    ``zero``: 0 in the statistics dtype."""
-    G, D0, P = x.shape
-    n = D0 * P
-    for i in prange(G):
+def lines_fwd_fused(x, w, bias, aff, centered, eps, zero, sc, y, mean, rstd, var):
+    """x (NB, D0, D1, P); line (b, d0, d1) has weight ``w[(b % MOD_B) * SB + d0 * S0 + d1 *
+    S1]`` (and bias), ``aff = (MOD_B, SB, S0, S1)``, ``w``/``bias`` in the statistics dtype;
+    statistics (NB, D1) in that dtype, ``zero``: 0 in it, ``sc`` (NB, D1) scratch in it. Per
+    group (b, d1): each line's mean and squared deviations (two passes over the line, in L1),
+    merged in float64 by Chan's formula, then the output, the lines in reverse order (the last
+    ones read are still in cache: batch norm's group is one channel, N lines, about L2's
+    size; so the forward reads x from memory about once, not twice)."""
+    NB, D0, D1, P = x.shape
+    mod_b, sb, st0, st1 = aff
+    for u in prange(NB * D1):
+        b = u // D1
+        g = u % D1
+        wg = (b % mod_b) * sb + g * st1  # the weight index of line (b, 0, g)
+        n = 0.0
         m = 0.0
-        if centered:
-            k = x[i, 0, 0]
-            s = 0.0
-            for d in range(D0):
-                s += _sum(x[i, d], k, zero)
-            m = k + s / n
-        mean[i] = m
-        mi = mean[i]
         q = 0.0
-        for d in range(D0):  # the group again, in cache
-            q += _sq_dev(x[i, d], mi, zero)
-        q = max(q - n * (m - mi) ** 2, 0.0)  # = M2 (the centre's rounding taken out)
-        var[i] = q / n
-        rstd[i] = 1.0 / np.sqrt(q / n + eps)
-        ri = rstd[i]
         for d in range(D0):
-            sc = ri * lw[i, d]
-            bi = lb[i, d]
-            for j in range(P):
-                y[i, d, j] = (x[i, d, j] - mi) * sc + bi
+            line = x[b, d, g]
+            lm = 0.0
+            if centered:
+                k = line[0]
+                lm = k + _sum(line, k, zero) / P
+            sc[b, g] = lm  # the line mean rounded to the statistics dtype: the pass below in it
+            c = sc[b, g]
+            # sum((x - c)^2) = M2 + P (lm - c)^2: the rounding of the centre taken out exactly
+            lq = max(_sq_dev(line, c, zero) - P * (lm - c) ** 2, 0.0)
+            if centered:
+                n, m, q = _chan(n, m, q, float(P), lm, lq)
+            else:
+                n, q = n + P, q + lq
+        mean[b, g] = m
+        var[b, g] = q / n
+        rstd[b, g] = 1.0 / np.sqrt(q / n + eps)
+        mi, ri = mean[b, g], rstd[b, g]
+        for d in range(D0 - 1, -1, -1):
+            _affine_line(y[b, d, g], x[b, d, g], mi, ri * w[wg + d * st0], bias[wg + d * st0])
+        _fence()
 
 
 @njit(**_JIT)
-def lines_bsum(dy, x, lm, lr, zero, sdy, sdyx):
-    """Per line: sum(dy) and sum(dy * xhat), xhat = (x - lm) * lr (float64)."""
-    n, P = x.shape
-    for i in prange(n):
-        sdy[i], sdyx[i] = _sums_dy(dy[i], x[i], lm[i], lr[i], zero)
-
-
-@njit(**_JIT)
-def lines_dx(dy, x, lm, c1, c2, c3, dx):
-    """dx = c1 * dy + c2 * (x - lm) + c3 with per-line coefficients."""
-    n, P = x.shape
-    for i in prange(n):
-        m, a, b, c = lm[i], c1[i], c2[i], c3[i]
-        for j in range(P):
-            dx[i, j] = a * dy[i, j] + b * (x[i, j] - m) + c
-
-
-@njit(**_JIT)
-def lines_bwd_fused(dy, x, mean, rstd, lw, centered, zero, cs, dx, sdy, sdyx):
-    """As ``lines_fwd_fused``: per group the sums, then dx = rstd * (g - mean(g) - xhat *
-    mean(g * xhat)), g = dy * w, in one pass over the group; sdy/sdyx (G, D0) float64 per line
-    are kept for the weight and bias gradients; ``cs`` (G, 2) scratch in the statistics dtype."""
-    G, D0, P = x.shape
+def lines_bwd_fused(dy, x, mean, rstd, w, aff, centered, zero, cs, dx, sdy, sdyx):
+    """The backward of ``lines_fwd_fused``, one group per unit: each line's sum(dy) and
+    sum(dy * xhat) (float64, kept in sdy/sdyx (NB, D0, D1) for the weight and bias gradients),
+    then dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, the lines in reverse
+    order; ``w`` and ``aff`` as in ``lines_fwd_fused``; ``cs`` (NB, D1, 2) scratch in the
+    statistics dtype."""
+    NB, D0, D1, P = x.shape
+    mod_b, sb, st0, st1 = aff
     n = D0 * P
-    for i in prange(G):
-        m, r = mean[i], rstd[i]
+    for u in prange(NB * D1):
+        b = u // D1
+        g = u % D1
+        wg = (b % mod_b) * sb + g * st1
+        m, r = mean[b, g], rstd[b, g]
         s1 = 0.0
         s2 = 0.0
         for d in range(D0):
-            a1, a2 = _sums_dy(dy[i, d], x[i, d], m, r, zero)
-            sdy[i, d] = a1
-            sdyx[i, d] = a2
-            s1 += lw[i, d] * a1
-            s2 += lw[i, d] * a2
-        cs[i, 0] = (s1 / n if centered else 0.0) * r
-        cs[i, 1] = (s2 / n) * r * r
-        c1, c2 = cs[i, 0], cs[i, 1]  # in the statistics dtype: the output pass in that precision
-        for d in range(D0):
-            a = r * lw[i, d]
-            for j in range(P):
-                dx[i, d, j] = a * dy[i, d, j] - c1 - c2 * (x[i, d, j] - m)
+            a1, a2 = _sums_dy(dy[b, d, g], x[b, d, g], m, r, zero)
+            sdy[b, d, g] = a1
+            sdyx[b, d, g] = a2
+            s1 += w[wg + d * st0] * a1
+            s2 += w[wg + d * st0] * a2
+        cs[b, g, 0] = (s1 / n if centered else 0.0) * r
+        cs[b, g, 1] = (s2 / n) * r * r
+        c1, c2 = cs[b, g, 0], cs[b, g, 1]  # in the statistics dtype: the output pass in it
+        for d in range(D0 - 1, -1, -1):
+            _dx_line(dx[b, d, g], dy[b, d, g], x[b, d, g], r * w[wg + d * st0], c1, c2, m)
+        _fence()
 
 
 # ---- columns: (NB, R, W), the groups' channels innermost ----
@@ -395,12 +499,12 @@ def _serial_twin(kernel):
     (``<name>_serial``: numba's disk cache is named after the function, so the twins do not
     share cache files with the parallel kernels)."""
     f = kernel.py_func
-    twin = types.FunctionType(f.__code__, f.__globals__, f"{f.__name__}_serial",
+    twin = FunctionType(f.__code__, f.__globals__, f"{f.__name__}_serial",
                               f.__defaults__, f.__closure__)
     twin.__qualname__ = f"{f.__qualname__}_serial"
     twin.__doc__ = f.__doc__
     return njit(**_JIT_SERIAL)(twin)
 
 
-SERIAL = types.SimpleNamespace(**{name: _serial_twin(globals()[name])
+SERIAL = SimpleNamespace(**{name: _serial_twin(globals()[name])
                                   for name in __all__ if name != "SERIAL"})
