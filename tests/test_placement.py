@@ -273,3 +273,21 @@ def test_remove_norms_keeps_a_moved_layers_activation():
     assert isinstance(bare.bn1, nn.ReLU) and isinstance(bare.bn2, nn.GELU)
     h = bare.conv1(X)
     _close(F.gelu(bare.conv2(F.relu(h))) + h, bare(X))
+
+
+def test_a_model_in_eval_mode_stays_in_eval_mode_every_layer():
+    """The wrappers and the Identity left where an activation was are new modules: they take
+    the mode of what they replace (a fresh module is in training mode), on every path: the
+    module tree, a traced copy, the Sequential fallback, a fused split, the move back, and
+    remove_norms' placeholders."""
+    fused = nn.Sequential(nn.Conv2d(6, 6, 1), nl.BatchNorm2d(6, activation="relu"),
+                          nn.Conv2d(6, 6, 1), NormAct(nl.BatchNorm2d(6), None, nn.Tanh()))
+    for model in (OwnActs(), SharedRelu(), Untraceable(), fused):
+        model = _randomize(model).eval()
+        moved, report = move_norms(model, example_inputs=X)
+        back, back_report = move_norms(moved, "before_activation", example_inputs=X)
+        assert report.moved and len(back_report.moved) == len(report.moved)
+        for new in (moved, back, remove_norms(model), remove_norms(moved)):
+            training = [p or type(new).__name__ for p, m in new.named_modules() if m.training]
+            assert training == [], (type(model).__name__, training)
+        assert not any(m.training for m in model.modules())  # the input is untouched

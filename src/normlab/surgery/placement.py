@@ -165,7 +165,9 @@ def _split_fused(m: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     norm = copy.deepcopy(m)
     if info.activation is not None:  # normlab's fused activation, by its one definition
         norm.activation = None
-        return norm, Passthrough(info.activation)
+        act = Passthrough(info.activation)
+        act.training = m.training
+        return norm, act
     if getattr(m, "act", None) is not info.act:
         raise ad.Refused("its activation is not its 'act' attribute")
     norm.act = nn.Identity()
@@ -343,8 +345,8 @@ def _move_sequential(new: nn.Module, todo: dict, placement: str, report: Placeme
             if not 0 <= j < len(names) or not _is_act_module(seq._modules[names[j]]):
                 continue
             act = seq._modules[names[j]]
-            seq._modules[name] = _wrap(todo[path], _fresh(act), placement)
-            seq._modules[names[j]] = nn.Identity()
+            _replace(new, path, _wrap(todo[path], _fresh(act), placement))
+            _replace(new, f"{seq_path}.{names[j]}" if seq_path else names[j], nn.Identity())
             moved.add(path)
             report.moved.append((path, f"{seq_path}.{names[j]} ({type(act).__qualname__})"
                                  if seq_path else f"{names[j]} ({type(act).__qualname__})"))
