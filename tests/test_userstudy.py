@@ -163,6 +163,24 @@ def test_a_placement_arm_is_the_users_model_with_the_norm_after_the_relu():
         torch.testing.assert_close(model(x), model[3](ref), rtol=1e-12, atol=1e-12)
 
 
+
+def test_a_factory_taking_norm_builds_every_placement_arm_as_is_at_after_too():
+    """``as-is@after`` from a factory that accepts ``norm=`` must reach the factory as that
+    arm: calling ``factory()`` would train the baseline again under another name."""
+    from normlab.lab.userstudy import build_arm
+
+    asked = []
+
+    def factory(norm=None):
+        asked.append(norm)
+        return make_net()
+    for arm in ("as-is@after", "as-is@before", "group@after", "as-is"):
+        _, note = build_arm(factory, arm)
+        assert asked[-1] == (None if arm == "as-is" else arm), (arm, asked)
+        assert note == ("as given" if arm == "as-is" else
+                        f"built by the factory (norm={arm!r})"), note
+
+
 @pytest.mark.slow
 def test_a_placement_arm_runs_and_one_that_moves_nothing_is_a_row_with_the_reason(tmp_path):
     result = _study(tmp_path, "make_net", norms="as-is,as-is@after", batch_sizes=[8],

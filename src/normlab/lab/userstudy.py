@@ -7,7 +7,8 @@ normalization), or the model after ``normlab.surgery``: ``swap_norms`` to a regi
 a suffix ``@after`` / ``@before`` then moves the norms after / before their activation
 (``move_norms``: ``as-is@after`` is the model's own norms after the activation,
 ``group:4@after`` group norm there). A factory that accepts ``norm=`` builds the arm itself
-instead (``factory(norm="group@after")``).
+instead (``factory(norm="group@after")``; every arm but the plain ``as-is``, ``as-is@after``
+too).
 
 Every (arm, batch size, learning rate, seed) is one run of the lab's runner
 (``lab.runner.run_all``): rows appended to ``results.jsonl`` as runs finish, keyed by the hash of
@@ -190,11 +191,14 @@ def build_arm(factory: Callable, norm: str, example=None):
         return model, note
     kind, kwargs = parse_norm(base)
     if kind == "as-is" or _takes_norm(factory):
-        model = factory() if kind == "as-is" else factory(norm=norm)
+        # a factory taking norm= builds every arm but the plain "as-is" itself, "as-is@after"
+        # too (calling factory() there would be the baseline under another name)
+        plain = kind == "as-is" and placement is None
+        model = factory() if plain else factory(norm=norm)
         if not isinstance(model, nn.Module):
             raise _Refused(f"the model factory returned {type(model).__name__}, expected a "
                            "torch.nn.Module")
-        return model, "as given" if kind == "as-is" else f"built by the factory (norm={norm!r})"
+        return model, "as given" if plain else f"built by the factory (norm={norm!r})"
     base = factory()
     if kind == "none":
         n = sum(is_norm(m) for m in base.modules())
