@@ -181,6 +181,37 @@ def test_a_factory_taking_norm_builds_every_placement_arm_as_is_at_after_too():
                         f"built by the factory (norm={arm!r})"), note
 
 
+
+def test_the_arms_take_turns_in_the_run_order_and_the_keys_do_not_change():
+    """Time per step (the advice's cost) is measured on a shared machine: the runs start with
+    the arms taking turns (ABBA) within each (batch size, seed, lr), not in blocks of one arm,
+    in the order the runner starts them; the runs and their keys are those of every (batch
+    size, arm, lr, seed)."""
+    from itertools import product
+
+    from normlab.lab.runner import _cost, run_key
+    from normlab.lab.userstudy import plan_user_study
+
+    norms = ["as-is", "group", "layer", "as-is@after"]
+    plan, settings = plan_user_study(f"{HERE}:make_net", f"{HERE}:make_data", norms=norms,
+                                     batch_sizes=[8, 16], lrs=[0.01, 0.1], seeds=2, steps=3)
+    varied = ("arm", "norm", "batch_size", "lr", "seed")
+    base = {k: v for k, v in plan[0].items() if k not in varied}
+    expected = [run_key({**base, "arm": n, "norm": n, "batch_size": b, "lr": lr, "seed": s})
+                for b, n, lr, s in product([8, 16], norms, [0.01, 0.1], range(2))]
+    assert settings["run_keys"] == expected
+    assert sorted(run_key(c) for c in plan) == sorted(expected)
+    started = sorted(plan, key=_cost, reverse=True)  # as run_all orders them (stable)
+    k = len(norms)
+    for i in range(0, len(started), k):
+        assert sorted(c["arm"] for c in started[i:i + k]) == sorted(norms), i
+    for b in (8, 16):
+        order = [c["arm"] for c in started if c["batch_size"] == b]
+        mean_rank = {n: sum(i for i, a in enumerate(order) if a == n) / order.count(n)
+                     for n in norms}
+        assert len(set(mean_rank.values())) == 1, mean_rank
+
+
 @pytest.mark.slow
 def test_a_placement_arm_runs_and_one_that_moves_nothing_is_a_row_with_the_reason(tmp_path):
     result = _study(tmp_path, "make_net", norms="as-is,as-is@after", batch_sizes=[8],

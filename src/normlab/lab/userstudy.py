@@ -564,14 +564,23 @@ def plan_user_study(model, data, *, norms=("as-is", "group", "layer", "none"),
             "metric_name": metric_name, "better": better, "optimizer": optimizer,
             "momentum": momentum, "weight_decay": weight_decay,
             "eval_batch_size": eval_batch_size, "device": device}
-    plan = [{**base, "arm": n, "norm": n, "batch_size": b, "lr": lr, "seed": s}
-            for b in batch_sizes for n in norms for lr in lrs for s in range(seeds)]
+    runs = {(b, n, lr, s): {**base, "arm": n, "norm": n, "batch_size": b, "lr": lr, "seed": s}
+            for b in batch_sizes for n in norms for lr in lrs for s in range(seeds)}
+    # the order the runs start in: the arms take turns within each (batch size, seed, lr)
+    # cell, in ABBA order (reversed every other cell), so that the machine's load falls on
+    # every arm alike and their time per step (the advice's cost) compares fairly; in blocks
+    # (every as-is run first) one arm would meet a quiet machine and another a busy one. The
+    # runs and their keys are the same whatever the order.
+    cells = [(b, s, lr) for b in batch_sizes for s in range(seeds) for lr in lrs]
+    plan = [runs[b, n, lr, s] for i, (b, s, lr) in enumerate(cells)
+            for n in (norms if i % 2 == 0 else norms[::-1])]
     settings = {"kind": "study", "model": model_path, "data": data_path, "norms": norms,
                 "batch_sizes": batch_sizes, "lrs": lrs, "seeds": seeds, "steps": steps,
                 "task": task, "metric": metric_name, "better": better, "device": device,
                 "optimizer": optimizer, "momentum": momentum, "val_fraction": val_fraction,
                 "train_examples": len(fit), "val_examples": len(val),
-                "test_examples": len(test), "run_keys": [run_key(c) for c in plan]}
+                "test_examples": len(test),
+                "run_keys": [run_key(c) for c in runs.values()]}
     return plan, settings
 
 
