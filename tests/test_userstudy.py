@@ -447,3 +447,21 @@ def test_advice_when_lower_is_better():
                       better="lower")
     reg = _regime(advise(rows), 8)
     assert reg["use"] == "rms" and _arm(reg, "rms")["effect"] == pytest.approx(0.5)
+
+
+def test_the_interrupt_message_names_the_command_that_runs():
+    """Ctrl-C during a study says ``normlab study: interrupted``, during the lab ``normlab
+    lab: interrupted`` (the engine is the same)."""
+    import io
+
+    from normlab.lab.engine import _Interrupts
+
+    for todo, command in (([{"claim": "study"}] * 2, "normlab study"),
+                          ([{"claim": "placement"}], "normlab lab")):
+        stream = io.StringIO()
+        interrupts = _Interrupts(stream, "stop them now", todo)
+        interrupts.count = 1
+        interrupts.tell(3, 2)
+        assert stream.getvalue().startswith(f"\n{command}: interrupted: 3 run(s) not started "
+                                            "are cancelled; waiting for the 2 in flight"), \
+            stream.getvalue()
