@@ -236,8 +236,7 @@ def test_before_moves_a_norm_that_follows_its_activation():
                                      nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.ReLU()))
     new, report = move_norms(model, "before_activation", example_inputs=X)
     assert [p for p, _ in report.moved] == ["2"] and isinstance(new[2], NormAct)
-    assert [p for p, _, _ in report.left] == ["4"]
-    assert "its input is 3 (Conv2d), not an activation" in report.left[0][2]
+    assert report.left == [] and report.already == [("4", "before 5 (ReLU)")]
     _both_modes(new, lambda x, t: F.relu(_bn(model[4], model[3](F.relu(_bn(
         model[2], model[0](x), t))), t)), X)
 
@@ -291,3 +290,34 @@ def test_a_model_in_eval_mode_stays_in_eval_mode_every_layer():
             training = [p or type(new).__name__ for p, m in new.named_modules() if m.training]
             assert training == [], (type(model).__name__, training)
         assert not any(m.training for m in model.modules())  # the input is untouched
+
+
+def test_a_norm_already_on_the_asked_side_is_counted_as_already_not_left():
+    """Conv -> ReLU -> BN asked "after", Conv -> BN -> ReLU asked "before": nothing to do, and
+    the report says so (``already``), in a traced model and in the Sequential fallback; a norm
+    with no activation on either side is left with the reason."""
+    seq = _randomize(nn.Sequential(nn.Conv2d(6, 6, 1), nn.ReLU(), nn.BatchNorm2d(6),
+                                   nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.Identity(),
+                                   nn.SiLU(), nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6)))
+
+    class Wrapped(nn.Module):  # the same Sequential, in a forward torch.fx cannot trace
+        def __init__(self):
+            super().__init__()
+            self.body = copy.deepcopy(seq)
+
+        def forward(self, x):
+            y = self.body(x)
+            return y if y.sum() > -1e30 else -y
+    for model, pre in ((seq, ""), (Wrapped(), "body.")):
+        new, report = move_norms(model, example_inputs=X)
+        assert report.method == ("module" if not pre else "sequential")
+        assert report.already == [(pre + "2", f"after {pre}1 (ReLU)")]
+        assert [p for p, _ in report.moved] == [pre + "4"]
+        assert [p for p, _, _ in report.left] == [pre + "8"]
+        new, report = move_norms(model, "before_activation", example_inputs=X)
+        assert report.already == [(pre + "4", f"before {pre}6 (SiLU)")]
+        assert [p for p, _ in report.moved] == [pre + "2"]
+        assert [p for p, _, _ in report.left] == [pre + "8"]
+        counted = {p for p, _ in report.moved} | {p for p, _ in report.already} | \
+            {p for p, _, _ in report.left}
+        assert len(counted) == 3 == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())

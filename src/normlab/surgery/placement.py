@@ -221,9 +221,43 @@ def _is_identity(node, modules) -> bool:
             and not node.kwargs)
 
 
-def _pairs(graph: fx.Graph, modules: dict, todo: dict, placement: str, left: dict) -> dict:
+def _partner(node: fx.Node, modules: dict, placement: str):
+    """(the activation node on ``placement``'s side of norm ``node``, None) -- the one node its
+    output goes to alone (``after_activation``), or the node whose output goes to it alone
+    (``before_activation``), through ``nn.Identity`` modules -- or (None, why not)."""
+    if placement == "after_activation":
+        cur = node
+        while len(cur.users) == 1 and _is_identity(next(iter(cur.users)), modules):
+            cur = next(iter(cur.users))
+        if len(cur.users) != 1:
+            return None, (f"its output goes to {len(cur.users)} places ("
+                          + ", ".join(_describe(u, modules) for u in cur.users)
+                          + "), not to one activation")
+        act_node = next(iter(cur.users))
+        if act_node.args[:1] != (cur,):  # e.g. add(shortcut, norm(x))
+            return None, f"followed by {_describe(act_node, modules)}, not an activation"
+    else:
+        act_node = node.args[0] if node.args else None
+        while _is_identity(act_node, modules) and len(act_node.users) == 1:
+            act_node = act_node.args[0]
+        if not isinstance(act_node, fx.Node):
+            return None, "its input is not a tensor from a layer"
+        if len(act_node.users) != 1:
+            return None, (f"its input is {_describe(act_node, modules)}, whose output goes "
+                          "elsewhere too")
+    act, desc = _act_of(act_node, modules)
+    if act is None:
+        side = "followed by" if placement == "after_activation" else "its input is"
+        return None, f"{side} {desc}, not an activation"
+    return act_node, None
+
+
+def _pairs(graph: fx.Graph, modules: dict, todo: dict, placement: str, left: dict,
+           already: dict | None = None) -> dict:
     """{norm path: (activation node, fresh act module, description)} of the pairs to move in
-    ``graph``; a reason in ``left[path]`` for every other norm of ``todo`` it calls."""
+    ``graph``; a reason in ``left[path]`` for every other norm of ``todo`` it calls, or a note
+    in ``already[path]`` for one whose activation is on the asked side already."""
+    other = "before_activation" if placement == "after_activation" else "after_activation"
     pairs, seen = {}, set()
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in todo:
@@ -232,38 +266,23 @@ def _pairs(graph: fx.Graph, modules: dict, todo: dict, placement: str, left: dic
         if path in seen:
             left[path] = "called more than once in the forward"
             pairs.pop(path, None)
+            if already is not None:
+                already.pop(path, None)
             continue
         seen.add(path)
         if len(node.args) != 1 or node.kwargs:
             left[path] = "called with more than its input (a residual)"
             continue
-        if placement == "after_activation":
-            cur = node
-            while len(cur.users) == 1 and _is_identity(next(iter(cur.users)), modules):
-                cur = next(iter(cur.users))
-            if len(cur.users) != 1:
-                left[path] = (f"its output goes to {len(cur.users)} places ("
-                              + ", ".join(_describe(u, modules) for u in cur.users)
-                              + "), not to one activation")
-                continue
-            act_node = next(iter(cur.users))
-            if act_node.args[:1] != (cur,):  # e.g. add(shortcut, norm(x))
-                left[path] = f"followed by {_describe(act_node, modules)}, not an activation"
-                continue
-        else:
-            act_node = node.args[0]
-            while _is_identity(act_node, modules) and len(act_node.users) == 1:
-                act_node = act_node.args[0]
-            if not isinstance(act_node, fx.Node) or len(act_node.users) != 1:
-                left[path] = (f"its input is {_describe(act_node, modules)}, whose output "
-                              "goes elsewhere too" if isinstance(act_node, fx.Node) else
-                              "its input is not a tensor from a layer")
-                continue
-        act, desc = _act_of(act_node, modules)
-        if act is None:
-            side = "followed by" if placement == "after_activation" else "its input is"
-            left[path] = f"{side} {desc}, not an activation"
+        act_node, why = _partner(node, modules, placement)
+        if act_node is None:
+            there, _ = _partner(node, modules, other)
+            if there is not None and already is not None:
+                already[path] = ("after " if other == "before_activation" else "before ") + \
+                    _act_of(there, modules)[1]
+            else:
+                left[path] = why
             continue
+        act, desc = _act_of(act_node, modules)
         pairs[path] = (act_node, act, desc)
     return pairs
 
@@ -276,9 +295,10 @@ def _wrap(norm: nn.Module, act: nn.Module, placement: str) -> nn.Module:
 def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
     """Move the separate pairs of ``todo`` ({path: norm}) found by torch.fx; the new model."""
     left: dict[str, str] = {}
+    already: dict[str, str] = {}
     modules = dict(new.named_modules())
     g_train, g_eval = _trace(new, True), _trace(new, False)
-    pairs = _pairs(g_train, modules, todo, placement, left)
+    pairs = _pairs(g_train, modules, todo, placement, left, already)
     calls = _calls(g_train)
     in_tree = all(a.op == "call_module" and calls[a.target] == 1 for a, _, _ in pairs.values())
     if g_train.python_code("self").src != g_eval.python_code("self").src:
@@ -296,9 +316,11 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
                 del pairs[path]
         in_tree = True
     for path in todo:
-        if path not in pairs and path not in left:
+        if path not in pairs and path not in left and path not in already:
             left[path] = ("not called as a module in the traced forward (inside a module "
                           "torch.fx keeps whole, or in a branch it did not take)")
+    for path, note in already.items():
+        report.already.append((path, note))
     for path, why in left.items():
         report.left.append((path, type(todo[path]).__qualname__, why))
     if not pairs:
@@ -329,20 +351,33 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
 def _move_sequential(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
     """The fallback: (norm, [Identity...], activation) children of an ``nn.Sequential`` (or
     (activation, [Identity...], norm) for ``before_activation``)."""
-    moved = set()
+    moved, already = set(), set()
+
+    def act_at(seq, names, i, step):  # the index of the activation next to child i, or None
+        j = i + step
+        while 0 <= j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
+            j += step
+        ok = 0 <= j < len(names) and _is_act_module(seq._modules[names[j]])
+        return j if ok else None
+
     for seq_path, seq in list(new.named_modules()):
         if not isinstance(seq, nn.Sequential):
             continue
         names = list(seq._modules)
         for i, name in enumerate(names):
             path = f"{seq_path}.{name}" if seq_path else name
-            if path not in todo or path in moved:
+            if path not in todo or path in moved or path in already:
                 continue
             step = 1 if placement == "after_activation" else -1
-            j = i + step
-            while 0 <= j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
-                j += step
-            if not 0 <= j < len(names) or not _is_act_module(seq._modules[names[j]]):
+            j = act_at(seq, names, i, step)
+            if j is None:
+                k = act_at(seq, names, i, -step)
+                if k is not None:
+                    already.add(path)
+                    where = f"{seq_path}.{names[k]}" if seq_path else names[k]
+                    cls = type(seq._modules[names[k]]).__qualname__
+                    report.already.append((path, f"{'after' if step > 0 else 'before'} "
+                                           f"{where} ({cls})"))
                 continue
             act = seq._modules[names[j]]
             _replace(new, path, _wrap(todo[path], _fresh(act), placement))
@@ -351,7 +386,7 @@ def _move_sequential(new: nn.Module, todo: dict, placement: str, report: Placeme
             report.moved.append((path, f"{seq_path}.{names[j]} ({type(act).__qualname__})"
                                  if seq_path else f"{names[j]} ({type(act).__qualname__})"))
     for path, m in todo.items():
-        if path not in moved:
+        if path not in moved and path not in already:
             side = "followed by" if placement == "after_activation" else "preceded by"
             report.left.append((path, type(m).__qualname__, "torch.fx could not trace the "
                                 f"model, and it is not {side} an activation in an "
