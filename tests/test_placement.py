@@ -321,3 +321,45 @@ def test_a_norm_already_on_the_asked_side_is_counted_as_already_not_left():
         counted = {p for p, _ in report.moved} | {p for p, _ in report.already} | \
             {p for p, _, _ in report.left}
         assert len(counted) == 3 == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+class WithExtras(SharedRelu):
+    """SharedRelu (moved in a traced copy) with what its forward does not read: an unused head,
+    a top-level parameter and buffer; and a buffer it does read."""
+
+    def __init__(self, c=6):
+        super().__init__(c)
+        self.register_buffer("scale", torch.full((1,), 0.5))
+        self.register_buffer("steps", torch.arange(3.0))
+        self.register_buffer("scratch", torch.zeros(2), persistent=False)
+        self.extra = nn.Parameter(torch.ones(2))
+        self.aux_head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) * self.scale
+        return self.relu(out + x)
+
+
+def test_a_traced_copy_keeps_the_whole_state_dict_and_the_models_hooks():
+    model = _randomize(WithExtras())
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append("model"))
+    new, report = move_norms(model, example_inputs=X)
+    assert report.method == "fx" and [p for p, _ in report.moved] == ["bn1"]
+    assert list(new.state_dict()) == list(model.state_dict())  # the same keys, in order
+    new.load_state_dict(model.state_dict())
+    copy.deepcopy(model).load_state_dict(new.state_dict())
+    assert list(copy.deepcopy(new).state_dict()) == list(model.state_dict())
+    assert "scratch" not in new.state_dict() and torch.equal(new.scratch, model.scratch)
+    assert new.aux_head.weight is not model.aux_head.weight  # a copy, as the rest
+    seen.clear()
+
+    def oracle(x, t):
+        out = _bn(model.bn1, F.relu(model.conv1(x)), t)
+        return F.relu(_bn(model.bn2, model.conv2(out), t) * 0.5 + x)
+    _both_modes(new, oracle, X)
+    assert seen == ["model", "model"]  # (_both_modes runs deep copies of the moved model)
+    back, _ = move_norms(new, "before_activation", example_inputs=X)
+    assert list(back.state_dict()) == list(model.state_dict())
+    _close(copy.deepcopy(model).eval()(X), copy.deepcopy(back).eval()(X))

@@ -45,7 +45,7 @@ from normlab.surgery.core import (
 )
 from normlab.surgery.fold import _Tracer
 
-__all__ = ["PlacementReport", "move_norms"]
+__all__ = ["PlacementReport", "TracedModel", "move_norms"]
 
 PLACEMENTS = ("after_activation", "before_activation")
 
@@ -292,6 +292,47 @@ def _wrap(norm: nn.Module, act: nn.Module, placement: str) -> nn.Module:
         ad.NormAct(norm, None, act)
 
 
+_HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+          "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
+
+
+def _keep_all(gm: fx.GraphModule, root: nn.Module, memo: dict | None = None) -> None:
+    """Put into ``gm`` what torch.fx's GraphModule drops (it keeps only what the forward
+    reads): ``root``'s whole module tree, its parameters and buffers the forward does not use
+    (an unused head, a step counter) and its forward hooks; so the state dict has the
+    original's keys and loads both ways. With ``memo``: deep copies of them (a deepcopy)."""
+    same = (lambda v: v) if memo is None else (lambda v: copy.deepcopy(v, memo))
+    for name, child in root._modules.items():
+        setattr(gm, name, same(child))
+    for name, param in root._parameters.items():
+        if name not in gm._parameters:
+            gm.register_parameter(name, same(param))
+    for name, buf in root._buffers.items():
+        if name not in gm._buffers:
+            gm.register_buffer(name, same(buf))
+        if name in root._non_persistent_buffers_set:
+            gm._non_persistent_buffers_set.add(name)
+    for hooks in _HOOKS:
+        if hasattr(root, hooks):
+            setattr(gm, hooks, copy.copy(getattr(root, hooks)))
+
+
+class TracedModel(fx.GraphModule):
+    """The traced copy ``move_norms`` returns when an activation it moved is shared or a
+    function: a ``torch.fx.GraphModule`` that keeps the whole module tree, parameters, buffers
+    and forward hooks of the model it was traced from (a plain GraphModule keeps only what the
+    forward reads, and loses the rest again when deep-copied)."""
+
+    def __init__(self, root: nn.Module, graph: fx.Graph):
+        super().__init__(root, graph)
+        _keep_all(self, root)
+
+    def __deepcopy__(self, memo):
+        res = super().__deepcopy__(memo)
+        _keep_all(res, self, memo)
+        return res
+
+
 def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
     """Move the separate pairs of ``todo`` ({path: norm}) found by torch.fx; the new model."""
     left: dict[str, str] = {}
@@ -333,7 +374,7 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
             report.moved.append((path, desc))
         return new
     report.method = "fx"
-    gm = fx.GraphModule(new, g_train)  # the modules of ``new`` (their own modes), by reference
+    gm = TracedModel(new, g_train)  # the modules of ``new`` (their own modes), by reference
     for name, value in vars(new).items():  # plain attributes a leaf may read at run time
         if not name.startswith("_") and name != "training" and not hasattr(gm, name):
             setattr(gm, name, value)
