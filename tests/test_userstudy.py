@@ -182,6 +182,23 @@ def test_a_factory_taking_norm_builds_every_placement_arm_as_is_at_after_too():
 
 
 
+
+def test_an_arm_whose_norms_are_already_there_is_refused_with_that_reason():
+    """make_net is Linear -> BatchNorm1d -> ReLU: ``as-is@before`` has nothing to move, and
+    the row's reason says the norm is already before its activation (not that the model has
+    no norm); a model without norms says that."""
+    from normlab.lab.userstudy import _Refused, build_arm
+
+    with pytest.raises(_Refused) as info:
+        build_arm(make_net, "as-is@before")
+    assert str(info.value) == ("move_norms before the activation moved no layer: 1 norm(s) "
+                               "already before their activation (1)")
+    with pytest.raises(_Refused) as info:
+        build_arm(make_plain, "as-is@after")
+    assert str(info.value) == ("move_norms after the activation moved no layer: the model has "
+                               "no normalization layer surgery knows")
+
+
 def test_the_arms_take_turns_in_the_run_order_and_the_keys_do_not_change():
     """Time per step (the advice's cost) is measured on a shared machine: the runs start with
     the arms taking turns (ABBA) within each (batch size, seed, lr), not in blocks of one arm,

@@ -175,15 +175,16 @@ def build_arm(factory: Callable, norm: str, example=None):
             raise _Refused(f"move_norms refused: {exc}") from None
         side = placement.split("_")[0]
         if not report.moved:
-            why = "; ".join(f"{p} ({c}): {r}" for p, c, r in report.left[:5]) or \
-                "the model has no normalization layer surgery knows"
+            why = "; ".join(f"{p} ({c}): {r}" for p, c, r in report.left[:5])
             if len(report.left) > 5:
                 why += f"; and {len(report.left) - 5} more"
+            if report.already:
+                there = ", ".join(p for p, _ in report.already[:5])
+                why = "; ".join(w for w in (f"{len(report.already)} norm(s) already {side} "
+                                            f"their activation ({there})", why) if w)
+            why = why or "the model has no normalization layer surgery knows"
             if report.trace_error:
                 why = (f"torch.fx could not trace the model ({report.trace_error[:200]}); "
-                       + why)
-            if report.already:
-                why = (f"{len(report.already)} norm(s) already {side} their activation; "
                        + why)
             raise _Refused(f"move_norms {side} the activation moved no layer: {why}")
         note += (f"; move_norms: {len(report.moved)} norm(s) moved {side} their activation "
