@@ -363,3 +363,28 @@ def test_a_traced_copy_keeps_the_whole_state_dict_and_the_models_hooks():
     back, _ = move_norms(new, "before_activation", example_inputs=X)
     assert list(back.state_dict()) == list(model.state_dict())
     _close(copy.deepcopy(model).eval()(X), copy.deepcopy(back).eval()(X))
+
+
+def test_an_activation_with_parameters_is_not_moved():
+    """PReLU has a weight: a moved copy would rename its state-dict key and, when the module
+    is shared, train a second weight; the norm before it stays, with that reason, and the
+    state dict keeps its keys (traced model and Sequential fallback)."""
+    seq = _randomize(nn.Sequential(nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.PReLU(6),
+                                   nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.ReLU()))
+
+    class Wrapped(nn.Module):  # the same Sequential, in a forward torch.fx cannot trace
+        def __init__(self):
+            super().__init__()
+            self.body = copy.deepcopy(seq)
+
+        def forward(self, x):
+            y = self.body(x)
+            return y if y.sum() > -1e30 else -y
+    for model, pre in ((seq, ""), (Wrapped(), "body.")):
+        new, report = move_norms(model, example_inputs=X)
+        assert [p for p, _ in report.moved] == [pre + "4"]
+        assert [p for p, _, _ in report.left] == [pre + "1"]
+        assert "PReLU" in report.left[0][2] and "parameters" in report.left[0][2]
+        assert list(new.state_dict()) == list(model.state_dict())
+        assert sum(p.numel() for p in new.parameters()) == \
+            sum(p.numel() for p in model.parameters())

@@ -22,7 +22,8 @@ Two shapes of pair are found:
 Back (``"before_activation"``): an ``ActThenNorm`` and an ``Act -> Norm`` pair become
 ``NormAct(norm, act)``. The moved activation is a copy that never works in place (in place it
 would overwrite the norm's input, which other layers may read). Every pair that is not moved is
-named with the reason (its output goes to a residual add, a convolution, several layers, ...).
+named with the reason (its output goes to a residual add, a convolution, several layers, an
+activation with parameters such as PReLU, ...).
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def _is_act_module(m: nn.Module) -> bool:
         "timm.layers.activations", "timm.layers.activations_me")
 
 
+def _stateful(act: nn.Module) -> bool:
+    """An activation with parameters or buffers (PReLU) is not moved: the moved copy would
+    change the state dict's keys and, where the module is shared, untie its parameters."""
+    return any(True for _ in act.parameters()) or any(True for _ in act.buffers())
+
+
+_STATEFUL = ("an activation with parameters stays where it is (a moved copy would change "
+             "the state dict and untie a shared one)")
+
+
 def _fresh(act: nn.Module) -> nn.Module:
     act = copy.deepcopy(act)
     if getattr(act, "inplace", False) is True:
@@ -112,7 +123,7 @@ def _act_of(node: fx.Node, modules: dict) -> tuple[nn.Module | None, str]:
     if node.op == "call_module":
         m = modules.get(node.target)
         desc = f"{node.target} ({type(m).__qualname__})"
-        if _is_act_module(m) and len(node.args) == 1 and not node.kwargs:
+        if _is_act_module(m) and len(node.args) == 1 and not node.kwargs and not _stateful(m):
             return _fresh(m), desc
         return None, desc
     name = getattr(node.target, "__name__", str(node.target))
@@ -248,6 +259,9 @@ def _partner(node: fx.Node, modules: dict, placement: str):
     act, desc = _act_of(act_node, modules)
     if act is None:
         side = "followed by" if placement == "after_activation" else "its input is"
+        m = modules.get(act_node.target) if act_node.op == "call_module" else None
+        if isinstance(m, nn.Module) and _is_act_module(m) and _stateful(m):
+            return None, f"{side} {desc}: {_STATEFUL}"
         return None, f"{side} {desc}, not an activation"
     return act_node, None
 
@@ -394,11 +408,18 @@ def _move_sequential(new: nn.Module, todo: dict, placement: str, report: Placeme
     (activation, [Identity...], norm) for ``before_activation``)."""
     moved, already = set(), set()
 
+    stateful: dict[str, str] = {}
+
     def act_at(seq, names, i, step):  # the index of the activation next to child i, or None
         j = i + step
         while 0 <= j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
             j += step
         ok = 0 <= j < len(names) and _is_act_module(seq._modules[names[j]])
+        if ok and _stateful(seq._modules[names[j]]):
+            where = f"{seq_path}.{names[j]}" if seq_path else names[j]
+            stateful[f"{seq_path}.{names[i]}" if seq_path else names[i]] = (
+                f"next to {where} ({type(seq._modules[names[j]]).__qualname__}): {_STATEFUL}")
+            return None
         return j if ok else None
 
     for seq_path, seq in list(new.named_modules()):
@@ -430,8 +451,9 @@ def _move_sequential(new: nn.Module, todo: dict, placement: str, report: Placeme
         if path not in moved and path not in already:
             side = "followed by" if placement == "after_activation" else "preceded by"
             report.left.append((path, type(m).__qualname__, "torch.fx could not trace the "
-                                f"model, and it is not {side} an activation in an "
-                                "nn.Sequential"))
+                                "model, and " + (stateful[path] if path in stateful else
+                                                 f"it is not {side} an activation in an "
+                                                 "nn.Sequential")))
     return new
 
 
