@@ -331,6 +331,10 @@ _BAD = [
     (_GOOD + ["--norms", "as-is,bogus"], r"--norms: unknown norm 'bogus'; expected one of"),
     (_GOOD + ["--norms", "layer:3"], r"--norms: 'layer:3': only group, ghost, renorm take"),
     (_GOOD + ["--norms", "group,group"], r"--norms: a norm is given twice"),
+    (_GOOD + ["--norms", "as-is@after,as-is@after"], r"--norms: a norm is given twice"),
+    (_GOOD + ["--norms", "group:4@after,group:04@after"],
+     r"--norms: a norm is given twice: group:4@after,group:04@after \('group:4@after' and "
+     r"'group:04@after' are the same arm\)"),
     (_GOOD + ["--norms", "as-is@middle"], r"--norms: 'as-is@middle': expected @after or "
                                           r"@before \(the norms after or before their "
                                           r"activation\), got @middle"),

@@ -482,10 +482,14 @@ def plan_user_study(model, data, *, norms=("as-is", "group", "layer", "none"),
     norms = list(norms)
     if not norms:
         raise StudyError("--norms: expected at least one norm")
+    seen: dict = {}
     for n in norms:
-        parse_arm(n)
-    if len(set(norms)) != len(norms):
-        raise StudyError(f"--norms: a norm is given twice: {','.join(norms)}")
+        base, placement = parse_arm(n)
+        kind, kw = parse_norm(base)
+        same = seen.setdefault((kind, tuple(sorted(kw.items())), placement), n)
+        if same != n or norms.count(n) > 1:  # also group:4 and group:04, one arm twice
+            raise StudyError(f"--norms: a norm is given twice: {','.join(norms)}"
+                             + (f" ({same!r} and {n!r} are the same arm)" if same != n else ""))
     if BASELINE not in norms:  # the baseline every arm is compared with
         norms = [BASELINE, *norms]
     batch_sizes = _positive_list(batch_sizes, "--batch-sizes", int)
