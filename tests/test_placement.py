@@ -281,7 +281,7 @@ def test_a_model_in_eval_mode_stays_in_eval_mode_every_layer():
     remove_norms' placeholders."""
     fused = nn.Sequential(nn.Conv2d(6, 6, 1), nl.BatchNorm2d(6, activation="relu"),
                           nn.Conv2d(6, 6, 1), NormAct(nl.BatchNorm2d(6), None, nn.Tanh()))
-    for model in (OwnActs(), SharedRelu(), Untraceable(), fused):
+    for model in (OwnActs(), SharedRelu(), Untraceable(), fused, Functional()):
         model = _randomize(model).eval()
         moved, report = move_norms(model, example_inputs=X)
         back, back_report = move_norms(moved, "before_activation", example_inputs=X)

@@ -166,7 +166,7 @@ def _split_fused(m: nn.Module) -> tuple[nn.Module, nn.Module] | None:
         if isinstance(m.act, nn.Identity):
             return None
         norm = copy.deepcopy(m)
-        norm.act = nn.Identity()
+        norm.act = nn.Identity().train(m.training)
         return (norm if not isinstance(m.drop, nn.Identity) else norm.norm), _fresh(m.act)
     info = ad.read(m)
     if info.act is None and info.activation is None:
@@ -181,7 +181,7 @@ def _split_fused(m: nn.Module) -> tuple[nn.Module, nn.Module] | None:
         return norm, act
     if getattr(m, "act", None) is not info.act:
         raise ad.Refused("its activation is not its 'act' attribute")
-    norm.act = nn.Identity()
+    norm.act = nn.Identity().train(m.training)
     return norm, _fresh(info.act)
 
 
@@ -354,6 +354,9 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
     modules = dict(new.named_modules())
     g_train, g_eval = _trace(new, True), _trace(new, False)
     pairs = _pairs(g_train, modules, todo, placement, left, already)
+    for path, (a, act, _) in pairs.items():
+        if a.op != "call_module":  # made from a function or a tensor method: the norm's mode
+            act.training = todo[path].training
     calls = _calls(g_train)
     in_tree = all(a.op == "call_module" and calls[a.target] == 1 for a, _, _ in pairs.values())
     if g_train.python_code("self").src != g_eval.python_code("self").src:
