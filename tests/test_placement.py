@@ -388,3 +388,19 @@ def test_an_activation_with_parameters_is_not_moved():
         assert list(new.state_dict()) == list(model.state_dict())
         assert sum(p.numel() for p in new.parameters()) == \
             sum(p.numel() for p in model.parameters())
+
+
+def test_a_traced_copy_saved_whole_loads_with_the_same_state_dict_keys():
+    """torch.save / torch.load of the whole moved model (not its state dict): a non-persistent
+    buffer stays out of the state dict."""
+    import io
+
+    model = _randomize(WithExtras())
+    new, report = move_norms(model, example_inputs=X)
+    assert report.method == "fx"
+    saved = io.BytesIO()
+    torch.save(new, saved)
+    saved.seek(0)
+    loaded = torch.load(saved, weights_only=False)
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    _close(copy.deepcopy(new).eval()(X), loaded.eval()(X))

@@ -346,6 +346,16 @@ class TracedModel(fx.GraphModule):
         _keep_all(res, self, memo)
         return res
 
+    def __reduce__(self):  # torch.save(model): GraphModule rebuilds every buffer persistent
+        return _rebuilt, (super().__reduce__(), sorted(self._non_persistent_buffers_set))
+
+
+def _rebuilt(reduced, non_persistent) -> fx.GraphModule:
+    fn, args = reduced[:2]
+    gm = fn(*args)
+    gm._non_persistent_buffers_set.update(n for n in non_persistent if n in gm._buffers)
+    return gm
+
 
 def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
     """Move the separate pairs of ``todo`` ({path: norm}) found by torch.fx; the new model."""
