@@ -236,8 +236,7 @@ def test_before_moves_a_norm_that_follows_its_activation():
                                      nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.ReLU()))
     new, report = move_norms(model, "before_activation", example_inputs=X)
     assert [p for p, _ in report.moved] == ["2"] and isinstance(new[2], NormAct)
-    assert [p for p, _, _ in report.left] == ["4"]
-    assert "its input is 3 (Conv2d), not an activation" in report.left[0][2]
+    assert report.left == [] and report.already == [("4", "before 5 (ReLU)")]
     _both_modes(new, lambda x, t: F.relu(_bn(model[4], model[3](F.relu(_bn(
         model[2], model[0](x), t))), t)), X)
 
@@ -273,3 +272,135 @@ def test_remove_norms_keeps_a_moved_layers_activation():
     assert isinstance(bare.bn1, nn.ReLU) and isinstance(bare.bn2, nn.GELU)
     h = bare.conv1(X)
     _close(F.gelu(bare.conv2(F.relu(h))) + h, bare(X))
+
+
+def test_a_model_in_eval_mode_stays_in_eval_mode_every_layer():
+    """The wrappers and the Identity left where an activation was are new modules: they take
+    the mode of what they replace (a fresh module is in training mode), on every path: the
+    module tree, a traced copy, the Sequential fallback, a fused split, the move back, and
+    remove_norms' placeholders."""
+    fused = nn.Sequential(nn.Conv2d(6, 6, 1), nl.BatchNorm2d(6, activation="relu"),
+                          nn.Conv2d(6, 6, 1), NormAct(nl.BatchNorm2d(6), None, nn.Tanh()))
+    for model in (OwnActs(), SharedRelu(), Untraceable(), fused, Functional()):
+        model = _randomize(model).eval()
+        moved, report = move_norms(model, example_inputs=X)
+        back, back_report = move_norms(moved, "before_activation", example_inputs=X)
+        assert report.moved and len(back_report.moved) == len(report.moved)
+        for new in (moved, back, remove_norms(model), remove_norms(moved)):
+            training = [p or type(new).__name__ for p, m in new.named_modules() if m.training]
+            assert training == [], (type(model).__name__, training)
+        assert not any(m.training for m in model.modules())  # the input is untouched
+
+
+def test_a_norm_already_on_the_asked_side_is_counted_as_already_not_left():
+    """Conv -> ReLU -> BN asked "after", Conv -> BN -> ReLU asked "before": nothing to do, and
+    the report says so (``already``), in a traced model and in the Sequential fallback; a norm
+    with no activation on either side is left with the reason."""
+    seq = _randomize(nn.Sequential(nn.Conv2d(6, 6, 1), nn.ReLU(), nn.BatchNorm2d(6),
+                                   nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.Identity(),
+                                   nn.SiLU(), nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6)))
+
+    class Wrapped(nn.Module):  # the same Sequential, in a forward torch.fx cannot trace
+        def __init__(self):
+            super().__init__()
+            self.body = copy.deepcopy(seq)
+
+        def forward(self, x):
+            y = self.body(x)
+            return y if y.sum() > -1e30 else -y
+    for model, pre in ((seq, ""), (Wrapped(), "body.")):
+        new, report = move_norms(model, example_inputs=X)
+        assert report.method == ("module" if not pre else "sequential")
+        assert report.already == [(pre + "2", f"after {pre}1 (ReLU)")]
+        assert [p for p, _ in report.moved] == [pre + "4"]
+        assert [p for p, _, _ in report.left] == [pre + "8"]
+        new, report = move_norms(model, "before_activation", example_inputs=X)
+        assert report.already == [(pre + "4", f"before {pre}6 (SiLU)")]
+        assert [p for p, _ in report.moved] == [pre + "2"]
+        assert [p for p, _, _ in report.left] == [pre + "8"]
+        counted = {p for p, _ in report.moved} | {p for p, _ in report.already} | \
+            {p for p, _, _ in report.left}
+        assert len(counted) == 3 == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+class WithExtras(SharedRelu):
+    """SharedRelu (moved in a traced copy) with what its forward does not read: an unused head,
+    a top-level parameter and buffer; and a buffer it does read."""
+
+    def __init__(self, c=6):
+        super().__init__(c)
+        self.register_buffer("scale", torch.full((1,), 0.5))
+        self.register_buffer("steps", torch.arange(3.0))
+        self.register_buffer("scratch", torch.zeros(2), persistent=False)
+        self.extra = nn.Parameter(torch.ones(2))
+        self.aux_head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) * self.scale
+        return self.relu(out + x)
+
+
+def test_a_traced_copy_keeps_the_whole_state_dict_and_the_models_hooks():
+    model = _randomize(WithExtras())
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append("model"))
+    new, report = move_norms(model, example_inputs=X)
+    assert report.method == "fx" and [p for p, _ in report.moved] == ["bn1"]
+    assert list(new.state_dict()) == list(model.state_dict())  # the same keys, in order
+    new.load_state_dict(model.state_dict())
+    copy.deepcopy(model).load_state_dict(new.state_dict())
+    assert list(copy.deepcopy(new).state_dict()) == list(model.state_dict())
+    assert "scratch" not in new.state_dict() and torch.equal(new.scratch, model.scratch)
+    assert new.aux_head.weight is not model.aux_head.weight  # a copy, as the rest
+    seen.clear()
+
+    def oracle(x, t):
+        out = _bn(model.bn1, F.relu(model.conv1(x)), t)
+        return F.relu(_bn(model.bn2, model.conv2(out), t) * 0.5 + x)
+    _both_modes(new, oracle, X)
+    assert seen == ["model", "model"]  # (_both_modes runs deep copies of the moved model)
+    back, _ = move_norms(new, "before_activation", example_inputs=X)
+    assert list(back.state_dict()) == list(model.state_dict())
+    _close(copy.deepcopy(model).eval()(X), copy.deepcopy(back).eval()(X))
+
+
+def test_an_activation_with_parameters_is_not_moved():
+    """PReLU has a weight: a moved copy would rename its state-dict key and, when the module
+    is shared, train a second weight; the norm before it stays, with that reason, and the
+    state dict keeps its keys (traced model and Sequential fallback)."""
+    seq = _randomize(nn.Sequential(nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.PReLU(6),
+                                   nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.ReLU()))
+
+    class Wrapped(nn.Module):  # the same Sequential, in a forward torch.fx cannot trace
+        def __init__(self):
+            super().__init__()
+            self.body = copy.deepcopy(seq)
+
+        def forward(self, x):
+            y = self.body(x)
+            return y if y.sum() > -1e30 else -y
+    for model, pre in ((seq, ""), (Wrapped(), "body.")):
+        new, report = move_norms(model, example_inputs=X)
+        assert [p for p, _ in report.moved] == [pre + "4"]
+        assert [p for p, _, _ in report.left] == [pre + "1"]
+        assert "PReLU" in report.left[0][2] and "parameters" in report.left[0][2]
+        assert list(new.state_dict()) == list(model.state_dict())
+        assert sum(p.numel() for p in new.parameters()) == \
+            sum(p.numel() for p in model.parameters())
+
+
+def test_a_traced_copy_saved_whole_loads_with_the_same_state_dict_keys():
+    """torch.save / torch.load of the whole moved model (not its state dict): a non-persistent
+    buffer stays out of the state dict."""
+    import io
+
+    model = _randomize(WithExtras())
+    new, report = move_norms(model, example_inputs=X)
+    assert report.method == "fx"
+    saved = io.BytesIO()
+    torch.save(new, saved)
+    saved.seek(0)
+    loaded = torch.load(saved, weights_only=False)
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    _close(copy.deepcopy(new).eval()(X), loaded.eval()(X))

@@ -163,6 +163,72 @@ def test_a_placement_arm_is_the_users_model_with_the_norm_after_the_relu():
         torch.testing.assert_close(model(x), model[3](ref), rtol=1e-12, atol=1e-12)
 
 
+
+def test_a_factory_taking_norm_builds_every_placement_arm_as_is_at_after_too():
+    """``as-is@after`` from a factory that accepts ``norm=`` must reach the factory as that
+    arm: calling ``factory()`` would train the baseline again under another name."""
+    from normlab.lab.userstudy import build_arm
+
+    asked = []
+
+    def factory(norm=None):
+        asked.append(norm)
+        return make_net()
+    for arm in ("as-is@after", "as-is@before", "group@after", "as-is"):
+        _, note = build_arm(factory, arm)
+        assert asked[-1] == (None if arm == "as-is" else arm), (arm, asked)
+        assert note == ("as given" if arm == "as-is" else
+                        f"built by the factory (norm={arm!r})"), note
+
+
+
+
+def test_an_arm_whose_norms_are_already_there_is_refused_with_that_reason():
+    """make_net is Linear -> BatchNorm1d -> ReLU: ``as-is@before`` has nothing to move, and
+    the row's reason says the norm is already before its activation (not that the model has
+    no norm); a model without norms says that."""
+    from normlab.lab.userstudy import _Refused, build_arm
+
+    with pytest.raises(_Refused) as info:
+        build_arm(make_net, "as-is@before")
+    assert str(info.value) == ("move_norms before the activation moved no layer: 1 norm(s) "
+                               "already before their activation (1)")
+    with pytest.raises(_Refused) as info:
+        build_arm(make_plain, "as-is@after")
+    assert str(info.value) == ("move_norms after the activation moved no layer: the model has "
+                               "no normalization layer surgery knows")
+
+
+def test_the_arms_take_turns_in_the_run_order_and_the_keys_do_not_change():
+    """Time per step (the advice's cost) is measured on a shared machine: the runs start with
+    the arms taking turns (ABBA) within each (batch size, seed, lr), not in blocks of one arm,
+    in the order the runner starts them; the runs and their keys are those of every (batch
+    size, arm, lr, seed)."""
+    from itertools import product
+
+    from normlab.lab.runner import _cost, run_key
+    from normlab.lab.userstudy import plan_user_study
+
+    norms = ["as-is", "group", "layer", "as-is@after"]
+    plan, settings = plan_user_study(f"{HERE}:make_net", f"{HERE}:make_data", norms=norms,
+                                     batch_sizes=[8, 16], lrs=[0.01, 0.1], seeds=2, steps=3)
+    varied = ("arm", "norm", "batch_size", "lr", "seed")
+    base = {k: v for k, v in plan[0].items() if k not in varied}
+    expected = [run_key({**base, "arm": n, "norm": n, "batch_size": b, "lr": lr, "seed": s})
+                for b, n, lr, s in product([8, 16], norms, [0.01, 0.1], range(2))]
+    assert settings["run_keys"] == expected
+    assert sorted(run_key(c) for c in plan) == sorted(expected)
+    started = sorted(plan, key=_cost, reverse=True)  # as run_all orders them (stable)
+    k = len(norms)
+    for i in range(0, len(started), k):
+        assert sorted(c["arm"] for c in started[i:i + k]) == sorted(norms), i
+    for b in (8, 16):
+        order = [c["arm"] for c in started if c["batch_size"] == b]
+        mean_rank = {n: sum(i for i, a in enumerate(order) if a == n) / order.count(n)
+                     for n in norms}
+        assert len(set(mean_rank.values())) == 1, mean_rank
+
+
 @pytest.mark.slow
 def test_a_placement_arm_runs_and_one_that_moves_nothing_is_a_row_with_the_reason(tmp_path):
     result = _study(tmp_path, "make_net", norms="as-is,as-is@after", batch_sizes=[8],
@@ -265,6 +331,10 @@ _BAD = [
     (_GOOD + ["--norms", "as-is,bogus"], r"--norms: unknown norm 'bogus'; expected one of"),
     (_GOOD + ["--norms", "layer:3"], r"--norms: 'layer:3': only group, ghost, renorm take"),
     (_GOOD + ["--norms", "group,group"], r"--norms: a norm is given twice"),
+    (_GOOD + ["--norms", "as-is@after,as-is@after"], r"--norms: a norm is given twice"),
+    (_GOOD + ["--norms", "group:4@after,group:04@after"],
+     r"--norms: a norm is given twice: group:4@after,group:04@after \('group:4@after' and "
+     r"'group:04@after' are the same arm\)"),
     (_GOOD + ["--norms", "as-is@middle"], r"--norms: 'as-is@middle': expected @after or "
                                           r"@before \(the norms after or before their "
                                           r"activation\), got @middle"),
@@ -398,3 +468,21 @@ def test_advice_when_lower_is_better():
                       better="lower")
     reg = _regime(advise(rows), 8)
     assert reg["use"] == "rms" and _arm(reg, "rms")["effect"] == pytest.approx(0.5)
+
+
+def test_the_interrupt_message_names_the_command_that_runs():
+    """Ctrl-C during a study says ``normlab study: interrupted``, during the lab ``normlab
+    lab: interrupted`` (the engine is the same)."""
+    import io
+
+    from normlab.lab.engine import _Interrupts
+
+    for todo, command in (([{"claim": "study"}] * 2, "normlab study"),
+                          ([{"claim": "placement"}], "normlab lab")):
+        stream = io.StringIO()
+        interrupts = _Interrupts(stream, "stop them now", todo)
+        interrupts.count = 1
+        interrupts.tell(3, 2)
+        assert stream.getvalue().startswith(f"\n{command}: interrupted: 3 run(s) not started "
+                                            "are cancelled; waiting for the 2 in flight"), \
+            stream.getvalue()

@@ -399,6 +399,10 @@ def test_move_norms_splits_timm_batch_norm_act_in_efficientnet_b0():
                                        bn.weight, bn.bias, False, 0.0, bn.eps)
         assert zoo.rel_err(ref, y) < 1e-10, p
 
+    # a model in eval mode comes back in eval mode, the split layers' new parts too
+    moved_eval, _ = move_norms(copy.deepcopy(model).eval())
+    assert [p for p, m in moved_eval.named_modules() if m.training] == []
+
 
 def test_move_norms_on_a_vit_moves_nothing_and_says_why():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,

@@ -154,12 +154,19 @@ def _failure(exc: Exception) -> Failure:
     return Failure(f"{type(exc).__name__}: {exc}")
 
 
+def _command(todo) -> str:
+    """The command whose runs these are, for the messages: a user study's or the lab's."""
+    return "normlab study" if todo and all(c.get("claim") == "study" for c in todo) else \
+        "normlab lab"
+
+
 class _Interrupts:
     """Ctrl-C while the engine runs: the first is noted (no new run starts), the second
     raises KeyboardInterrupt."""
 
-    def __init__(self, stream, what: str):
+    def __init__(self, stream, what: str, todo: list[dict] = ()):
         self.count, self.stream, self.what, self.told = 0, stream, what, False
+        self.command = _command(todo)
         self.main = threading.current_thread() is threading.main_thread()
         self.previous = None
 
@@ -180,7 +187,7 @@ class _Interrupts:
     def tell(self, not_started: int, in_flight: int) -> None:
         if self.count and not self.told:
             self.told = True
-            self.stream.write(f"\nnormlab lab: interrupted: {not_started} run(s) not started "
+            self.stream.write(f"\n{self.command}: interrupted: {not_started} run(s) not started "
                               f"are cancelled; waiting for the {in_flight} in flight to "
                               f"finish and keep their rows (Ctrl-C again to {self.what})\n")
             self.stream.flush()
@@ -218,7 +225,7 @@ class LocalEngine:
         ex = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx,
                                  initializer=_init_worker, initargs=(os.getpid(),))
         queue, pending = list(reversed(todo)), {}
-        with _Interrupts(stream, "stop them now") as interrupts:
+        with _Interrupts(stream, "stop them now", todo) as interrupts:
             try:
                 while queue or pending:
                     while queue and len(pending) < self.workers and not interrupts.count:
@@ -303,7 +310,7 @@ class RayEngine:
         try:
             cpus = int(ray.cluster_resources().get("CPU", 0))
             nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-            stream.write(f"normlab lab: Ray cluster {self.address or '(started here)'}: "
+            stream.write(f"{_command(todo)}: Ray cluster {self.address or '(started here)'}: "
                          f"{nodes} node(s), {cpus} CPUs\n")
             stream.flush()
             # every data set once in the object store; a task receives the reference (Ray
@@ -325,7 +332,7 @@ class RayEngine:
         # at most ``window`` (the cluster's CPUs) tasks submitted at a time: what Ctrl-C
         # cancels is then what has not started
         queue, pending = list(reversed(todo)), {}
-        with _Interrupts(stream, "cancel them now") as interrupts:
+        with _Interrupts(stream, "cancel them now", todo) as interrupts:
             try:
                 while queue or pending:
                     while queue and len(pending) < window and not interrupts.count:

@@ -7,7 +7,8 @@ normalization), or the model after ``normlab.surgery``: ``swap_norms`` to a regi
 a suffix ``@after`` / ``@before`` then moves the norms after / before their activation
 (``move_norms``: ``as-is@after`` is the model's own norms after the activation,
 ``group:4@after`` group norm there). A factory that accepts ``norm=`` builds the arm itself
-instead (``factory(norm="group@after")``).
+instead (``factory(norm="group@after")``; every arm but the plain ``as-is``, ``as-is@after``
+too).
 
 Every (arm, batch size, learning rate, seed) is one run of the lab's runner
 (``lab.runner.run_all``): rows appended to ``results.jsonl`` as runs finish, keyed by the hash of
@@ -174,15 +175,16 @@ def build_arm(factory: Callable, norm: str, example=None):
             raise _Refused(f"move_norms refused: {exc}") from None
         side = placement.split("_")[0]
         if not report.moved:
-            why = "; ".join(f"{p} ({c}): {r}" for p, c, r in report.left[:5]) or \
-                "the model has no normalization layer surgery knows"
+            why = "; ".join(f"{p} ({c}): {r}" for p, c, r in report.left[:5])
             if len(report.left) > 5:
                 why += f"; and {len(report.left) - 5} more"
+            if report.already:
+                there = ", ".join(p for p, _ in report.already[:5])
+                why = "; ".join(w for w in (f"{len(report.already)} norm(s) already {side} "
+                                            f"their activation ({there})", why) if w)
+            why = why or "the model has no normalization layer surgery knows"
             if report.trace_error:
                 why = (f"torch.fx could not trace the model ({report.trace_error[:200]}); "
-                       + why)
-            if report.already:
-                why = (f"{len(report.already)} norm(s) already {side} their activation; "
                        + why)
             raise _Refused(f"move_norms {side} the activation moved no layer: {why}")
         note += (f"; move_norms: {len(report.moved)} norm(s) moved {side} their activation "
@@ -190,11 +192,14 @@ def build_arm(factory: Callable, norm: str, example=None):
         return model, note
     kind, kwargs = parse_norm(base)
     if kind == "as-is" or _takes_norm(factory):
-        model = factory() if kind == "as-is" else factory(norm=norm)
+        # a factory taking norm= builds every arm but the plain "as-is" itself, "as-is@after"
+        # too (calling factory() there would be the baseline under another name)
+        plain = kind == "as-is" and placement is None
+        model = factory() if plain else factory(norm=norm)
         if not isinstance(model, nn.Module):
             raise _Refused(f"the model factory returned {type(model).__name__}, expected a "
                            "torch.nn.Module")
-        return model, "as given" if kind == "as-is" else f"built by the factory (norm={norm!r})"
+        return model, "as given" if plain else f"built by the factory (norm={norm!r})"
     base = factory()
     if kind == "none":
         n = sum(is_norm(m) for m in base.modules())
@@ -475,10 +480,14 @@ def plan_user_study(model, data, *, norms=("as-is", "group", "layer", "none"),
     norms = list(norms)
     if not norms:
         raise StudyError("--norms: expected at least one norm")
+    seen: dict = {}
     for n in norms:
-        parse_arm(n)
-    if len(set(norms)) != len(norms):
-        raise StudyError(f"--norms: a norm is given twice: {','.join(norms)}")
+        base, placement = parse_arm(n)
+        kind, kw = parse_norm(base)
+        same = seen.setdefault((kind, tuple(sorted(kw.items())), placement), n)
+        if same != n or norms.count(n) > 1:  # also group:4 and group:04, one arm twice
+            raise StudyError(f"--norms: a norm is given twice: {','.join(norms)}"
+                             + (f" ({same!r} and {n!r} are the same arm)" if same != n else ""))
     if BASELINE not in norms:  # the baseline every arm is compared with
         norms = [BASELINE, *norms]
     batch_sizes = _positive_list(batch_sizes, "--batch-sizes", int)
@@ -558,14 +567,23 @@ def plan_user_study(model, data, *, norms=("as-is", "group", "layer", "none"),
             "metric_name": metric_name, "better": better, "optimizer": optimizer,
             "momentum": momentum, "weight_decay": weight_decay,
             "eval_batch_size": eval_batch_size, "device": device}
-    plan = [{**base, "arm": n, "norm": n, "batch_size": b, "lr": lr, "seed": s}
-            for b in batch_sizes for n in norms for lr in lrs for s in range(seeds)]
+    runs = {(b, n, lr, s): {**base, "arm": n, "norm": n, "batch_size": b, "lr": lr, "seed": s}
+            for b in batch_sizes for n in norms for lr in lrs for s in range(seeds)}
+    # the order the runs start in: the arms take turns within each (batch size, seed, lr)
+    # cell, in ABBA order (reversed every other cell), so that the machine's load falls on
+    # every arm alike and their time per step (the advice's cost) compares fairly; in blocks
+    # (every as-is run first) one arm would meet a quiet machine and another a busy one. The
+    # runs and their keys are the same whatever the order.
+    cells = [(b, s, lr) for b in batch_sizes for s in range(seeds) for lr in lrs]
+    plan = [runs[b, n, lr, s] for i, (b, s, lr) in enumerate(cells)
+            for n in (norms if i % 2 == 0 else norms[::-1])]
     settings = {"kind": "study", "model": model_path, "data": data_path, "norms": norms,
                 "batch_sizes": batch_sizes, "lrs": lrs, "seeds": seeds, "steps": steps,
                 "task": task, "metric": metric_name, "better": better, "device": device,
                 "optimizer": optimizer, "momentum": momentum, "val_fraction": val_fraction,
                 "train_examples": len(fit), "val_examples": len(val),
-                "test_examples": len(test), "run_keys": [run_key(c) for c in plan]}
+                "test_examples": len(test),
+                "run_keys": [run_key(c) for c in runs.values()]}
     return plan, settings
 
 

@@ -67,8 +67,17 @@ def _factory(m: nn.Module) -> dict:
 
 
 def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at ``path``, in the mode (train/eval) of the module it replaces: a fresh
+    wrapper or placeholder (and its ``nn.Identity`` slots) would otherwise be in training mode
+    inside a model in eval mode. Modules it holds from the model keep their own modes."""
     parent_path, _, name = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
+    old = getattr(parent, name, None)
+    if isinstance(old, nn.Module):
+        new.training = old.training
+        for child in new.children():
+            if type(child) is nn.Identity:
+                child.training = old.training
     setattr(parent, name, new)
 
 

@@ -22,7 +22,8 @@ Two shapes of pair are found:
 Back (``"before_activation"``): an ``ActThenNorm`` and an ``Act -> Norm`` pair become
 ``NormAct(norm, act)``. The moved activation is a copy that never works in place (in place it
 would overwrite the norm's input, which other layers may read). Every pair that is not moved is
-named with the reason (its output goes to a residual add, a convolution, several layers, ...).
+named with the reason (its output goes to a residual add, a convolution, several layers, an
+activation with parameters such as PReLU, ...).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from normlab.surgery.core import (
 )
 from normlab.surgery.fold import _Tracer
 
-__all__ = ["PlacementReport", "move_norms"]
+__all__ = ["PlacementReport", "TracedModel", "move_norms"]
 
 PLACEMENTS = ("after_activation", "before_activation")
 
@@ -84,6 +85,16 @@ def _is_act_module(m: nn.Module) -> bool:
         "timm.layers.activations", "timm.layers.activations_me")
 
 
+def _stateful(act: nn.Module) -> bool:
+    """An activation with parameters or buffers (PReLU) is not moved: the moved copy would
+    change the state dict's keys and, where the module is shared, untie its parameters."""
+    return any(True for _ in act.parameters()) or any(True for _ in act.buffers())
+
+
+_STATEFUL = ("an activation with parameters stays where it is (a moved copy would change "
+             "the state dict and untie a shared one)")
+
+
 def _fresh(act: nn.Module) -> nn.Module:
     act = copy.deepcopy(act)
     if getattr(act, "inplace", False) is True:
@@ -112,7 +123,7 @@ def _act_of(node: fx.Node, modules: dict) -> tuple[nn.Module | None, str]:
     if node.op == "call_module":
         m = modules.get(node.target)
         desc = f"{node.target} ({type(m).__qualname__})"
-        if _is_act_module(m) and len(node.args) == 1 and not node.kwargs:
+        if _is_act_module(m) and len(node.args) == 1 and not node.kwargs and not _stateful(m):
             return _fresh(m), desc
         return None, desc
     name = getattr(node.target, "__name__", str(node.target))
@@ -155,7 +166,7 @@ def _split_fused(m: nn.Module) -> tuple[nn.Module, nn.Module] | None:
         if isinstance(m.act, nn.Identity):
             return None
         norm = copy.deepcopy(m)
-        norm.act = nn.Identity()
+        norm.act = nn.Identity().train(m.training)
         return (norm if not isinstance(m.drop, nn.Identity) else norm.norm), _fresh(m.act)
     info = ad.read(m)
     if info.act is None and info.activation is None:
@@ -165,10 +176,12 @@ def _split_fused(m: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     norm = copy.deepcopy(m)
     if info.activation is not None:  # normlab's fused activation, by its one definition
         norm.activation = None
-        return norm, Passthrough(info.activation)
+        act = Passthrough(info.activation)
+        act.training = m.training
+        return norm, act
     if getattr(m, "act", None) is not info.act:
         raise ad.Refused("its activation is not its 'act' attribute")
-    norm.act = nn.Identity()
+    norm.act = nn.Identity().train(m.training)
     return norm, _fresh(info.act)
 
 
@@ -219,9 +232,46 @@ def _is_identity(node, modules) -> bool:
             and not node.kwargs)
 
 
-def _pairs(graph: fx.Graph, modules: dict, todo: dict, placement: str, left: dict) -> dict:
+def _partner(node: fx.Node, modules: dict, placement: str):
+    """(the activation node on ``placement``'s side of norm ``node``, None) -- the one node its
+    output goes to alone (``after_activation``), or the node whose output goes to it alone
+    (``before_activation``), through ``nn.Identity`` modules -- or (None, why not)."""
+    if placement == "after_activation":
+        cur = node
+        while len(cur.users) == 1 and _is_identity(next(iter(cur.users)), modules):
+            cur = next(iter(cur.users))
+        if len(cur.users) != 1:
+            return None, (f"its output goes to {len(cur.users)} places ("
+                          + ", ".join(_describe(u, modules) for u in cur.users)
+                          + "), not to one activation")
+        act_node = next(iter(cur.users))
+        if act_node.args[:1] != (cur,):  # e.g. add(shortcut, norm(x))
+            return None, f"followed by {_describe(act_node, modules)}, not an activation"
+    else:
+        act_node = node.args[0] if node.args else None
+        while _is_identity(act_node, modules) and len(act_node.users) == 1:
+            act_node = act_node.args[0]
+        if not isinstance(act_node, fx.Node):
+            return None, "its input is not a tensor from a layer"
+        if len(act_node.users) != 1:
+            return None, (f"its input is {_describe(act_node, modules)}, whose output goes "
+                          "elsewhere too")
+    act, desc = _act_of(act_node, modules)
+    if act is None:
+        side = "followed by" if placement == "after_activation" else "its input is"
+        m = modules.get(act_node.target) if act_node.op == "call_module" else None
+        if isinstance(m, nn.Module) and _is_act_module(m) and _stateful(m):
+            return None, f"{side} {desc}: {_STATEFUL}"
+        return None, f"{side} {desc}, not an activation"
+    return act_node, None
+
+
+def _pairs(graph: fx.Graph, modules: dict, todo: dict, placement: str, left: dict,
+           already: dict | None = None) -> dict:
     """{norm path: (activation node, fresh act module, description)} of the pairs to move in
-    ``graph``; a reason in ``left[path]`` for every other norm of ``todo`` it calls."""
+    ``graph``; a reason in ``left[path]`` for every other norm of ``todo`` it calls, or a note
+    in ``already[path]`` for one whose activation is on the asked side already."""
+    other = "before_activation" if placement == "after_activation" else "after_activation"
     pairs, seen = {}, set()
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in todo:
@@ -230,38 +280,23 @@ def _pairs(graph: fx.Graph, modules: dict, todo: dict, placement: str, left: dic
         if path in seen:
             left[path] = "called more than once in the forward"
             pairs.pop(path, None)
+            if already is not None:
+                already.pop(path, None)
             continue
         seen.add(path)
         if len(node.args) != 1 or node.kwargs:
             left[path] = "called with more than its input (a residual)"
             continue
-        if placement == "after_activation":
-            cur = node
-            while len(cur.users) == 1 and _is_identity(next(iter(cur.users)), modules):
-                cur = next(iter(cur.users))
-            if len(cur.users) != 1:
-                left[path] = (f"its output goes to {len(cur.users)} places ("
-                              + ", ".join(_describe(u, modules) for u in cur.users)
-                              + "), not to one activation")
-                continue
-            act_node = next(iter(cur.users))
-            if act_node.args[:1] != (cur,):  # e.g. add(shortcut, norm(x))
-                left[path] = f"followed by {_describe(act_node, modules)}, not an activation"
-                continue
-        else:
-            act_node = node.args[0]
-            while _is_identity(act_node, modules) and len(act_node.users) == 1:
-                act_node = act_node.args[0]
-            if not isinstance(act_node, fx.Node) or len(act_node.users) != 1:
-                left[path] = (f"its input is {_describe(act_node, modules)}, whose output "
-                              "goes elsewhere too" if isinstance(act_node, fx.Node) else
-                              "its input is not a tensor from a layer")
-                continue
-        act, desc = _act_of(act_node, modules)
-        if act is None:
-            side = "followed by" if placement == "after_activation" else "its input is"
-            left[path] = f"{side} {desc}, not an activation"
+        act_node, why = _partner(node, modules, placement)
+        if act_node is None:
+            there, _ = _partner(node, modules, other)
+            if there is not None and already is not None:
+                already[path] = ("after " if other == "before_activation" else "before ") + \
+                    _act_of(there, modules)[1]
+            else:
+                left[path] = why
             continue
+        act, desc = _act_of(act_node, modules)
         pairs[path] = (act_node, act, desc)
     return pairs
 
@@ -271,12 +306,67 @@ def _wrap(norm: nn.Module, act: nn.Module, placement: str) -> nn.Module:
         ad.NormAct(norm, None, act)
 
 
+_HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+          "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
+
+
+def _keep_all(gm: fx.GraphModule, root: nn.Module, memo: dict | None = None) -> None:
+    """Put into ``gm`` what torch.fx's GraphModule drops (it keeps only what the forward
+    reads): ``root``'s whole module tree, its parameters and buffers the forward does not use
+    (an unused head, a step counter) and its forward hooks; so the state dict has the
+    original's keys and loads both ways. With ``memo``: deep copies of them (a deepcopy)."""
+    same = (lambda v: v) if memo is None else (lambda v: copy.deepcopy(v, memo))
+    for name, child in root._modules.items():
+        setattr(gm, name, same(child))
+    for name, param in root._parameters.items():
+        if name not in gm._parameters:
+            gm.register_parameter(name, same(param))
+    for name, buf in root._buffers.items():
+        if name not in gm._buffers:
+            gm.register_buffer(name, same(buf))
+        if name in root._non_persistent_buffers_set:
+            gm._non_persistent_buffers_set.add(name)
+    for hooks in _HOOKS:
+        if hasattr(root, hooks):
+            setattr(gm, hooks, copy.copy(getattr(root, hooks)))
+
+
+class TracedModel(fx.GraphModule):
+    """The traced copy ``move_norms`` returns when an activation it moved is shared or a
+    function: a ``torch.fx.GraphModule`` that keeps the whole module tree, parameters, buffers
+    and forward hooks of the model it was traced from (a plain GraphModule keeps only what the
+    forward reads, and loses the rest again when deep-copied)."""
+
+    def __init__(self, root: nn.Module, graph: fx.Graph):
+        super().__init__(root, graph)
+        _keep_all(self, root)
+
+    def __deepcopy__(self, memo):
+        res = super().__deepcopy__(memo)
+        _keep_all(res, self, memo)
+        return res
+
+    def __reduce__(self):  # torch.save(model): GraphModule rebuilds every buffer persistent
+        return _rebuilt, (super().__reduce__(), sorted(self._non_persistent_buffers_set))
+
+
+def _rebuilt(reduced, non_persistent) -> fx.GraphModule:
+    fn, args = reduced[:2]
+    gm = fn(*args)
+    gm._non_persistent_buffers_set.update(n for n in non_persistent if n in gm._buffers)
+    return gm
+
+
 def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
     """Move the separate pairs of ``todo`` ({path: norm}) found by torch.fx; the new model."""
     left: dict[str, str] = {}
+    already: dict[str, str] = {}
     modules = dict(new.named_modules())
     g_train, g_eval = _trace(new, True), _trace(new, False)
-    pairs = _pairs(g_train, modules, todo, placement, left)
+    pairs = _pairs(g_train, modules, todo, placement, left, already)
+    for path, (a, act, _) in pairs.items():
+        if a.op != "call_module":  # made from a function or a tensor method: the norm's mode
+            act.training = todo[path].training
     calls = _calls(g_train)
     in_tree = all(a.op == "call_module" and calls[a.target] == 1 for a, _, _ in pairs.values())
     if g_train.python_code("self").src != g_eval.python_code("self").src:
@@ -294,9 +384,11 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
                 del pairs[path]
         in_tree = True
     for path in todo:
-        if path not in pairs and path not in left:
+        if path not in pairs and path not in left and path not in already:
             left[path] = ("not called as a module in the traced forward (inside a module "
                           "torch.fx keeps whole, or in a branch it did not take)")
+    for path, note in already.items():
+        report.already.append((path, note))
     for path, why in left.items():
         report.left.append((path, type(todo[path]).__qualname__, why))
     if not pairs:
@@ -309,7 +401,7 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
             report.moved.append((path, desc))
         return new
     report.method = "fx"
-    gm = fx.GraphModule(new, g_train)  # the modules of ``new`` (their own modes), by reference
+    gm = TracedModel(new, g_train)  # the modules of ``new`` (their own modes), by reference
     for name, value in vars(new).items():  # plain attributes a leaf may read at run time
         if not name.startswith("_") and name != "training" and not hasattr(gm, name):
             setattr(gm, name, value)
@@ -327,33 +419,54 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
 def _move_sequential(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
     """The fallback: (norm, [Identity...], activation) children of an ``nn.Sequential`` (or
     (activation, [Identity...], norm) for ``before_activation``)."""
-    moved = set()
+    moved, already = set(), set()
+
+    stateful: dict[str, str] = {}
+
+    def act_at(seq, names, i, step):  # the index of the activation next to child i, or None
+        j = i + step
+        while 0 <= j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
+            j += step
+        ok = 0 <= j < len(names) and _is_act_module(seq._modules[names[j]])
+        if ok and _stateful(seq._modules[names[j]]):
+            where = f"{seq_path}.{names[j]}" if seq_path else names[j]
+            stateful[f"{seq_path}.{names[i]}" if seq_path else names[i]] = (
+                f"next to {where} ({type(seq._modules[names[j]]).__qualname__}): {_STATEFUL}")
+            return None
+        return j if ok else None
+
     for seq_path, seq in list(new.named_modules()):
         if not isinstance(seq, nn.Sequential):
             continue
         names = list(seq._modules)
         for i, name in enumerate(names):
             path = f"{seq_path}.{name}" if seq_path else name
-            if path not in todo or path in moved:
+            if path not in todo or path in moved or path in already:
                 continue
             step = 1 if placement == "after_activation" else -1
-            j = i + step
-            while 0 <= j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
-                j += step
-            if not 0 <= j < len(names) or not _is_act_module(seq._modules[names[j]]):
+            j = act_at(seq, names, i, step)
+            if j is None:
+                k = act_at(seq, names, i, -step)
+                if k is not None:
+                    already.add(path)
+                    where = f"{seq_path}.{names[k]}" if seq_path else names[k]
+                    cls = type(seq._modules[names[k]]).__qualname__
+                    report.already.append((path, f"{'after' if step > 0 else 'before'} "
+                                           f"{where} ({cls})"))
                 continue
             act = seq._modules[names[j]]
-            seq._modules[name] = _wrap(todo[path], _fresh(act), placement)
-            seq._modules[names[j]] = nn.Identity()
+            _replace(new, path, _wrap(todo[path], _fresh(act), placement))
+            _replace(new, f"{seq_path}.{names[j]}" if seq_path else names[j], nn.Identity())
             moved.add(path)
             report.moved.append((path, f"{seq_path}.{names[j]} ({type(act).__qualname__})"
                                  if seq_path else f"{names[j]} ({type(act).__qualname__})"))
     for path, m in todo.items():
-        if path not in moved:
+        if path not in moved and path not in already:
             side = "followed by" if placement == "after_activation" else "preceded by"
             report.left.append((path, type(m).__qualname__, "torch.fx could not trace the "
-                                f"model, and it is not {side} an activation in an "
-                                "nn.Sequential"))
+                                "model, and " + (stateful[path] if path in stateful else
+                                                 f"it is not {side} an activation in an "
+                                                 "nn.Sequential")))
     return new
 
 
