@@ -292,6 +292,19 @@ def test_a_model_in_eval_mode_stays_in_eval_mode_every_layer():
         assert not any(m.training for m in model.modules())  # the input is untouched
 
 
+class _Untraceable(nn.Module):
+    """A copy of ``seq`` in a forward torch.fx cannot trace (data-dependent control flow): the
+    surgery falls back to moving the Sequential's neighbouring children."""
+
+    def __init__(self, seq: nn.Module):
+        super().__init__()
+        self.body = copy.deepcopy(seq)
+
+    def forward(self, x):
+        y = self.body(x)
+        return y if y.sum() > -1e30 else -y
+
+
 def test_a_norm_already_on_the_asked_side_is_counted_as_already_not_left():
     """Conv -> ReLU -> BN asked "after", Conv -> BN -> ReLU asked "before": nothing to do, and
     the report says so (``already``), in a traced model and in the Sequential fallback; a norm
@@ -300,15 +313,7 @@ def test_a_norm_already_on_the_asked_side_is_counted_as_already_not_left():
                                    nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.Identity(),
                                    nn.SiLU(), nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6)))
 
-    class Wrapped(nn.Module):  # the same Sequential, in a forward torch.fx cannot trace
-        def __init__(self):
-            super().__init__()
-            self.body = copy.deepcopy(seq)
-
-        def forward(self, x):
-            y = self.body(x)
-            return y if y.sum() > -1e30 else -y
-    for model, pre in ((seq, ""), (Wrapped(), "body.")):
+    for model, pre in ((seq, ""), (_Untraceable(seq), "body.")):
         new, report = move_norms(model, example_inputs=X)
         assert report.method == ("module" if not pre else "sequential")
         assert report.already == [(pre + "2", f"after {pre}1 (ReLU)")]
@@ -372,15 +377,7 @@ def test_an_activation_with_parameters_is_not_moved():
     seq = _randomize(nn.Sequential(nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.PReLU(6),
                                    nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.ReLU()))
 
-    class Wrapped(nn.Module):  # the same Sequential, in a forward torch.fx cannot trace
-        def __init__(self):
-            super().__init__()
-            self.body = copy.deepcopy(seq)
-
-        def forward(self, x):
-            y = self.body(x)
-            return y if y.sum() > -1e30 else -y
-    for model, pre in ((seq, ""), (Wrapped(), "body.")):
+    for model, pre in ((seq, ""), (_Untraceable(seq), "body.")):
         new, report = move_norms(model, example_inputs=X)
         assert [p for p, _ in report.moved] == [pre + "4"]
         assert [p for p, _, _ in report.left] == [pre + "1"]
