@@ -195,14 +195,63 @@ def test_functions_and_tensor_methods_are_activations_too():
     _both_modes(new, lambda x, t: functional_oracle(model, x, t), X)
 
 
-def test_an_untraceable_model_falls_back_to_sequential_pairs():
+def test_an_untraceable_model_is_traced_in_parts():
     model = _randomize(Untraceable())
     new, report = move_norms(model, example_inputs=X)
-    assert type(new) is Untraceable and report.method == "sequential"
+    assert type(new) is Untraceable and report.method == "submodules"
     assert "TraceError" in report.trace_error or "symbolically traced" in report.trace_error
     assert report.moved == [("body.1", "body.2 (SiLU)")]
     assert [p for p, _, _ in report.left] == ["body.4"]
+    assert "the model's output" in report.left[0][2]  # body's output: what follows is unknown
     _both_modes(new, lambda x, t: untraceable_oracle(model, x, t), X)
+
+
+class _Inner(nn.Module):
+    """Untraceable (data-dependent control flow), holding a (norm, activation) pair in its own
+    forward (not a Sequential) and a SharedAct's activation."""
+
+    def __init__(self, c=6, shared=None):
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU()
+        self.bn2, self.act2 = nn.BatchNorm2d(c), shared
+
+    def forward(self, x):
+        y = self.act2(self.bn2(self.act(self.bn(self.conv(x)))))
+        return y if y.sum() > -1e30 else -y
+
+
+def test_parts_down_to_the_sequential_fallback_and_shared_activations():
+    """A Sequential that does not trace (it holds an untraceable module with norms): its own
+    (norm, activation) children are moved by the Sequential rule; inside the untraceable
+    module nothing traces, so its norms (not in a Sequential) are left; an activation module
+    shared between two places is never edited from one of them."""
+    block = nn.Sequential(nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.SiLU(),
+                          _Inner(shared=nn.GELU()))
+    model = _randomize(_Untraceable(nn.Sequential(block, nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6),
+                                                  nn.ReLU())))
+    model.extra = nn.ModuleDict({"gelu": model.body[0][3].act2})  # reachable from outside too
+    new, report = move_norms(model, example_inputs=X)
+    assert report.method == "submodules"
+    assert sorted(report.moved) == [("body.0.1", "body.0.2 (SiLU)"), ("body.2", "body.3 (ReLU)")]
+    assert sorted(p for p, _, _ in report.left) == ["body.0.3.bn", "body.0.3.bn2"]
+    b, s = model.body, model.body[0]
+
+    def oracle(x, t):
+        h = _bn(s[1], F.silu(s[0](x)), t)
+        h = F.gelu(_bn(s[3].bn2, F.relu(_bn(s[3].bn, s[3].conv(h), t)), t))
+        return _bn(b[2], F.relu(b[1](h)), t)
+
+    _both_modes(new, oracle, X)
+    # with the inner forward traceable, its own pair moves; the shared GELU stays
+    _Inner.forward, orig = (lambda self, x: self.act2(self.bn2(self.act(self.bn(self.conv(x))))),
+                            _Inner.forward)
+    try:
+        new, report = move_norms(model, example_inputs=X)
+    finally:
+        _Inner.forward = orig
+    assert ("body.0.3.bn", "body.0.3.act (ReLU)") in report.moved
+    assert dict((p, w) for p, _, w in report.left)["body.0.3.bn2"].startswith(
+        "its activation body.0.3.act2 is also reachable from outside")
 
 
 def test_a_fused_activation_is_split_off_and_moved():
@@ -315,7 +364,7 @@ def test_a_norm_already_on_the_asked_side_is_counted_as_already_not_left():
 
     for model, pre in ((seq, ""), (_Untraceable(seq), "body.")):
         new, report = move_norms(model, example_inputs=X)
-        assert report.method == ("module" if not pre else "sequential")
+        assert report.method == ("module" if not pre else "submodules")
         assert report.already == [(pre + "2", f"after {pre}1 (ReLU)")]
         assert [p for p, _ in report.moved] == [pre + "4"]
         assert [p for p, _, _ in report.left] == [pre + "8"]

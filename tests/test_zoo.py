@@ -404,6 +404,44 @@ def test_move_norms_splits_timm_batch_norm_act_in_efficientnet_b0():
     assert [p for p, m in moved_eval.named_modules() if m.training] == []
 
 
+def test_move_norms_on_hugging_face_resnet_traces_its_layers_one_by_one():
+    """torch.fx cannot trace transformers' ResNetModel whole (a shape check in its embedder):
+    each submodule holding norms is traced on its own. Every ResNetConvLayer whose activation
+    is a ReLU has its norm moved after it (the model's own class, edited); the norms before
+    the residual add (an Identity activation, the shortcut) are left; compared with a copy
+    re-wired by hand."""
+    cfg = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16],
+                                    depths=[1, 2], layer_type="bottleneck")
+    model = transformers.ResNetModel(cfg).double()
+    zoo._realistic(model, torch.randn(4, 3, 32, 32, dtype=torch.float64))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).double()
+    new, report = move_norms(model, example_inputs=x)
+    assert type(new) is type(model) and report.method == "submodules"
+    assert "control flow" in report.trace_error
+    conv_layers = [(p, m) for p, m in model.named_modules() if type(m).__name__ ==
+                   "ResNetConvLayer"]
+    pairs = [(f"{p}.normalization", f"{p}.activation") for p, m in conv_layers
+             if isinstance(m.activation, nn.ReLU)]
+    assert len(pairs) == 1 + 2 * 3  # the stem, two ReLU layers of each of three bottlenecks
+    assert sorted(report.moved) == sorted((n, f"{a} (ReLU)") for n, a in pairs)
+    norms = {p for p, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert {p for p, _, _ in report.left} == norms - set(dict(pairs))
+    assert all("add()" in why for _, _, why in report.left)
+    oracle = _hand_moved(model, pairs, nn.ReLU)
+
+    def out(m, training):
+        return _seeded(m, x, training).last_hidden_state
+
+    for training in (False, True):
+        assert zoo.rel_err(out(oracle, training), out(new, training)) < 1e-10
+    new.load_state_dict(model.state_dict(), strict=True)
+    # and back: before_activation restores the original forward exactly
+    back, report = move_norms(new, "before_activation", example_inputs=x)
+    assert sorted(p for p, _ in report.moved) == sorted(n for n, _ in pairs)
+    for training in (False, True):
+        assert zoo.rel_err(out(model, training), out(back, training)) < 1e-12
+
+
 def test_move_norms_on_a_vit_moves_nothing_and_says_why():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
                               num_classes=10, depth=2).double()

@@ -15,9 +15,12 @@ Two shapes of pair are found:
   such activation module is called only at that place, the module tree is edited (the model
   keeps its class: the activation module becomes ``nn.Identity``); when one is shared (e.g.
   torchvision's ResNet calls one ``relu`` after the norm and after the residual add) or is a
-  function (``F.relu(x)``), the result is the traced ``torch.fx.GraphModule``. A model
-  torch.fx cannot trace falls back to adjacent (norm, activation) children of ``nn.Sequential``
-  containers.
+  function (``F.relu(x)``), the result is the traced ``torch.fx.GraphModule``. When torch.fx
+  cannot trace the whole model (data-dependent control flow, as in Hugging Face's models), each
+  submodule holding norms is traced on its own, top down, and its pairs moved by editing the
+  module tree (a pair that would need a traced copy is left, with the reason); a norm whose
+  parent does not trace either falls back to adjacent (norm, activation) children of an
+  ``nn.Sequential``.
 
 Back (``"before_activation"``): an ``ActThenNorm`` and an ``Act -> Norm`` pair become
 ``NormAct(norm, act)``. The moved activation is a copy that never works in place (in place it
@@ -56,7 +59,8 @@ class PlacementReport:
     """What ``move_norms`` did: ``moved`` as (norm path, activation it now follows or precedes),
     ``already`` as (norm path, note) for norms already on the asked side, ``left`` as (norm
     path, class name, reason); ``method``: "module" (the model's own class, edited),
-    "fx" (a traced GraphModule) or "sequential" (torch.fx could not trace: ``trace_error``)."""
+    "fx" (a traced GraphModule) or "submodules" (torch.fx could not trace the whole model,
+    ``trace_error``: its submodules traced one by one, the model's own class edited)."""
 
     placement: str = "after_activation"
     moved: list[tuple[str, str]] = field(default_factory=list)
@@ -71,8 +75,8 @@ class PlacementReport:
         lines += [f"already {side} its activation: {p} ({a})" for p, a in self.already]
         lines += [f"left {p} ({c}): {why}" for p, c, why in self.left]
         if self.trace_error:
-            lines.append(f"(torch.fx could not trace the model: {self.trace_error}; used the "
-                         "Sequential fallback)")
+            lines.append(f"(torch.fx could not trace the whole model: {self.trace_error}; "
+                         "its submodules were traced one by one)")
         return "\n".join(lines) or "no normalization layer found"
 
 
@@ -122,7 +126,7 @@ def _act_of(node: fx.Node, modules: dict) -> tuple[nn.Module | None, str]:
     is) when ``node`` is not an activation of its first input alone."""
     if node.op == "call_module":
         m = modules.get(node.target)
-        desc = f"{node.target} ({type(m).__qualname__})"
+        desc = f"{_prefix(modules)}{node.target} ({type(m).__qualname__})"
         if _is_act_module(m) and len(node.args) == 1 and not node.kwargs and not _stateful(m):
             return _fresh(m), desc
         return None, desc
@@ -150,9 +154,22 @@ def _describe(node, modules) -> str:
     if node.op == "output":
         return "the model's output"
     if node.op == "call_module":
-        return f"{node.target} ({type(modules.get(node.target)).__qualname__})"
+        return f"{_prefix(modules)}{node.target} ({type(modules.get(node.target)).__qualname__})"
     name = getattr(node.target, "__name__", str(node.target))
     return f"{name}()"
+
+
+class _Modules(dict):
+    """``named_modules()`` of a traced submodule, with its path in the model (``prefix``,
+    ending in "."), so the report names modules by their paths in the whole model."""
+
+    def __init__(self, root: nn.Module, prefix: str = ""):
+        super().__init__(root.named_modules())
+        self.prefix = prefix
+
+
+def _prefix(modules: dict) -> str:
+    return getattr(modules, "prefix", "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,30 +374,44 @@ def _rebuilt(reduced, non_persistent) -> fx.GraphModule:
     return gm
 
 
-def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
-    """Move the separate pairs of ``todo`` ({path: norm}) found by torch.fx; the new model."""
+def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementReport,
+                 prefix: str = "", shared: frozenset = frozenset(), graphs=None):
+    """Move the separate pairs of ``todo`` ({path: norm}) found by torch.fx; the new model.
+
+    ``prefix`` set: ``new`` is a submodule (at that path, ending in ".") of a model torch.fx
+    cannot trace whole; the report gets whole-model paths and only the module tree is edited
+    (a traced copy of a submodule would change its class under its parent): a pair that needs
+    one, or whose activation module is also reachable from outside ``new`` (in ``shared``, by
+    id), is left with the reason."""
     left: dict[str, str] = {}
     already: dict[str, str] = {}
-    modules = dict(new.named_modules())
-    g_train, g_eval = _trace(new, True), _trace(new, False)
+    modules = _Modules(new, prefix)
+    g_train, g_eval = graphs or (_trace(new, True), _trace(new, False))
     pairs = _pairs(g_train, modules, todo, placement, left, already)
     for path, (a, act, _) in pairs.items():
         if a.op != "call_module":  # made from a function or a tensor method: the norm's mode
             act.training = todo[path].training
     calls = _calls(g_train)
     in_tree = all(a.op == "call_module" and calls[a.target] == 1 for a, _, _ in pairs.values())
-    if g_train.python_code("self").src != g_eval.python_code("self").src:
-        # the forward differs with the mode: a traced copy would fix one; the module tree may
-        # still be edited where the eval forward holds the same pair, its activation called
-        # there once too
+    if g_train.python_code("self").src != g_eval.python_code("self").src or prefix:
+        # the forward differs with the mode (a traced copy would fix one), or this is a part
+        # of the model: the module tree may still be edited where the eval forward holds the
+        # same pair, its activation called there once too
         pairs_eval, calls_eval = _pairs(g_eval, modules, todo, placement, {}), _calls(g_eval)
         for path, (a, _, _) in list(pairs.items()):
             b = pairs_eval.get(path, (None,))[0]
             if not (a.op == "call_module" and calls[a.target] == 1 and b is not None
                     and b.op == "call_module" and b.target == a.target
                     and calls_eval[a.target] == 1):
-                left[path] = ("moving it needs a traced copy of the forward, and the forward "
-                              "differs in train and eval mode (a traced copy fixes one)")
+                left[path] = ((f"moving it needs a traced copy of {prefix[:-1]} (its "
+                               "activation is a function or called more than once), and "
+                               "torch.fx cannot trace the whole model") if prefix else
+                              ("moving it needs a traced copy of the forward, and the forward "
+                               "differs in train and eval mode (a traced copy fixes one)"))
+                del pairs[path]
+            elif id(modules[a.target]) in shared:
+                left[path] = (f"its activation {prefix}{a.target} is also reachable from "
+                              f"outside {prefix[:-1]}, which torch.fx traced on its own")
                 del pairs[path]
         in_tree = True
     for path in todo:
@@ -388,17 +419,17 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
             left[path] = ("not called as a module in the traced forward (inside a module "
                           "torch.fx keeps whole, or in a branch it did not take)")
     for path, note in already.items():
-        report.already.append((path, note))
+        report.already.append((prefix + path, note))
     for path, why in left.items():
-        report.left.append((path, type(todo[path]).__qualname__, why))
+        report.left.append((prefix + path, type(todo[path]).__qualname__, why))
     if not pairs:
         return new
     if in_tree:
-        report.method = "module"
+        report.method = "module" if not prefix else report.method
         for path, (a, act, desc) in pairs.items():
             _replace(new, path, _wrap(todo[path], act, placement))
             _replace(new, a.target, nn.Identity())
-            report.moved.append((path, desc))
+            report.moved.append((prefix + path, desc))
         return new
     report.method = "fx"
     gm = TracedModel(new, g_train)  # the modules of ``new`` (their own modes), by reference
@@ -414,6 +445,44 @@ def _move_traced(new: nn.Module, todo: dict, placement: str, report: PlacementRe
     gm.recompile()
     gm.training = new.training
     return gm
+
+
+def _move_parts(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
+    """torch.fx could not trace the whole model: each submodule holding norms is traced on its
+    own, from the top down (on a norm's path from the model, the first module that traces is
+    the one whose forward is searched; HF transformers' ResNet: each ResNetConvLayer), its
+    pairs moved by editing the module tree; a norm whose parent does not trace either goes to
+    the Sequential fallback (its parent an ``nn.Sequential``) or is left."""
+    report.method = "submodules"
+    counts: dict[int, int] = {}
+    for _, m in new.named_modules(remove_duplicate=False):
+        counts[id(m)] = counts.get(id(m), 0) + 1
+    untraced: dict[str, nn.Module] = {}
+
+    def visit(path: str, mod: nn.Module) -> None:
+        for name, child in mod.named_children():
+            cpath = f"{path}.{name}" if path else name
+            if cpath in todo:  # a norm whose parent torch.fx cannot trace
+                untraced[cpath] = todo[cpath]
+                continue
+            sub = {p[len(cpath) + 1:]: n for p, n in todo.items() if p.startswith(cpath + ".")}
+            if not sub:
+                continue
+            try:
+                graphs = _trace(child, True), _trace(child, False)
+            except Exception:  # torch.fx cannot trace it (any reason): try its children
+                visit(cpath, child)
+                continue
+            inside: dict[int, int] = {}
+            for _, m in child.named_modules(remove_duplicate=False):
+                inside[id(m)] = inside.get(id(m), 0) + 1
+            shared = frozenset(i for i, c in inside.items() if counts[i] > c)
+            _move_traced(child, sub, placement, report, cpath + ".", shared, graphs)
+
+    visit("", new)
+    if untraced:
+        _move_sequential(new, untraced, placement, report)
+    return new
 
 
 def _move_sequential(new: nn.Module, todo: dict, placement: str, report: PlacementReport):
@@ -534,9 +603,8 @@ def move_norms(model: nn.Module, placement: str = "after_activation", *, filter=
         try:
             new = _move_traced(new, separate, placement, report)
         except Exception as exc:  # torch.fx cannot trace data-dependent control flow and more
-            report.method = "sequential"
             report.trace_error = f"{type(exc).__name__}: {exc}"
-            new = _move_sequential(new, separate, placement, report)
+            new = _move_parts(new, separate, placement, report)
     if example_inputs is not None:
         _check_model(model, new, example_inputs, "move_norms", exact=False, rtol=0.0)
         _check_called(new, example_inputs, report)
