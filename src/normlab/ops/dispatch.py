@@ -40,7 +40,7 @@ from typing import NamedTuple
 import torch
 
 from normlab import spec
-from normlab.ops import cpu_op, native, triton_op
+from normlab.ops import cpu_op, cpu_pointwise, native, triton_op
 from normlab.ops.masked import masked_norm
 from normlab.ops.pointwise import pointwise
 from normlab.ops.reference_op import reference_norm
@@ -205,7 +205,10 @@ class Masked(Backend):
 NUMBA_DTYPES = (torch.float32, torch.float64)
 
 
-_NO_POINTWISE = "numba has no kernels for the pointwise kinds (DyT, Derf): ops/pointwise.py"
+# the pointwise kinds (DyT, Derf: ``cpu_pointwise``): what numba hands on to the native path
+_PW_DTYPE = "numba's DyT/Derf kernels take bfloat16 and float32 only"
+_PW_ACT = "numba's DyT/Derf kernels fuse no activation but ReLU"
+_PW_RESIDUAL = "a residual not in x's dtype, shape and strides (numba reads it like x)"
 
 
 class Numba(Backend):
@@ -215,7 +218,7 @@ class Numba(Backend):
     name = "numba"
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
                           "numba has no kernels for this dtype (float32 and float64 only)",
-                          _NO_POINTWISE})
+                          _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
     # Chosen by default only where the bench measured it faster than torch's kernel: not
     # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
     # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
@@ -233,10 +236,10 @@ class Numba(Backend):
         p, x = call.plan, call.x
         if x.device.type != "cpu":
             return "the input is not on the CPU"
+        if p.stats == "none":
+            return self._accepts_pointwise(call)
         if x.dtype not in NUMBA_DTYPES and not _upcast_pays(call):
             return "numba has no kernels for this dtype (float32 and float64 only)"
-        if p.stats == "none":
-            return _NO_POINTWISE
         if p.stats == "running":
             return RUNNING
         if p.kind == "adain":
@@ -265,8 +268,34 @@ class Numba(Backend):
             return "numba is not installed"
         return None
 
+    def _accepts_pointwise(self, call):
+        """DyT and Derf (``cpu_pointwise``): bfloat16 and float32, no activation or ReLU, a
+        residual read like x; by default from MIN_NUMEL elements (module doc)."""
+        p, x, r = call.plan, call.x, call.residual
+        if x.dtype not in cpu_pointwise.DTYPES:
+            return _PW_DTYPE
+        if call.activation not in cpu_pointwise.ACTIVATIONS:
+            return _PW_ACT
+        if r is not None and (r.dtype != x.dtype or r.shape != x.shape
+                              or r.stride() != x.stride()):
+            return _PW_RESIDUAL
+        if x.numel() == 0:
+            return EMPTY
+        if p.kernel is None:
+            return LAYOUT
+        if not call.explicit and x.numel() < self.MIN_NUMEL:
+            return "torch's ops are as fast on an input below 1M elements"
+
+        if not cpu_op.available():
+            return "numba is not installed"
+        return None
+
     def run(self, call):
         x = call.x
+        if call.plan.stats == "none":
+            return cpu_pointwise.numba_pointwise(
+                call.plan, x, call.alpha, call.shift, call.weight, call.bias, call.residual,
+                call.activation), None
         if x.dtype not in NUMBA_DTYPES:  # _upcast_pays: a float32 copy (same strides), cast back
             y, mean, var = cpu_op.numba_norm(call.plan, x.float(), eps=call.eps,
                                              weight=call.weight, bias=call.bias)
@@ -418,10 +447,12 @@ def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
     rule reads only the plan, the device, whether there is a mask, whether the backend was
-    named and whether a backward will run (and ``torch.compile``, whose calls are not cached),
-    so the choice is cached on those."""
+    named, whether a backward will run, the activation and the residual's dtype and strides (and
+    ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
     compiling = torch.compiler.is_compiling()
-    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call))
+    r = call.residual
+    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),
+           call.activation, None if r is None else (r.dtype, tuple(r.shape), r.stride()))
     if not compiling:
         b = _CHOICES.get(key)
         if b is not None:
