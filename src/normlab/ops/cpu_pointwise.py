@@ -166,10 +166,8 @@ def _bwd(dy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, shift: torch.Te
                               torch.Tensor, torch.Tensor]:
     out = _backward(dy, x, alpha, shift, weight, bias, residual, kind, tuple(dims), relu)
     g = _grads(x, dy, alpha, shift, weight, bias, residual, out, (True,) * 6)
-    empty = x.new_empty(0)  # outputs must not alias each other nor the inputs
-    return (g[0], g[1], empty if g[2] is None else g[2], x.new_empty(0) if g[3] is None else g[3],
-            x.new_empty(0) if g[4] is None else g[4],
-            x.new_empty(0) if g[5] is None else g[5].clone())
+    # outputs must not alias each other (dweight, dbias: views of one tensor) nor the inputs
+    return (g[0], *(x.new_empty(0) if t is None else t.clone() for t in g[1:]))
 
 
 @_bwd.register_fake

@@ -15,7 +15,9 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
 * ``numba`` hands on the same calls as ``triton`` and also dtypes other than float32/float64
   and any mask (its kernels have neither), so ``LayerNorm(backend="numba").bfloat16()`` works;
   the one half-precision call it takes is instance norm with the channel innermost and a
-  backward to run, on a float32 copy (``_upcast_pays``).
+  backward to run, on a float32 copy (``_upcast_pays``). For DyT/Derf it hands on a dtype
+  other than bfloat16/float32, an activation other than ReLU and a residual not laid out
+  like x (``cpu_pointwise``).
 * ``masked`` hands on a call whose statistics came out non-finite (NaN or Inf in the padding,
   which its multiply-by-mask passes read): the reference masked math, which never reads padded
   values, runs instead. That is one check on the (N, C) statistics, on CPU where this backend
@@ -25,7 +27,8 @@ Running statistics are updated in one place, ``update_running`` (torch's batch-n
 the native path updates them in its own pass, with the factor computed here).
 
 The pointwise kinds (``spec.POINTWISE``: DyT, Derf; ``Plan.stats == "none"``) go through the
-same list: ``triton`` (the elementwise kernels, ``triton_op.triton_pointwise``), ``native``
+same list: ``triton`` (the elementwise kernels, ``triton_op.triton_pointwise``), ``numba``
+(CPU, bfloat16/float32, from ``Numba.MIN_NUMEL`` elements: ``cpu_pointwise``), ``native``
 (``ops/pointwise.py``: composed torch ops, the backward recomputing tanh from x) and
 ``reference`` (``reference.pointwise_forward`` with autograd); ``masked`` and ``hybrid``
 decline them by their own rules (no mask; not instance norm). They return no statistics.
@@ -213,7 +216,9 @@ _PW_RESIDUAL = "a residual not in x's dtype, shape and strides (numba reads it l
 
 class Numba(Backend):
     """The numba CPU kernels (``cpu_op``): float32/float64 training statistics read in place,
-    where they beat torch's kernels (``normlab bench``); any such call when asked for by name."""
+    where they beat torch's kernels (``normlab bench``), and DyT/Derf in bfloat16 and float32
+    (``cpu_pointwise``: 0.3-0.95x the torch composition from 1 Mi elements); any such call when
+    asked for by name."""
 
     name = "numba"
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
@@ -229,6 +234,7 @@ class Numba(Backend):
     # default"; the lab's small models stay on torch's kernels and never import numba); group
     # norm with the channel innermost only when a backward will run (torch's forward is as
     # fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
+    # DyT/Derf take the same MIN_NUMEL (the same ~0.3 ms per call; not measured apart).
     MIN_NUMEL = 1 << 20
     MIN_NUMEL_GROUP_CL = 1 << 22
 
