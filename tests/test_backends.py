@@ -42,6 +42,23 @@ def test_every_accepting_backend_in_low_precision(case, dtype, backend):
     on_backend(backend, lambda: tf.check_against_oracle(kind, shape, opts, dtype, backend))
 
 
+POINTWISE_CASES = [c for c in tf.CASES if c[1] in ("dyt", "derf")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("epilogue", [(False, None), (True, "relu")], ids=["plain", "res+relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=[c[0] for c in POINTWISE_CASES])
+def test_every_pointwise_case_in_low_precision(case, dtype, epilogue, backend):
+    """DyT/Derf in the dtypes the numba kernels take (they hand float64 on), every case of the
+    table, with and without a residual and ReLU."""
+    _, kind, shape, opts = case
+    residual, activation = epilogue
+    on_backend(backend, lambda: tf.check_against_oracle(kind, shape, opts, dtype, backend,
+                                                        residual=residual,
+                                                        activation=activation))
+
+
 def test_the_default_choice_is_visible():
     x = torch.randn(4, 3, 5, 5)
     with ops.trace_backends() as ran:

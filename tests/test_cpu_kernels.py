@@ -269,3 +269,246 @@ def test_half_precision_channels_last_instance_norm_runs_on_a_float32_copy():
     for g, r, t, what in zip(got, want, base_g, ("dx", "dweight", "dbias"), strict=True):
         assert g.dtype == torch.bfloat16
         oracle.close_to_torch(g, r, t, torch.bfloat16, what)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pointwise kinds (DyT, Derf): normlab.kernels.cpu.pointwise, our own tanh and erf
+
+
+def _ulps32(got, want):
+    """|got - want| in units in the last place of float32 at ``want`` (float64 arrays)."""
+    import numpy as np
+
+    return np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+
+
+@pytest.mark.parametrize("kind,fn,bound", [(0, torch.tanh, 1.5), (1, torch.erf, 1.5)],
+                         ids=["tanh", "erf"])
+def test_tanh_and_erf_approximations_over_every_bfloat16_and_a_float32_sweep(kind, fn, bound):
+    """Every one of the 65536 bfloat16 values (as float32: all the kernels see in bfloat16) and
+    a dense float32 sweep of [-12, 12] (2M points, both pieces and their joins): the float32
+    result within ``bound`` float32 ulps of the float64 value; NaN stays NaN, +-Inf gives +-1,
+    +-0 gives +-0. (Measured when written: tanh 0.93 / 1.31 ulps, erf 0.99 / 1.32.)"""
+    import numpy as np
+
+    from normlab.kernels.cpu import pointwise as kp
+
+    every = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
+    sweep = np.linspace(-12, 12, 2_000_001, dtype=np.float32)
+    for x in (every, sweep):
+        out = np.full_like(x, np.nan)
+        kp.squash_f32(x, kind, out)
+        want = fn(torch.from_numpy(x).double()).numpy()
+        assert np.array_equal(np.isnan(out), np.isnan(x))
+        ok = np.isfinite(x) & (np.abs(want) > 1e-37)
+        assert _ulps32(out[ok].astype(np.float64), want[ok]).max() <= bound
+        tiny = np.isfinite(x) & ~ok  # near and below the denormals: ulps of 1e-37 (2^-146)
+        assert np.abs(out[tiny] - want[tiny]).max() <= bound * 2.0 ** -146
+    special = np.array([np.inf, -np.inf, 0.0, -0.0, np.nan], dtype=np.float32)
+    out = np.empty_like(special)
+    kp.squash_f32(special, kind, out)
+    assert out[0] == 1.0 and out[1] == -1.0 and out[2] == 0.0 and out[3] == 0.0
+    assert np.signbit(out[3]) and not np.signbit(out[2]) and np.isnan(out[4])
+
+
+# (kind, shape, normalized_shape, channel_axis, memory): 1, primes, 1023, the rows and the
+# lines reading (channels first), a block of two dims, channels last (rows of C)
+PW_CASES = [
+    ("dyt", (1, 1), (1,), -1, None),
+    ("dyt", (37, 13), (13,), -1, None),
+    ("dyt", (3, 1023), (1023,), -1, None),
+    ("dyt", (2, 3, 4), (3, 4), -1, None),
+    ("dyt", (2, 5, 3, 7), (5,), 1, None),
+    ("dyt", (2, 5, 3, 7), (5,), 1, "cl"),
+    ("dyt", (1, 3, 1, 1), (3,), 1, None),
+    ("derf", (5, 11), (11,), -1, None),
+    ("derf", (2, 3, 5, 2), (3, 5), 1, None),
+    ("derf", (3, 7, 2, 2), (7,), 1, "cl"),
+    ("derf", (67, 1031), (1031,), -1, None),  # more rows than the backward's blocks
+]
+
+
+def _pw_inputs(kind, shape, ns, memory, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.3).to(dtype)
+    if memory == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.rand(ns, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    b = torch.randn(ns, generator=g, dtype=torch.float64).to(dtype)
+    alpha = torch.tensor([0.7], dtype=torch.float64).to(dtype)
+    shift = torch.tensor([-0.2], dtype=torch.float64).to(dtype) if kind == "derf" else None
+    return x, alpha, shift, w, b
+
+
+def _pw_call(kind, x, alpha, shift, w, b, ns, axis, backend, residual=None, activation=None):
+    kw = dict(channel_axis=axis, residual=residual, activation=activation, backend=backend)
+    if kind == "dyt":
+        return F.dynamic_tanh(x, ns, alpha, w, b, **kw)
+    return F.derf(x, ns, alpha, shift, w, b, **kw)
+
+
+def _pw_oracle(kind, x, alpha, shift, w, b, ns, axis, residual=None, activation=None):
+    y = (oracle.dyt(x, ns, alpha, w, b, axis) if kind == "dyt"
+         else oracle.derf(x, ns, alpha, shift, w, b, axis))
+    return oracle.epilogue(y, residual, activation)
+
+
+def _within_one_ulp_bf16(got, want):
+    """bfloat16: within one unit in the last place of the float64 value (computed in float32,
+    rounded once); NaN exactly where the float64 value is NaN."""
+    w = want.double()
+    assert torch.equal(got.isnan(), w.isnan())
+    ok = ~w.isnan()
+    w, g = w[ok], got.double()[ok]
+    ulp = torch.pow(2.0, torch.floor(torch.log2(w.abs().clamp_min(2.0 ** -126))) - 7)
+    err = torch.where(g == w, 0.0, (g - w).abs())  # Inf == Inf
+    assert (err <= ulp).all(), f"max error {(err / ulp).max().item():.2f} ulps"
+
+
+def _pw_check(kind, shape, ns, axis, memory, dtype, residual, activation, nonfinite=False):
+    x, alpha, shift, w, b = _pw_inputs(kind, shape, ns, memory, dtype)
+    if nonfinite and x.numel() >= 3:
+        flat = x.view(-1) if x.is_contiguous() else x.permute(0, 2, 3, 1).view(-1)
+        flat[:3] = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=dtype)
+    r = None
+    if residual:
+        r = torch.randn(shape, dtype=torch.float64).to(dtype)
+        r = torch.empty_like(x).copy_(r)  # in x's layout: read like x
+    dy = torch.randn(shape, dtype=torch.float64,
+                     generator=torch.Generator().manual_seed(3)).to(dtype)
+    if activation == "relu":  # at ReLU's kink float32 and float64 may take different sides:
+        pre = _pw_oracle(kind, *(None if t is None else t.double()  # no gradient flows there
+                                 for t in (x, alpha, shift, w, b)), ns, axis,
+                         None if r is None else r.double())
+        dy = torch.where(pre.abs() < 1e-3, 0.0, dy.double()).to(dtype)
+    leaves = [None if t is None else t.detach().clone().requires_grad_()
+              for t in (x, alpha, shift, w, b, r)]
+    with ops.trace_backends() as ran:
+        y = _pw_call(kind, *leaves[:5], ns, axis, "numba", leaves[5], activation)
+    assert ran == ["numba"]
+    assert y.dtype == dtype and y.stride() == x.stride()
+    live = [t for t in leaves if t is not None]
+    got = torch.autograd.grad(y, live, dy)
+    d = [None if t is None else t.detach().double().requires_grad_()
+         for t in (x, alpha, shift, w, b, r)]
+    y64 = _pw_oracle(kind, *d[:5], ns, axis, d[5], activation)
+    want = torch.autograd.grad(y64, [t for t in d if t is not None], dy.double())
+    if dtype == torch.bfloat16 and r is None:
+        _within_one_ulp_bf16(y, y64)
+    elif dtype == torch.bfloat16:  # w t + b + r in float32 can cancel: as the native path
+        native = _pw_call(kind, x, alpha, shift, w, b, ns, axis, "native", r, activation)
+        oracle.close_to_torch(y, y64, native, dtype, "output")
+    else:
+        torch.testing.assert_close(y.double(), y64, rtol=4e-7, atol=4e-7, equal_nan=True)
+    assert got[0].stride() == x.stride()
+    for g, e, t in zip(got, want, live, strict=True):
+        assert g.dtype == t.dtype and g.shape == t.shape
+        if nonfinite:  # NaN where the oracle's gradient is NaN, the rest as finite
+            assert torch.equal(g.isnan(), e.isnan()) or g.numel() < x.numel()
+            continue
+        assert not g.isnan().any()  # every element written, every partial sum too
+        n = max(1, x.numel() // g.numel())  # a parameter gradient sums n terms
+        oracle.close(g, e, dtype, max(1.0, n ** 0.5 / 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+@pytest.mark.parametrize("epilogue", [(False, None), (True, None), (True, "relu"),
+                                      (False, "relu")],
+                         ids=["plain", "residual", "residual+relu", "relu"])
+@pytest.mark.parametrize("case", PW_CASES,
+                         ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}-axis{c[3]}-"
+                                       f"{c[4] or 'dense'}")
+def test_pointwise_kernels_match_the_float64_oracle(case, epilogue, dtype, threads, poisoned):
+    """Output (bfloat16: within 1 ulp of float64; with a residual, whose sum in float32 can
+    cancel, at most twice the native path's error) and the gradients of x, alpha, shift, weight,
+    bias and the residual against float64 autograd of the formula (gradcheck's reference: the
+    kernels take no float64, so this is the check), poisoned outputs, 1 and 2 threads."""
+    kind, shape, ns, axis, memory = case
+    _pw_check(kind, shape, ns, axis, memory, dtype, *epilogue)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+@pytest.mark.parametrize("case", [PW_CASES[1], PW_CASES[4], PW_CASES[8]],
+                         ids=["dyt-rows", "dyt-lines", "derf-lines"])
+def test_pointwise_kernels_keep_nan_and_inf(case, dtype, threads, poisoned):
+    """NaN, +Inf and -Inf inputs: NaN out where the float64 formula gives NaN, tanh(+-Inf) =
+    +-1 (so w + b), and the other elements as before."""
+    kind, shape, ns, axis, memory = case
+    _pw_check(kind, shape, ns, axis, memory, dtype, False, None, nonfinite=True)
+
+
+def test_pointwise_rounds_bfloat16_to_nearest_even():
+    """A float32 result exactly halfway between two bfloat16 values rounds to the even one,
+    just above it rounds up: with w = 1, b = 0, alpha = 1, x = 0 and a residual, the output is
+    tanh(0) + r = r exactly, so r decides; r itself is bfloat16, so the sum is exact. Instead,
+    pick outputs w * 1 + b at |x| large (tanh = 1 exactly in float32): w * 1 + b with w, b
+    bfloat16 is exact in float32 and lands where we choose."""
+    n = 1 << 20  # a call big enough to be numba's by default too
+    x = torch.full((n // 4, 4), 50.0, dtype=torch.bfloat16)  # tanh(50) == 1.0 in float32
+    w = torch.tensor([1.0, 1.0, 1.0, -1.0], dtype=torch.bfloat16)
+    # 1 + 2^-8: halfway between 1 and 1 + 2^-7 (to even: 1); 1 + 3 * 2^-8: halfway between
+    # 1 + 2^-7 and 1 + 2^-6 (to even: 1 + 2^-6); 1 + 2^-8 + 2^-16: above halfway (up)
+    b = torch.tensor([2.0 ** -8, 3 * 2.0 ** -8, 2.0 ** -8 + 2.0 ** -16, -(2.0 ** -8)],
+                     dtype=torch.float32)
+    with ops.trace_backends() as ran:
+        y = F.dynamic_tanh(x, (4,), torch.tensor([1.0]), w, b)
+    assert ran == ["numba"]
+    want = torch.tensor([1.0, 1 + 2.0 ** -6, 1 + 2.0 ** -7, -1.0], dtype=torch.float64)
+    assert torch.equal(y[0].double(), want) and torch.equal(y[-1].double(), want)
+
+
+def test_pointwise_which_calls_it_takes_and_hands_on():
+    """By default: bfloat16 and float32 DyT/Derf from 1 Mi elements; not below, not float64.
+    Asked for by name it hands on (to native) a dtype, an activation, a residual in another
+    layout, an input it does not read in place, and an empty input."""
+    big = torch.randn(1024, 1024)
+    a, s = torch.tensor([0.5]), torch.tensor([0.1])
+    with ops.trace_backends() as ran:
+        F.dynamic_tanh(big.bfloat16(), (1024,), a, None, None)
+        F.derf(big, (1024,), a, s, None, None)
+        F.dynamic_tanh(big[:512], (1024,), a, None, None)  # below 1 Mi
+        F.dynamic_tanh(big.double(), (1024,), a.double(), None, None)  # float64
+    assert ran == ["numba", "numba", "native", "native"]
+    x = torch.randn(4, 6, 5)
+    with ops.trace_backends() as ran:
+        outs = [
+            F.dynamic_tanh(x.half(), (5,), a, None, None, backend="numba"),
+            F.dynamic_tanh(x, (5,), a, None, None, activation="gelu", backend="numba"),
+            F.dynamic_tanh(x, (5,), a, None, None, residual=x.transpose(0, 1).contiguous()
+                           .transpose(0, 1), backend="numba"),
+            F.dynamic_tanh(x[:, :, ::2], (3,), a, None, None, backend="numba"),  # strided
+            F.dynamic_tanh(x[:0], (5,), a, None, None, backend="numba"),
+        ]
+    assert ran == ["native"] * 5
+    torch.testing.assert_close(outs[3], torch.tanh(0.5 * x[:, :, ::2]))
+    torch.testing.assert_close(outs[1], torch.nn.functional.gelu(torch.tanh(0.5 * x)))
+    with pytest.raises(ValueError, match="backend='numba' cannot run this call .*not on the CPU"):
+        F.dynamic_tanh(torch.randn(2, 3, device="meta"), (3,), torch.tensor([0.5], device="meta"),
+                       None, None, backend="numba")
+
+
+@pytest.mark.slow
+def test_pointwise_compile_fullgraph_through_the_custom_ops():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        nl.DynamicTanh(8, channel_axis=1, backend="numba", activation="relu"),
+        torch.nn.Flatten(2),
+        nl.Derf(36, backend="numba"),
+    )
+    with torch.no_grad():
+        for m in (model[1], model[3]):
+            for p in m.parameters():
+                p.add_(torch.rand_like(p) * 0.5)
+    x = torch.randn(4, 3, 6, 6)
+    with ops.trace_backends() as ran:
+        ye = model(x)
+    assert ran == ["numba", "numba"]
+    ge = torch.autograd.grad(ye.square().sum(), list(model.parameters()))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    yc = compiled(x)
+    gc = torch.autograd.grad(yc.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(yc, ye, **oracle.tol(torch.float32))
+    for a, b in zip(gc, ge, strict=True):
+        oracle.close(a, b, torch.float32, scale=10)

@@ -280,7 +280,7 @@ def test_element_view_of_the_plan():
 # per-dtype accuracy (reference and native too), half precision within 1 ulp
 
 
-@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("backend", ["native", "reference", "numba"])
 @pytest.mark.parametrize("kind", ["dyt", "derf"])
 def test_bfloat16_output_within_one_ulp_and_float32_strict(kind, backend):
     ns, shape = (64,), (32, 64)

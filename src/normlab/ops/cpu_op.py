@@ -12,8 +12,9 @@ return partial statistics per chunk of rows in float64; they are merged here by 
 and gradient passes are computed here too, in float64. Eager calls on plain tensors go through
 ``_Eager`` (the same functions, without the custom op's dispatcher work).
 Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
-backend takes only those two dtypes (numba has no bfloat16). Which calls come here is
-``dispatch.Numba.accepts``. No double backward (use ``backend="reference"``).
+normalizations take only those two dtypes here (numba has no bfloat16; DyT and Derf, bfloat16
+included, are ``cpu_pointwise``'s). Which calls come here is ``dispatch.Numba.accepts``. No
+double backward (use ``backend="reference"``).
 
 numba compiles each kernel on its first call in a process (a few seconds; cached on disk next
 to the kernels' source, so later processes load it). The kernels run on

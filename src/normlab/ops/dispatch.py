@@ -15,7 +15,9 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
 * ``numba`` hands on the same calls as ``triton`` and also dtypes other than float32/float64
   and any mask (its kernels have neither), so ``LayerNorm(backend="numba").bfloat16()`` works;
   the one half-precision call it takes is instance norm with the channel innermost and a
-  backward to run, on a float32 copy (``_upcast_pays``).
+  backward to run, on a float32 copy (``_upcast_pays``). For DyT/Derf it hands on a dtype
+  other than bfloat16/float32, an activation other than ReLU and a residual not laid out
+  like x (``cpu_pointwise``).
 * ``masked`` hands on a call whose statistics came out non-finite (NaN or Inf in the padding,
   which its multiply-by-mask passes read): the reference masked math, which never reads padded
   values, runs instead. That is one check on the (N, C) statistics, on CPU where this backend
@@ -25,7 +27,8 @@ Running statistics are updated in one place, ``update_running`` (torch's batch-n
 the native path updates them in its own pass, with the factor computed here).
 
 The pointwise kinds (``spec.POINTWISE``: DyT, Derf; ``Plan.stats == "none"``) go through the
-same list: ``triton`` (the elementwise kernels, ``triton_op.triton_pointwise``), ``native``
+same list: ``triton`` (the elementwise kernels, ``triton_op.triton_pointwise``), ``numba``
+(CPU, bfloat16/float32, from ``Numba.MIN_NUMEL`` elements: ``cpu_pointwise``), ``native``
 (``ops/pointwise.py``: composed torch ops, the backward recomputing tanh from x) and
 ``reference`` (``reference.pointwise_forward`` with autograd); ``masked`` and ``hybrid``
 decline them by their own rules (no mask; not instance norm). They return no statistics.
@@ -40,7 +43,7 @@ from typing import NamedTuple
 import torch
 
 from normlab import spec
-from normlab.ops import cpu_op, native, triton_op
+from normlab.ops import cpu_op, cpu_pointwise, native, triton_op
 from normlab.ops.masked import masked_norm
 from normlab.ops.pointwise import pointwise
 from normlab.ops.reference_op import reference_norm
@@ -205,17 +208,22 @@ class Masked(Backend):
 NUMBA_DTYPES = (torch.float32, torch.float64)
 
 
-_NO_POINTWISE = "numba has no kernels for the pointwise kinds (DyT, Derf): ops/pointwise.py"
+# the pointwise kinds (DyT, Derf: ``cpu_pointwise``): what numba hands on to the native path
+_PW_DTYPE = "numba's DyT/Derf kernels take bfloat16 and float32 only"
+_PW_ACT = "numba's DyT/Derf kernels fuse no activation but ReLU"
+_PW_RESIDUAL = "a residual not in x's dtype, shape and strides (numba reads it like x)"
 
 
 class Numba(Backend):
     """The numba CPU kernels (``cpu_op``): float32/float64 training statistics read in place,
-    where they beat torch's kernels (``normlab bench``); any such call when asked for by name."""
+    where they beat torch's kernels (``normlab bench``), and DyT/Derf in bfloat16 and float32
+    (``cpu_pointwise``: 0.3-0.95x the torch composition from 1 Mi elements); any such call when
+    asked for by name."""
 
     name = "numba"
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
                           "numba has no kernels for this dtype (float32 and float64 only)",
-                          _NO_POINTWISE})
+                          _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
     # Chosen by default only where the bench measured it faster than torch's kernel: not
     # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
     # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
@@ -226,6 +234,7 @@ class Numba(Backend):
     # default"; the lab's small models stay on torch's kernels and never import numba); group
     # norm with the channel innermost only when a backward will run (torch's forward is as
     # fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
+    # DyT/Derf take the same MIN_NUMEL (the same ~0.3 ms per call; not measured apart).
     MIN_NUMEL = 1 << 20
     MIN_NUMEL_GROUP_CL = 1 << 22
 
@@ -233,10 +242,10 @@ class Numba(Backend):
         p, x = call.plan, call.x
         if x.device.type != "cpu":
             return "the input is not on the CPU"
+        if p.stats == "none":
+            return self._accepts_pointwise(call)
         if x.dtype not in NUMBA_DTYPES and not _upcast_pays(call):
             return "numba has no kernels for this dtype (float32 and float64 only)"
-        if p.stats == "none":
-            return _NO_POINTWISE
         if p.stats == "running":
             return RUNNING
         if p.kind == "adain":
@@ -265,8 +274,34 @@ class Numba(Backend):
             return "numba is not installed"
         return None
 
+    def _accepts_pointwise(self, call):
+        """DyT and Derf (``cpu_pointwise``): bfloat16 and float32, no activation or ReLU, a
+        residual read like x; by default from MIN_NUMEL elements (module doc)."""
+        p, x, r = call.plan, call.x, call.residual
+        if x.dtype not in cpu_pointwise.DTYPES:
+            return _PW_DTYPE
+        if call.activation not in cpu_pointwise.ACTIVATIONS:
+            return _PW_ACT
+        if r is not None and (r.dtype != x.dtype or r.shape != x.shape
+                              or r.stride() != x.stride()):
+            return _PW_RESIDUAL
+        if x.numel() == 0:
+            return EMPTY
+        if p.kernel is None:
+            return LAYOUT
+        if not call.explicit and x.numel() < self.MIN_NUMEL:
+            return "torch's ops are as fast on an input below 1M elements"
+
+        if not cpu_op.available():
+            return "numba is not installed"
+        return None
+
     def run(self, call):
         x = call.x
+        if call.plan.stats == "none":
+            return cpu_pointwise.numba_pointwise(
+                call.plan, x, call.alpha, call.shift, call.weight, call.bias, call.residual,
+                call.activation), None
         if x.dtype not in NUMBA_DTYPES:  # _upcast_pays: a float32 copy (same strides), cast back
             y, mean, var = cpu_op.numba_norm(call.plan, x.float(), eps=call.eps,
                                              weight=call.weight, bias=call.bias)
@@ -418,10 +453,12 @@ def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
     rule reads only the plan, the device, whether there is a mask, whether the backend was
-    named and whether a backward will run (and ``torch.compile``, whose calls are not cached),
-    so the choice is cached on those."""
+    named, whether a backward will run, the activation and the residual's dtype and strides (and
+    ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
     compiling = torch.compiler.is_compiling()
-    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call))
+    r = call.residual
+    key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),
+           call.activation, None if r is None else (r.dtype, tuple(r.shape), r.stride()))
     if not compiling:
         b = _CHOICES.get(key)
         if b is not None:

@@ -1,0 +1,238 @@
+"""The numba backend of the pointwise kinds (DyT, Derf) on CPU: the fused kernels of
+``normlab.kernels.cpu.pointwise`` behind ``torch.library`` custom ops (with fake
+implementations, so ``torch.compile(fullgraph=True)`` traces through them), and for eager calls
+on plain tensors a plain ``autograd.Function`` over the same functions (as ``cpu_op``).
+
+The input's memory is read in place through the plan's ELEMENT view ``(OUTER, PERIOD, INNER)``
+(``spec.Kernel``): rows when ``INNER == 1``, else lines of ``INNER`` elements sharing one weight.
+bfloat16 tensors are handed to numba as their bits (a ``uint16`` view of the same memory, no
+copy); float32 as they are. The kernels compute in float32 and round once, so the output is
+the float32 result rounded (the bfloat16 output within one ulp of the float64 value, as the
+native path's). ``dy`` and the residual are read like ``x`` (same strides and dtype: ``dy`` is
+copied into x's layout when it is not; a residual that is not is handed on by the dispatcher).
+The backward recomputes ``tanh(a x)`` from ``x``: nothing activation-sized is saved. Which calls
+come here is ``dispatch.Numba.accepts``; no double backward (``backend="reference"`` or
+``"native"`` have one).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from normlab.ops.cpu_op import _launch, _param, _use_custom_op
+
+__all__ = ["ACTIVATIONS", "DTYPES", "numba_pointwise"]
+
+DTYPES = (torch.bfloat16, torch.float32)  # the kernels' input/output dtypes
+ACTIVATIONS = (None, "relu")  # fused; the others (gelu, silu) are handed on
+
+
+@functools.cache
+def _kernels():
+    import numba
+
+    from normlab.kernels.cpu import pointwise
+
+    return numba, pointwise
+
+
+def _np(t: torch.Tensor, shape):
+    """The tensor's memory (dense, in memory order) as a numpy array of ``shape``: float32, or
+    bfloat16's bits as uint16 (a view of the same memory)."""
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.as_strided((t.numel(),), (1,))
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view("uint16").reshape(shape)
+    return t.numpy().reshape(shape)
+
+
+def _zero(dtype):
+    """0 in the kernels' element type for ``dtype`` (selects the bfloat16 or float32 store)."""
+    import numpy as np
+
+    return np.uint16(0) if dtype == torch.bfloat16 else np.float32(0)
+
+
+def _view(dims):
+    """-> (is rows, the 2-D shape the kernels read)."""
+    outer, period, inner, _ = dims
+    if inner == 1:
+        return True, (outer, period)
+    return False, (outer * period, inner)
+
+
+def _scalars(alpha, shift):
+    a = float(alpha.detach().reshape(()).float())
+    s = 0.0 if shift is None else float(shift.detach().reshape(()).float())
+    return a, s
+
+
+def _forward(x, alpha, shift, weight, bias, residual, kind, dims, relu):
+    numba, k = _kernels()
+    import numpy as np
+
+    rows, shape = _view(dims)
+    period = dims[1]
+    y = torch.empty_like(x)
+    a, s = _scalars(alpha, shift)
+    w = _param(weight, period, 1.0, torch.float32).numpy()
+    b = _param(bias, period, 0.0, torch.float32).numpy()
+    xa = _np(x, shape)
+    r = xa if residual is None else _np(residual, shape)
+    with _launch(numba, k.KERNELS[kind, relu]) as (kern, _):
+        (kern.rows_fwd if rows else kern.lines_fwd)(
+            xa, w, b, r, residual is not None, np.float32(a), np.float32(s), _zero(x.dtype),
+            _np(y, shape))
+    return y
+
+
+def _backward(dy, x, alpha, shift, weight, bias, residual, kind, dims, relu):
+    """-> (dx, dalpha, dshift, dweight, dbias, dresidual): the parameter gradients float64 of
+    the flattened block (the caller casts and reshapes), dresidual None unless the kernel wrote
+    it (ReLU with a residual: else it is dy)."""
+    numba, k = _kernels()
+    import numpy as np
+
+    rows, shape = _view(dims)
+    outer, period, _, _ = dims
+    dx = torch.empty_like(x)
+    # with ReLU the kernel writes dz (the residual's gradient; a scratch buffer without one)
+    dr = torch.empty_like(x) if relu else None
+    a, s = _scalars(alpha, shift)
+    w = _param(weight, period, 1.0, torch.float32).numpy()
+    b = _param(bias, period, 0.0, torch.float32).numpy()
+    xa = _np(x, shape)
+    r = xa if residual is None else _np(residual, shape)
+    if rows:
+        sums = torch.zeros(min(k.BLOCKS, shape[0]), 4, period, dtype=torch.float64)
+    else:
+        sums = torch.empty(shape[0], 4, dtype=torch.float64)
+    with _launch(numba, k.KERNELS[kind, relu]) as (kern, _):
+        (kern.rows_bwd if rows else kern.lines_bwd)(
+            _np(dy, shape), xa, w, b, r, residual is not None, np.float32(a),
+            np.float32(s), _zero(x.dtype), _np(dx, shape),
+            _np(dx if dr is None else dr, shape), sums.numpy())  # dr unused without ReLU
+    if rows:
+        per_w = sums.sum(0)  # (4, P)
+        dw, db, da, ds = per_w[0], per_w[1], per_w[2].sum(), per_w[3].sum()
+    else:
+        per_line = sums.view(outer, period, 4).sum(0)  # (P, 4)
+        dw, db, da, ds = per_line[:, 0], per_line[:, 1], per_line[:, 2].sum(), \
+            per_line[:, 3].sum()
+    return dx, da, ds, dw, db, dr if residual is not None else None
+
+
+def _grads(x, dy, alpha, shift, weight, bias, residual, out, needs):
+    """The backward's float64 results cast to the inputs' dtypes and shapes (None where not
+    needed)."""
+    dx, da, ds, dw, db, dr = out
+    if residual is not None and needs[5] and dr is None:
+        dr = dy.to(residual.dtype)
+    return (dx if needs[0] else None,
+            da.reshape(alpha.shape).to(alpha.dtype) if needs[1] else None,
+            ds.reshape(shift.shape).to(shift.dtype) if shift is not None and needs[2] else None,
+            dw.reshape(weight.shape).to(weight.dtype) if weight is not None and needs[3]
+            else None,
+            db.reshape(bias.shape).to(bias.dtype) if bias is not None and needs[4] else None,
+            dr if residual is not None and needs[5] else None)
+
+
+def _dy_like(dy, x):
+    if dy.stride() != x.stride() or dy.dtype != x.dtype:  # the kernels read dy like x
+        dy = torch.empty_like(x).copy_(dy)
+    return dy
+
+
+@torch.library.custom_op("normlab::numba_pointwise_fwd", mutates_args=())
+def _fwd(x: torch.Tensor, alpha: torch.Tensor, shift: torch.Tensor | None,
+         weight: torch.Tensor | None, bias: torch.Tensor | None, residual: torch.Tensor | None,
+         kind: str, dims: list[int], relu: bool) -> torch.Tensor:
+    return _forward(x, alpha, shift, weight, bias, residual, kind, tuple(dims), relu)
+
+
+@_fwd.register_fake
+def _(x, alpha, shift, weight, bias, residual, kind, dims, relu):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("normlab::numba_pointwise_bwd", mutates_args=())
+def _bwd(dy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, shift: torch.Tensor | None,
+         weight: torch.Tensor | None, bias: torch.Tensor | None,
+         residual: torch.Tensor | None, kind: str, dims: list[int],
+         relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor, torch.Tensor]:
+    out = _backward(dy, x, alpha, shift, weight, bias, residual, kind, tuple(dims), relu)
+    g = _grads(x, dy, alpha, shift, weight, bias, residual, out, (True,) * 6)
+    # outputs must not alias each other (dweight, dbias: views of one tensor) nor the inputs
+    return (g[0], *(x.new_empty(0) if t is None else t.clone() for t in g[1:]))
+
+
+@_bwd.register_fake
+def _(dy, x, alpha, shift, weight, bias, residual, kind, dims, relu):
+    def like(t):
+        return x.new_empty(0) if t is None else torch.empty_like(t)
+    return (torch.empty_like(x), torch.empty_like(alpha), like(shift), like(weight), like(bias),
+            like(residual))
+
+
+def _setup(ctx, inputs, output):
+    x, alpha, shift, weight, bias, residual, kind, dims, relu = inputs
+    ctx.save_for_backward(x, alpha, shift, weight, bias, residual)  # the inputs only
+    ctx.args = (kind, dims, relu)
+
+
+def _autograd(ctx, dy):
+    x, alpha, shift, weight, bias, residual = ctx.saved_tensors
+    kind, dims, relu = ctx.args
+    needs = ctx.needs_input_grad
+    dx, da, ds, dw, db, dr = _bwd(_dy_like(dy, x), x, alpha, shift, weight, bias, residual,
+                                  kind, dims, relu)
+    return (dx if needs[0] else None, da if needs[1] else None,
+            ds if shift is not None and needs[2] else None,
+            dw if weight is not None and needs[3] else None,
+            db if bias is not None and needs[4] else None,
+            dr if residual is not None and needs[5] else None, None, None, None)
+
+
+_fwd.register_autograd(_autograd, setup_context=_setup)
+
+
+class _Eager(torch.autograd.Function):
+    """The custom ops' forward and backward for eager calls on plain tensors (``cpu_op._Eager``
+    says why)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, shift, weight, bias, residual, kind, dims, relu):
+        y = _forward(x, alpha, shift, weight, bias, residual, kind, dims, relu)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, alpha, shift, weight, bias, residual)
+        ctx.args = (kind, dims, relu)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        if dy is None:
+            return (None,) * 9
+        x, alpha, shift, weight, bias, residual = ctx.saved_tensors
+        kind, dims, relu = ctx.args
+        dy = _dy_like(dy, x)
+        out = _backward(dy, x, alpha, shift, weight, bias, residual, kind, dims, relu)
+        return (*_grads(x, dy, alpha, shift, weight, bias, residual, out,
+                        ctx.needs_input_grad), None, None, None)
+
+
+def numba_pointwise(plan, x, alpha, shift=None, weight=None, bias=None, residual=None,
+                    activation=None):
+    """``act(w * squash(alpha * x + s) + b + residual)`` on the numba kernels; ``weight``/
+    ``bias`` over the normalized block (any shape of ``PERIOD`` elements), ``plan.kernel`` set,
+    ``x`` bfloat16 or float32 on the CPU, ``residual`` (or None) in x's dtype and strides,
+    ``activation`` in ``ACTIVATIONS`` (the dispatcher's numba backend accepts only such
+    calls)."""
+    dims = plan.kernel.dims
+    relu = activation == "relu"
+    if _use_custom_op(x, alpha, shift, weight, bias, residual):
+        return _fwd(x, alpha, shift, weight, bias, residual, plan.kind, list(dims), relu)
+    return _Eager.apply(x, alpha, shift, weight, bias, residual, plan.kind, dims, relu)
