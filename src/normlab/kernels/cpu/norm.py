@@ -80,6 +80,23 @@ def _sq_dev(x, m, zero):
 
 
 @njit(fastmath=_FAST, inline="always")
+def _shifted_sums(x, k, zero):
+    """(sum(x - k), sum((x - k)^2)) of a 1-D array in one pass, blocked as ``_sum``."""
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, x.shape[0], _BLOCK):
+        a1 = zero
+        a2 = zero
+        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
+            e = x[j] - k
+            a1 += e
+            a2 += e * e
+        s1 += a1
+        s2 += a2
+    return s1, s2
+
+
+@njit(fastmath=_FAST, inline="always")
 def _sums_dy(dy, x, m, r, zero):
     """(sum(dy), sum(dy * xhat)) of 1-D arrays, xhat = (x - m) * r, blocked as ``_sum``."""
     s1 = 0.0
@@ -328,8 +345,9 @@ def lines_fwd_fused(x, w, bias, aff, centered, eps, zero, sc, y, mean, rstd, var
     """x (NB, D0, D1, P); line (b, d0, d1) has weight ``w[(b % MOD_B) * SB + d0 * S0 + d1 *
     S1]`` (and bias), ``aff = (MOD_B, SB, S0, S1)``, ``w``/``bias`` in the statistics dtype;
     statistics (NB, D1) in that dtype, ``zero``: 0 in it, ``sc`` (NB, D1) scratch in it. Per
-    group (b, d1): each line's mean and squared deviations (two passes over the line, in L1),
-    merged in float64 by Chan's formula, then the output, the lines in reverse order (the last
+    group (b, d1): each line's mean and squared deviations (one pass about a shift near the
+    mean, a second pass in L1 where the shift is not), merged in float64 by Chan's formula,
+    then the output, the lines in reverse order (the last
     ones read are still in cache: batch norm's group is one channel, N lines, about L2's
     size; so the forward reads x from memory about once, not twice)."""
     NB, D0, D1, P = x.shape
@@ -343,14 +361,23 @@ def lines_fwd_fused(x, w, bias, aff, centered, eps, zero, sc, y, mean, rstd, var
         q = 0.0
         for d in range(D0):
             line = x[b, d, g]
-            lm = 0.0
-            if centered:
-                k = line[0]
-                lm = k + _sum(line, k, zero) / P
-            sc[b, g] = lm  # the line mean rounded to the statistics dtype: the pass below in it
+            # one pass: the sum and the sum of squares of x - c, c near the line's mean (the
+            # group's mean so far, rounded to the statistics dtype; the first line: its first
+            # value), M2 = sum((x - c)^2) - P (mean - c)^2
+            sc[b, g] = 0.0 if not centered else (line[0] if d == 0 else m)
             c = sc[b, g]
-            # sum((x - c)^2) = M2 + P (lm - c)^2: the rounding of the centre taken out exactly
-            lq = max(_sq_dev(line, c, zero) - P * (lm - c) ** 2, 0.0)
+            s1, s2 = _shifted_sums(line, c, zero)
+            e = s1 / P
+            lm = c + e
+            lq = s2 - s1 * e
+            if centered and not P * e * e <= lq:
+                # c more than one standard deviation from the line's mean (the subtraction
+                # would cancel more than one bit), or NaN/Inf: two passes over the line, in L1
+                sc[b, g] = lm  # the line mean rounded to the statistics dtype: the pass in it
+                c = sc[b, g]
+                # sum((x - c)^2) = M2 + P (lm - c)^2: the rounding of the centre taken out
+                lq = _sq_dev(line, c, zero) - P * (lm - c) ** 2
+            lq = max(lq, 0.0)
             if centered:
                 n, m, q = _chan(n, m, q, float(P), lm, lq)
             else:
