@@ -16,8 +16,10 @@ D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
 * **columns** (the channel innermost): ``(NB, R, W)``, per-column partial statistics over
   chunks of rows, merged by the caller, then a per-column affine pass.
 
-Sums are two-pass (the mean, then the squared deviations from it; per line, chunk or sample,
-merged by Chan's formula in float64), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums add
+Sums are two-pass (the mean, then the squared deviations from it; per row, chunk or sample,
+merged by Chan's formula in float64), so no ``E[x^2] - E[x]^2``; the lines' forward sums each
+line in one pass about a shift within one standard deviation of its mean (at most one bit
+cancels) and in two passes where it is not (``lines_fwd_fused``); the rows' and lines' sums add
 blocks of 2048 elements summed in the input's precision (vectorized) in float64, so no long
 float32 sums; the columns' per-column sums and the rows' backward sums are float64 throughout.
 The fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
