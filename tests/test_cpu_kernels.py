@@ -38,6 +38,13 @@ CASES = [
     ("layer-one-row", "layer", (1, 1), {"ns": (1,)}),
     ("rms-1023", "rms", (7, 1023), {"ns": (1023,)}),
     ("rms-prime-rows", "rms", (13, 3), {"ns": (3,)}),
+    # the rows' streamed output: several blocks of rows (one fence per ~16 Ki elements) and a
+    # partial last one, rows of odd length (each row's head at another alignment), rows
+    # shorter than one vector, a row longer than a block
+    ("rms-blocks-1023", "rms", (40, 1023), {"ns": (1023,)}),
+    ("layer-blocks-1021", "layer", (37, 1021), {"ns": (1021,)}),
+    ("rms-rows-of-5", "rms", (4099, 5), {"ns": (5,)}),
+    ("layer-long-row", "layer", (3, 16411), {"ns": (16411,)}),
 ]
 
 
@@ -132,6 +139,59 @@ def test_matches_the_oracle_and_torch_nn(case, dtype, threads, poisoned):
             "channel_axis", -1 if kind in ("layer", "rms") else 1), groups=opts.get("groups"),
             normalized_shape=opts.get("ns"), eps=1e-6 if kind == "rms" else 1e-5)
         torch.testing.assert_close(y, ref, **oracle.tol(torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["rms", "layer"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_rows_nan_and_inf_stay_in_their_row(kind, dtype, threads, poisoned):
+    """A NaN or an infinity in a row shows in that row's output as in torch.nn's (NaN; an
+    infinity in RMS norm makes the row's rstd 0), every other row (in the same block of
+    streamed rows too) finite and right."""
+    x, w, b = _make(kind, (40, 1021), {"ns": (1021,)}, dtype)
+    x[3, 17], x[4, 0], x[22, 1020] = float("nan"), float("inf"), -float("inf")
+    y = _normlab(kind, x, w, b, {"ns": (1021,)})
+    ref = oracle.torch_nn(kind, x.double(), w.double(), None if b is None else b.double(),
+                          channel_axis=-1, normalized_shape=(1021,),
+                          eps=1e-6 if kind == "rms" else 1e-5)
+    bad = torch.zeros(40, dtype=torch.bool)
+    bad[[3, 4, 22]] = True
+    assert y[bad].isnan().any(1).all()
+    torch.testing.assert_close(y[bad].double(), ref[bad], equal_nan=True, rtol=0, atol=0)
+    oracle.close(y[~bad], ref[~bad], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_lines_nan_and_inf_stay_in_their_channel(dtype, threads, poisoned):
+    """Batch norm NCHW (the lines kernel): a NaN or an infinity makes its channel's output
+    NaN, as torch.nn's; the other channels are right."""
+    x, w, b = _make("batch", (3, 5, 7, 11), {}, dtype)
+    x[1, 1, 2, 3], x[2, 3, 0, 0] = float("nan"), float("inf")
+    y = _normlab("batch", x, w, b, {})
+    ref = oracle.torch_nn("batch", x.double(), w.double(), b.double(), channel_axis=1)
+    assert y[:, [1, 3]].isnan().all() and ref[:, [1, 3]].isnan().all()
+    oracle.close(y[:, [0, 2, 4]], ref[:, [0, 2, 4]], dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=["1-thread", "2-threads"])
+@pytest.mark.parametrize("mean", [0.0, 1.0, 1e4])
+def test_the_lines_variance_is_stable_whatever_the_shift(mean, threads):
+    """The lines kernel sums each line about a shift in one pass (the first line about its
+    first value, later lines about the group's mean so far) where the shift is within one
+    standard deviation of the line's mean, in two passes elsewhere. float32 batch norm, lines
+    of 4096 whose first value is an outlier (a third of the line's squared deviations): summed
+    about it in one pass the variance was 1e-5 to 1e-4 off; two passes: below 1e-7. Also
+    lines of 3 values (fewer than one vector) and samples of different means."""
+    g = torch.Generator().manual_seed(0)
+    x = mean + 1e-2 * torch.randn(2, 2, 4096, generator=g, dtype=torch.float64)
+    x[:, :, 0] += 1e-2 * 4096 ** 0.5 * 0.7
+    x[1, 1] += 0.5  # channel 1: the second sample's line far from the first's mean
+    short = (mean + 1e-2 * torch.randn(5, 2, 3, generator=g, dtype=torch.float64)).float()
+    for sub in (x.float(), short):
+        rv = torch.zeros(2)
+        with ops.trace_backends() as ran:
+            F.batch_norm(sub, torch.zeros(2), rv, training=True, momentum=1.0, backend="numba")
+        assert ran == ["numba"]
+        torch.testing.assert_close(rv.double(), sub.double().var((0, 2)), rtol=2e-6, atol=0)
 
 
 def test_the_variance_is_stable_far_from_zero():

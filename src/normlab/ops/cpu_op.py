@@ -164,10 +164,10 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
         # separate tensors: a custom op's outputs must not alias one another
         mean, rstd, var, scratch = (torch.empty(nb, d1, dtype=sdt) for _ in range(4))
         w, b = _param(weight, cw, 1.0, sdt), _param(bias, cw, 0.0, sdt)
-        with _launch(numba, k) as (kern, _):
+        with _launch(numba, k) as (kern, nth):
             kern.lines_fwd_fused(_np(x, dims), w.numpy(), b.numpy(), affine[:4], centered, eps,
                               _zero(sdt), scratch.numpy(), _np(y, dims), mean.numpy(),
-                              rstd.numpy(), var.numpy())
+                              rstd.numpy(), var.numpy(), nth)
         return y, mean.view(-1), rstd.view(-1), var.view(-1)
     w, b = _param(weight, cw, 1.0, torch.float64), _param(bias, cw, 0.0, torch.float64)
     if _fused_columns(x, dims):

@@ -16,8 +16,10 @@ D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
 * **columns** (the channel innermost): ``(NB, R, W)``, per-column partial statistics over
   chunks of rows, merged by the caller, then a per-column affine pass.
 
-Sums are two-pass (the mean, then the squared deviations from it; per line, chunk or sample,
-merged by Chan's formula in float64), so no ``E[x^2] - E[x]^2``; the rows' and lines' sums add
+Sums are two-pass (the mean, then the squared deviations from it; per row, chunk or sample,
+merged by Chan's formula in float64), so no ``E[x^2] - E[x]^2``; the lines' forward sums each
+line in one pass about a shift within one standard deviation of its mean (at most one bit
+cancels) and in two passes where it is not (``lines_fwd_fused``); the rows' and lines' sums add
 blocks of 2048 elements summed in the input's precision (vectorized) in float64, so no long
 float32 sums; the columns' per-column sums and the rows' backward sums are float64 throughout.
 The fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
@@ -80,6 +82,23 @@ def _sq_dev(x, m, zero):
 
 
 @njit(fastmath=_FAST, inline="always")
+def _shifted_sums(x, k, zero):
+    """(sum(x - k), sum((x - k)^2)) of a 1-D array in one pass, blocked as ``_sum``."""
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, x.shape[0], _BLOCK):
+        a1 = zero
+        a2 = zero
+        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
+            e = x[j] - k
+            a1 += e
+            a2 += e * e
+        s1 += a1
+        s2 += a2
+    return s1, s2
+
+
+@njit(fastmath=_FAST, inline="always")
 def _sums_dy(dy, x, m, r, zero):
     """(sum(dy), sum(dy * xhat)) of 1-D arrays, xhat = (x - m) * r, blocked as ``_sum``."""
     s1 = 0.0
@@ -100,11 +119,14 @@ def _sums_dy(dy, x, m, r, zero):
 # A plain store to memory not in cache first reads the line it writes (write-allocate): writing
 # y costs about as much as copying into it (measured: an affine pass over (2048, 3136) float32
 # 3.1-3.5 ms with plain stores, 2.3-2.8 ms with streaming ones, copy_ 3.0-3.5). LLVM's loop
-# vectorizer does not emit non-temporal stores for arrays of unknown alignment, so the two
-# output passes that write a whole activation (the lines' y and dx) store 32-byte vectors
+# vectorizer does not emit non-temporal stores for arrays of unknown alignment, so the output
+# passes that write a whole activation (the lines' y and dx, the rows' y) store 32-byte vectors
 # through these intrinsics (a store with LLVM's !nontemporal metadata, aligned: the loops do
 # the unaligned head and the tail with plain stores); ``_fence`` orders them before the kernel
-# returns.
+# returns. A fence costs: one per thread's range of groups of lines in the forward (a fence per
+# group of ~400 KiB cost 2-2.5%), per group in the backward, per block of rows (64 KiB), not
+# per 4 KiB row (RMS (8192, 1024) forward: streamed with a fence per row 0.73 of copy_'s
+# bandwidth, the plain stores 0.70, streamed with one fence per kernel 0.87).
 
 def _vector(context, builder, arrty, arr, idx):
     """(pointer to 32 bytes of ``arr`` from element ``idx``, the vector type, its width)."""
@@ -150,6 +172,30 @@ def _stream_affine(typingctx, y, x, i, m, s, b):
 
 
 @intrinsic
+def _stream_waffine(typingctx, y, x, w, b, i, j, m, r):
+    """y[i, j:j+W] = ((x[i, j:j+W] - m) * r) * w[j:j+W] + b[j:j+W], streamed; x, y (R, L)
+    C-contiguous, y[i, j] 32-byte aligned."""
+    if not (y.layout == "C" and x.layout == "C" and y.ndim == 2 and x.ndim == 2):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ya, xa, wa, ba, ii, jj = args[:6]
+        mv, rv = _scalars(context, builder, sig, args, 6)
+        ii = context.cast(builder, ii, sig.args[4], types.intp)
+        jj = context.cast(builder, jj, sig.args[5], types.intp)
+        row = builder.extract_value(context.make_array(sig.args[0])(context, builder, ya).shape, 1)
+        off = builder.add(builder.mul(ii, row), jj)
+        yp, vt, nw = _vector(context, builder, sig.args[0], ya, off)
+        al = sig.args[1].dtype.bitwidth // 8
+        xv, wv, bv = (builder.load(_vector(context, builder, sig.args[k], a, o)[0], align=al)
+                      for k, a, o in ((1, xa, off), (2, wa, jj), (3, ba, jj)))
+        t = builder.fmul(builder.fsub(xv, _splat(builder, vt, nw, mv)), _splat(builder, vt, nw, rv))
+        _stream(builder, builder.fadd(builder.fmul(t, wv), bv), yp)
+        return context.get_dummy_value()
+    return types.void(y, x, w, b, i, j, m, r), codegen
+
+
+@intrinsic
 def _stream_dx(typingctx, dx, dy, x, i, a, c1, c2, m):
     """dx[i:i+W] = a * dy[i:i+W] - c1 - c2 * (x[i:i+W] - m), streamed; dx[i] 32-byte aligned."""
     def codegen(context, builder, sig, args):
@@ -175,6 +221,14 @@ def _fence(typingctx):
         builder.fence("seq_cst")
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@intrinsic
+def _lanes(typingctx, y):
+    """32 bytes in elements of ``y``'s dtype, a constant of the machine code."""
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, 32 // (sig.args[0].dtype.bitwidth // 8))
+    return types.intp(y), codegen
 
 
 @njit(inline="always")
@@ -218,23 +272,40 @@ def _dx_line(dx, dy, x, a, c1, c2, m):
 
 # ---- rows: layer and rms norm, x (R, L), w and b (L,) (ones / zeros when absent) ----
 
+_ROWS_BLOCK = 1 << 14  # elements of y written between two fences (64 KiB of float32)
+
+
 @njit(**_JIT)
 def rows_fwd(x, w, b, centered, eps, zero, y, mean, rstd, var):
     """y = (x - mean) * rstd * w + b per row; mean/rstd/var (R,) in the statistics dtype;
-    ``zero``: 0 in that dtype (the blocks' accumulator type)."""
+    ``zero``: 0 in that dtype (the blocks' accumulator type). y is streamed; the rows go in
+    blocks of about ``_ROWS_BLOCK`` elements, one fence per block (a fence per row of 4 KiB
+    cost more than the streaming saved)."""
     R, L = x.shape
-    for i in prange(R):
-        k = x[i, 0]
-        m = k + _sum(x[i], k, zero) / L if centered else 0.0
-        mean[i] = m
-        mi = mean[i]  # in the statistics dtype: the passes below in that precision
-        # second pass over the row, in cache; sum((x - mi)^2) = M2 + L (m - mi)^2
-        q = max(_sq_dev(x[i], mi, zero) - L * (m - mi) ** 2, 0.0)
-        var[i] = q / L
-        rstd[i] = 1.0 / np.sqrt(q / L + eps)
-        ri = rstd[i]
-        for j in range(L):
-            y[i, j] = (x[i, j] - mi) * ri * w[j] + b[j]
+    rb = max(1, _ROWS_BLOCK // L)
+    for t in prange((R + rb - 1) // rb):
+        for i in range(t * rb, min(R, (t + 1) * rb)):
+            k = x[i, 0]
+            m = k + _sum(x[i], k, zero) / L if centered else 0.0
+            mean[i] = m
+            mi = mean[i]  # in the statistics dtype: the passes below in that precision
+            # second pass over the row, in cache; sum((x - mi)^2) = M2 + L (m - mi)^2
+            q = max(_sq_dev(x[i], mi, zero) - L * (m - mi) ** 2, 0.0)
+            var[i] = q / L
+            rstd[i] = 1.0 / np.sqrt(q / L + eps)
+            ri = rstd[i]
+            # y[i], the aligned body streamed; written out here: the same loop in an inlined
+            # helper (as _affine_line) measured as slow as plain stores, for a reason not found
+            h = _head(y[i])
+            for j in range(h):
+                y[i, j] = (x[i, j] - mi) * ri * w[j] + b[j]
+            j = h
+            while j + _lanes(y) <= L:
+                _stream_waffine(y, x, w, b, i, j, mi, ri)
+                j += _lanes(y)
+            for j2 in range(j, L):
+                y[i, j2] = (x[i, j2] - mi) * ri * w[j2] + b[j2]
+        _fence()
 
 
 @njit(**_JIT)
@@ -273,43 +344,60 @@ def _chan(n, m, q, p, lm, lq):
 
 
 @njit(**_JIT)
-def lines_fwd_fused(x, w, bias, aff, centered, eps, zero, sc, y, mean, rstd, var):
+def lines_fwd_fused(x, w, bias, aff, centered, eps, zero, sc, y, mean, rstd, var, nth):
     """x (NB, D0, D1, P); line (b, d0, d1) has weight ``w[(b % MOD_B) * SB + d0 * S0 + d1 *
     S1]`` (and bias), ``aff = (MOD_B, SB, S0, S1)``, ``w``/``bias`` in the statistics dtype;
     statistics (NB, D1) in that dtype, ``zero``: 0 in it, ``sc`` (NB, D1) scratch in it. Per
-    group (b, d1): each line's mean and squared deviations (two passes over the line, in L1),
-    merged in float64 by Chan's formula, then the output, the lines in reverse order (the last
+    group (b, d1): each line's mean and squared deviations (one pass about a shift near the
+    mean, a second pass in L1 where the shift is not), merged in float64 by Chan's formula,
+    then the output, the lines in reverse order (the last
     ones read are still in cache: batch norm's group is one channel, N lines, about L2's
-    size; so the forward reads x from memory about once, not twice)."""
+    size; so the forward reads x from memory about once, not twice). The groups go in ``nth``
+    ranges (one per thread), a fence ending each (a fence per group cost 2-2.5% of batch norm
+    NCHW's forward at 1 thread)."""
     NB, D0, D1, P = x.shape
     mod_b, sb, st0, st1 = aff
-    for u in prange(NB * D1):
-        b = u // D1
-        g = u % D1
-        wg = (b % mod_b) * sb + g * st1  # the weight index of line (b, 0, g)
-        n = 0.0
-        m = 0.0
-        q = 0.0
-        for d in range(D0):
-            line = x[b, d, g]
-            lm = 0.0
-            if centered:
-                k = line[0]
-                lm = k + _sum(line, k, zero) / P
-            sc[b, g] = lm  # the line mean rounded to the statistics dtype: the pass below in it
-            c = sc[b, g]
-            # sum((x - c)^2) = M2 + P (lm - c)^2: the rounding of the centre taken out exactly
-            lq = max(_sq_dev(line, c, zero) - P * (lm - c) ** 2, 0.0)
-            if centered:
-                n, m, q = _chan(n, m, q, float(P), lm, lq)
-            else:
-                n, q = n + P, q + lq
-        mean[b, g] = m
-        var[b, g] = q / n
-        rstd[b, g] = 1.0 / np.sqrt(q / n + eps)
-        mi, ri = mean[b, g], rstd[b, g]
-        for d in range(D0 - 1, -1, -1):
-            _affine_line(y[b, d, g], x[b, d, g], mi, ri * w[wg + d * st0], bias[wg + d * st0])
+    U = NB * D1
+    for t in prange(nth):  # one range of groups per thread, one fence each
+        for u in range(t * U // nth, (t + 1) * U // nth):
+            b = u // D1
+            g = u % D1
+            wg = (b % mod_b) * sb + g * st1  # the weight index of line (b, 0, g)
+            n = 0.0
+            m = 0.0
+            q = 0.0
+            for d in range(D0):
+                line = x[b, d, g]
+                # one pass: the sum and the sum of squares of x - c, c near the line's mean
+                # (the group's mean so far, rounded to the statistics dtype; the first line:
+                # its first value), M2 = sum((x - c)^2) - P (mean - c)^2
+                sc[b, g] = 0.0 if not centered else (line[0] if d == 0 else m)
+                c = sc[b, g]
+                s1, s2 = _shifted_sums(line, c, zero)
+                e = s1 / P
+                lm = c + e
+                lq = s2 - s1 * e
+                if centered and not P * e * e <= lq:
+                    # c more than one standard deviation from the line's mean (the
+                    # subtraction would cancel more than one bit), or NaN/Inf: two passes over
+                    # the line, in L1; the line mean rounded to the statistics dtype, the pass
+                    # in that precision
+                    sc[b, g] = lm
+                    c = sc[b, g]
+                    # sum((x - c)^2) = M2 + P (lm - c)^2: the rounding of the centre taken out
+                    lq = _sq_dev(line, c, zero) - P * (lm - c) ** 2
+                lq = max(lq, 0.0)
+                if centered:
+                    n, m, q = _chan(n, m, q, float(P), lm, lq)
+                else:
+                    n, q = n + P, q + lq
+            mean[b, g] = m
+            var[b, g] = q / n
+            rstd[b, g] = 1.0 / np.sqrt(q / n + eps)
+            mi, ri = mean[b, g], rstd[b, g]
+            for d in range(D0 - 1, -1, -1):
+                _affine_line(y[b, d, g], x[b, d, g], mi, ri * w[wg + d * st0],
+                             bias[wg + d * st0])
         _fence()
 
 
