@@ -216,8 +216,13 @@ def _stream_dx(typingctx, dx, dy, x, i, a, c1, c2, m):
 
 @intrinsic
 def _fence(typingctx):
-    """A full memory fence (orders the streaming stores before what follows)."""
+    """``sfence`` (x86's fence for non-temporal stores: they are weakly ordered, and LLVM may
+    lower a seq_cst fence to a locked instruction, which is not documented to order them on
+    every x86 CPU), then a seq_cst fence for the compiler and the other stores."""
     def codegen(context, builder, sig, args):
+        sfence = builder.module.declare_intrinsic("llvm.x86.sse.sfence", fnty=ir.FunctionType(
+            ir.VoidType(), []))
+        builder.call(sfence, [])
         builder.fence("seq_cst")
         return context.get_dummy_value()
     return types.void(), codegen
