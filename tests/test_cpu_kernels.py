@@ -24,14 +24,21 @@ CASES = [
     ("batch-1-channel", "batch", (5, 1, 13), {}),
     ("batch-channels_last", "batch", (3, 5, 7, 11), {"memory": "cl"}),
     ("batch-NLC-chunked", "batch", (2, 9001, 3), {"channel_axis": -1}),
+    # columns whose rows hold whole 32-byte vectors (the output and dx passes stream them),
+    # chunks of rows with a partial last one, odd H*W
+    ("batch-channels_last-C24", "batch", (3, 24, 7, 11), {"memory": "cl"}),
+    ("batch-NLC-64-chunked", "batch", (2, 601, 64), {"channel_axis": -1}),
     ("instance-NCL-prime", "instance", (3, 7, 1023), {}),
     ("instance-channels_last", "instance", (2, 7, 5, 3), {"memory": "cl"}),
     ("instance-NHWC-chunked", "instance", (2, 4, 3000, 23), {"channel_axis": -1}),
+    ("instance-channels_last-C16", "instance", (3, 16, 9, 7), {"memory": "cl"}),
     ("instance-1x2", "instance", (2, 3, 1, 2), {}),
     ("group-NCHW-primes", "group", (3, 6, 7, 11), {"groups": 3}),
     ("group-G1", "group", (2, 5, 13), {"groups": 1}),
     ("group-channels_last", "group", (2, 8, 5, 3), {"groups": 4, "memory": "cl"}),
     ("group-NLC-chunked", "group", (2, 3000, 12), {"groups": 4, "channel_axis": -1}),
+    ("group-channels_last-N1-C32", "group", (1, 32, 5, 7), {"groups": 8, "memory": "cl"}),
+    ("group-channels_last-C40", "group", (2, 40, 7, 5), {"groups": 5, "memory": "cl"}),
     ("group-N1", "group", (1, 4, 3), {"groups": 2}),
     ("layer-1023", "layer", (3, 1023), {"ns": (1023,)}),
     ("layer-block", "layer", (2, 3, 5, 7), {"ns": (5, 7)}),
@@ -202,19 +209,44 @@ def test_the_variance_is_stable_far_from_zero():
     g = torch.Generator().manual_seed(0)
     x = (1e4 + 1e-2 * torch.randn(4, 3, 50, 50, generator=g, dtype=torch.float64)).float()
     x64 = x.double()  # the float32 input's own values
-    rv = torch.zeros(3)
-    F.batch_norm(x, torch.zeros(3), rv, training=True, momentum=1.0, backend="numba")
-    torch.testing.assert_close(rv.double(), x64.var((0, 2, 3)), rtol=1e-4, atol=0)
+    for t in (x, x.contiguous(memory_format=torch.channels_last)):  # lines, then columns
+        rv = torch.zeros(3)
+        F.batch_norm(t, torch.zeros(3), rv, training=True, momentum=1.0, backend="numba")
+        torch.testing.assert_close(rv.double(), x64.var((0, 2, 3)), rtol=1e-4, atol=0)
 
     def centered(y, dims):
         return y.double() - y.double().mean(dims, keepdim=True)
 
     for fn, dims in ((lambda t: F.instance_norm(t, backend="numba"), (2, 3)),
+                     (lambda t: F.instance_norm(t.contiguous(memory_format=torch.channels_last),
+                                                backend="numba"), (2, 3)),
                      (lambda t: F.group_norm(t.contiguous(memory_format=torch.channels_last), 1,
                                              backend="numba"), (1, 2, 3)),
                      (lambda t: F.layer_norm(t, (50, 50), backend="numba"), (2, 3))):
         torch.testing.assert_close(centered(fn(x), dims), centered(fn(x64), dims), rtol=0,
                                    atol=1e-3)
+
+
+@pytest.mark.parametrize("memory", ["nchw", "cl"])
+def test_nan_and_inf_propagate_as_in_torch_nn(memory):
+    """A NaN or an Inf in a group makes its statistics NaN in torch.nn: the output of the group
+    is NaN there, and nowhere else (the first row of a block of sums and a middle one)."""
+    x = torch.randn(4, 16, 6, 5, generator=torch.Generator().manual_seed(0))
+    x[1, 3, 2, 2] = float("nan")
+    x[2, 5, 0, 0] = float("inf")
+    x[0, 9, 3, 1] = float("-inf")
+    if memory == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    tnf = torch.nn.functional
+    for mine, ref in (
+            (F.batch_norm(x, None, None, training=True, backend="numba"),
+             tnf.batch_norm(x, None, None, training=True)),
+            (F.instance_norm(x, backend="numba"), tnf.instance_norm(x)),
+            (F.group_norm(x, 4, backend="numba"), tnf.group_norm(x, 4))):
+        assert torch.equal(mine.isnan(), ref.isnan())
+        assert torch.equal(mine.isinf(), ref.isinf())
+        ok = ref.isfinite()
+        torch.testing.assert_close(mine[ok], ref[ok], **oracle.tol(torch.float32))
 
 
 def test_threads_give_the_same_result():

@@ -6,10 +6,10 @@ The input's memory is read in place through ``spec.plan(..., strides=...).kernel
 ``(NB, D0, D1, D2)`` (a group is one ``(b, d1)`` reduced over ``(d0, d2)``), in one of three
 shapes (``_shape``): *rows* (layer, rms: one group per row, fused), *lines* (channels first:
 each run of ``D2`` positions shares one weight; one fused unit per group, statistics merged
-in the kernel) and *columns* (channels innermost). The columns' kernels for large samples
-return partial statistics per chunk of rows in float64; they are merged here by Chan's formula
-(tiny tensors: one value per chunk and column), and the per-column coefficients of the output
-and gradient passes are computed here too, in float64. Eager calls on plain tensors go through
+in the kernel) and *columns* (channels innermost: one sample per unit when it fits in
+``SAMPLE_BYTES``, otherwise chunks of ``TILE`` elements' rows whose per-column partial
+statistics the same kernel merges by Chan's formula between its statistics and output loops;
+one launch per forward and per backward). Eager calls on plain tensors go through
 ``_Eager`` (the same functions, without the custom op's dispatcher work).
 Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
 normalizations take only those two dtypes here (numba has no bfloat16; DyT and Derf, bfloat16
@@ -128,17 +128,6 @@ def _launch(numba, k):
                 torch.set_num_threads(before)
 
 
-def _merge(pm, pq, counts, centered):
-    """Chan's merge of partial (mean, sum of squared deviations) along the last dim, whose
-    parts hold ``counts`` elements each -> (mean, biased variance), float64."""
-    n = counts.sum()
-    if not centered:
-        return torch.zeros(pm.shape[:-1], dtype=torch.float64), pq.sum(-1) / n
-    mean = (pm * counts).sum(-1) / n
-    m2 = pq.sum(-1) + (counts * (pm - mean.unsqueeze(-1)) ** 2).sum(-1)
-    return mean, m2 / n
-
-
 def _fused_columns(x, dims) -> bool:
     """Whether a columns-shaped call normalizes one sample per unit (several samples, each
     small enough to stay in cache) rather than in chunks of rows merged afterwards."""
@@ -178,31 +167,18 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
                              centered, eps, torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(),
                              _np(y, cols), mean.numpy(), rstd.numpy(), var.numpy())
         return y, mean.reshape(-1), rstd.reshape(-1), var.reshape(-1)
-    else:
-        cols = (nb, d0, d1 * d2)
-        rows = max(1, TILE // (d1 * d2))
-        t = -(-d0 // rows)
-        pm, pq = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
-        with _launch(numba, k) as (kern, _):
-            kern.cols_stats(_np(x, cols), centered, rows, pm.numpy(), pq.numpy())
-        counts = torch.full((t, d2), float(rows), dtype=torch.float64)
-        counts[-1] = d0 - rows * (t - 1)
-
-        def by_group(p):  # (NB, T, D1 * D2) -> (NB, D1, T * D2)
-            return p.view(nb, t, d1, d2).permute(0, 2, 1, 3).reshape(nb, d1, t * d2)
-
-        gm, var = _merge(by_group(pm), by_group(pq), counts.reshape(-1), centered)
-        rstd = torch.rsqrt(var + eps)
-
-        def per_column(s):  # (NB, D1) -> (NB, D1 * D2)
-            return s.unsqueeze(-1).expand(nb, d1, d2).reshape(nb, d1 * d2)
-
-        cm = per_column(gm).to(sdt).contiguous()
-        cs = (per_column(rstd) * w[idx]).to(sdt).contiguous()
-        cb = b[idx].to(sdt).contiguous()
-        with _launch(numba, k) as (kern, _):
-            kern.cols_apply(_np(x, cols), cm.numpy(), cs.numpy(), cb.numpy(), _np(y, cols))
-    return (y, gm.reshape(-1).to(sdt), rstd.reshape(-1).to(sdt), var.reshape(-1).to(sdt))
+    # larger samples, or one (batch norm): chunks of rows, merged in the kernel
+    cols = (nb, d0, d1 * d2)
+    rows = max(1, TILE // (d1 * d2))
+    t = -(-d0 // rows)
+    mean, rstd, var = (torch.empty(nb, d1, dtype=sdt) for _ in range(3))
+    pm, pq = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
+    with _launch(numba, k) as (kern, nth):
+        kern.cols_fwd_chunked(_np(x, cols), d2, w[idx].to(sdt).numpy(), b[idx].to(sdt).numpy(),
+                              centered, eps, rows, nth, pm.numpy(), pq.numpy(),
+                              torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(), _np(y, cols),
+                              mean.numpy(), rstd.numpy(), var.numpy())
+    return y, mean.reshape(-1), rstd.reshape(-1), var.reshape(-1)
 
 
 def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
@@ -245,29 +221,16 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         cols = (nb, d0, d1 * d2)
         rows = max(1, TILE // (d1 * d2))
         t = -(-d0 // rows)
-
-        def per_column(s):  # (NB, D1) -> (NB, D1 * D2)
-            return s.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2)
-
-        cm = per_column(mean).contiguous()
-        cr = per_column(rstd).contiguous()
-        r = rstd.double().view(nb, d1)
+        cm = mean.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
+        cr = rstd.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
         pdy, pdyx = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
-        with _launch(numba, k) as (kern, _):
-            kern.cols_bsum(_np(dy, cols), _np(x, cols), cm.numpy(), cr.numpy(), rows,
-                        pdy.numpy(), pdyx.numpy())
-        sdy, sdyx = pdy.sum(1), pdyx.sum(1)  # (NB, W)
-        wc = w[idx]
-        n = d0 * d2
-        s1 = (wc * sdy).view(nb, d1, d2).sum(-1)
-        s2 = (wc * sdyx).view(nb, d1, d2).sum(-1)
-        c1 = per_column(r) * wc
-        c2 = per_column(-(r * r) * s2 / n)
-        c3 = per_column(-(r * s1) / n if centered else torch.zeros_like(r))
-        with _launch(numba, k) as (kern, _):
-            kern.cols_dx(_np(dy, cols), _np(x, cols), cm.numpy(),
-                      *(c.to(sdt).contiguous().numpy() for c in (c1, c2, c3)), _np(dx, cols))
-        sdy, sdyx = sdy.reshape(-1), sdyx.reshape(-1)
+        sdy, sdyx = (torch.empty(nb * d1 * d2, dtype=torch.float64) for _ in range(2))
+        with _launch(numba, k) as (kern, nth):
+            kern.cols_bwd_chunked(_np(dy, cols), _np(x, cols), d2, w[idx].to(sdt).numpy(),
+                                  cm.numpy(), cr.numpy(), centered, rows, nth, pdy.numpy(),
+                                  pdyx.numpy(), torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(),
+                                  _np(dx, cols), sdy.numpy().reshape(nb, -1),
+                                  sdyx.numpy().reshape(nb, -1))
     flat = idx.reshape(-1)
     dw = torch.zeros(cw, dtype=torch.float64).index_add_(0, flat, sdyx.reshape(-1))
     db = torch.zeros(cw, dtype=torch.float64).index_add_(0, flat, sdy.reshape(-1))
