@@ -604,3 +604,32 @@ def test_pointwise_compile_fullgraph_through_the_custom_ops():
     torch.testing.assert_close(yc, ye, **oracle.tol(torch.float32))
     for a, b in zip(gc, ge, strict=True):
         oracle.close(a, b, torch.float32, scale=10)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("kind", ["dyt", "derf"])
+def test_pointwise_double_backward_matches_the_float64_oracle(kind, activation):
+    """A graph of the backward (create_graph=True: a gradient penalty) is differentiated like the
+    float64 formula's, not cut (numba is the default for large inputs, where the native path had
+    a double backward): loss = sum(y * c) + sum(dL/dx ** 2) for every leaf."""
+    ns = (6,)
+    x, alpha, shift, w, b = _pw_inputs(kind, (4, 5, 6), ns, None, torch.float32)
+    r = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(5))
+    c = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(6))
+
+    def grads(tensors, backend):
+        leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+        if backend is None:
+            y = _pw_oracle(kind, *leaves[:5], ns, -1, leaves[5], activation)
+        else:
+            with ops.trace_backends() as ran:
+                y = _pw_call(kind, *leaves[:5], ns, -1, backend, leaves[5], activation)
+            assert ran == [backend]
+        gx, = torch.autograd.grad((y * c.to(y.dtype)).sum(), leaves[0], create_graph=True)
+        live = [t for t in leaves if t is not None]
+        return torch.autograd.grad((y * c.to(y.dtype)).sum() + gx.square().sum(), live)
+
+    got = grads((x, alpha, shift, w, b, r), "numba")
+    want = grads([None if t is None else t.double() for t in (x, alpha, shift, w, b, r)], None)
+    for g, e in zip(got, want, strict=True):
+        oracle.close(g, e, torch.float32, 4.0)

@@ -11,8 +11,9 @@ the float32 result rounded (the bfloat16 output within one ulp of the float64 va
 native path's). ``dy`` and the residual are read like ``x`` (same strides and dtype: ``dy`` is
 copied into x's layout when it is not; a residual that is not is handed on by the dispatcher).
 The backward recomputes ``tanh(a x)`` from ``x``: nothing activation-sized is saved. Which calls
-come here is ``dispatch.Numba.accepts``; no double backward (``backend="reference"`` or
-``"native"`` have one).
+come here is ``dispatch.Numba.accepts``. An eager backward asked for a graph
+(``create_graph=True``: double backward) runs the native path's differentiable backward
+(``_graph_backward``); the custom ops have no double backward.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import functools
 import torch
 
 from normlab.ops.cpu_op import _launch, _param, _use_custom_op
+from normlab.ops.pointwise import pointwise
 
 __all__ = ["ACTIVATIONS", "DTYPES", "numba_pointwise"]
 
@@ -205,23 +207,43 @@ class _Eager(torch.autograd.Function):
     says why)."""
 
     @staticmethod
-    def forward(ctx, x, alpha, shift, weight, bias, residual, kind, dims, relu):
+    def forward(ctx, x, alpha, shift, weight, bias, residual, kind, dims, relu, affine):
         y = _forward(x, alpha, shift, weight, bias, residual, kind, dims, relu)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, alpha, shift, weight, bias, residual)
-        ctx.args = (kind, dims, relu)
+        ctx.args = (kind, dims, relu, affine)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         if dy is None:
-            return (None,) * 9
+            return (None,) * 10
         x, alpha, shift, weight, bias, residual = ctx.saved_tensors
-        kind, dims, relu = ctx.args
+        kind, dims, relu, affine = ctx.args
+        if torch.is_grad_enabled():  # a graph of the backward (double backward): the native
+            return (*_graph_backward(ctx, dy, affine), None, None, None, None)  # path's
         dy = _dy_like(dy, x)
         out = _backward(dy, x, alpha, shift, weight, bias, residual, kind, dims, relu)
         return (*_grads(x, dy, alpha, shift, weight, bias, residual, out,
-                        ctx.needs_input_grad), None, None, None)
+                        ctx.needs_input_grad), None, None, None, None)
+
+
+def _graph_backward(ctx, dy, affine):
+    """The gradients as differentiable ops of the saved inputs (``create_graph=True``: a
+    gradient penalty), through the native path (``ops/pointwise.py``, whose backward is
+    differentiable): the kernels' backward would cut the graph, silently."""
+    x, alpha, shift, weight, bias, residual = ctx.saved_tensors
+    kind, _, relu, _ = ctx.args
+    inputs = (x, alpha, shift, weight, bias, residual)
+    wanted = [t for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    with torch.enable_grad():
+        y = pointwise(kind, x, alpha, shift,
+                      None if weight is None else weight.reshape(affine),
+                      None if bias is None else bias.reshape(affine), residual,
+                      "relu" if relu else None)
+        got = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
+    return tuple(next(got) if t is not None and ctx.needs_input_grad[i] else None
+                 for i, t in enumerate(inputs))
 
 
 def numba_pointwise(plan, x, alpha, shift=None, weight=None, bias=None, residual=None,
@@ -235,4 +257,5 @@ def numba_pointwise(plan, x, alpha, shift=None, weight=None, bias=None, residual
     relu = activation == "relu"
     if _use_custom_op(x, alpha, shift, weight, bias, residual):
         return _fwd(x, alpha, shift, weight, bias, residual, plan.kind, list(dims), relu)
-    return _Eager.apply(x, alpha, shift, weight, bias, residual, plan.kind, dims, relu)
+    return _Eager.apply(x, alpha, shift, weight, bias, residual, plan.kind, dims, relu,
+                        plan.affine_shape)
