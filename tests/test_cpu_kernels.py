@@ -633,3 +633,37 @@ def test_pointwise_double_backward_matches_the_float64_oracle(kind, activation):
     want = grads([None if t is None else t.double() for t in (x, alpha, shift, w, b, r)], None)
     for g, e in zip(got, want, strict=True):
         oracle.close(g, e, torch.float32, 4.0)
+
+
+_DOUBLE_BACKWARD = ["batch-NCHW-primes", "batch-NLC-64-chunked", "instance-channels_last",
+                    "group-NCHW-primes", "layer-1023", "rms-1023"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in _DOUBLE_BACKWARD],
+                         ids=_DOUBLE_BACKWARD)
+def test_norm_double_backward_matches_the_float64_oracle(case, dtype):
+    """A graph of the backward (create_graph=True: a gradient penalty) through the numba
+    kernels (rows, lines, columns) is differentiated like the float64 oracle's, not cut: the
+    kernels' backward is not differentiable, so it takes the reference math there. loss =
+    sum(y * c) + sum(dL/dx ** 2), the gradients of every leaf (before the fix the second
+    term's graph was cut: wrong weight gradients, with no error)."""
+    _, kind, shape, opts = case
+    x, w, b = _make(kind, shape, opts, dtype)
+    c = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def grads(fn, tensors):
+        leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+        y = fn(*leaves)
+        first = (y * c.to(y.dtype)).sum()
+        gx, = torch.autograd.grad(first, leaves[0], create_graph=True)
+        return torch.autograd.grad(first + gx.square().sum(),
+                                   [t for t in leaves if t is not None])
+
+    with ops.trace_backends() as ran:
+        got = grads(lambda *t: _normlab(kind, *t, opts), (x, w, b))
+    assert ran == ["numba"]
+    want = grads(lambda *t: _oracle(kind, *t, opts),
+                 [None if t is None else t.double() for t in (x, w, b)])
+    for g, e in zip(got, want, strict=True):
+        oracle.close(g, e, dtype, scale=10.0)

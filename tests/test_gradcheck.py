@@ -80,8 +80,9 @@ NUMBA_KINDS = [k for k in KINDS if k not in ("batch-eval", "adain", "layer-first
 @pytest.mark.skipif(not ops.cpu_available(), reason="numba is not installed")
 @pytest.mark.parametrize("kind", NUMBA_KINDS)
 def test_gradcheck_numba(kind):
-    """The numba kernels' backward (no double backward there: gradgradcheck is for the
-    reference path); which backend ran is checked, so a hand-on cannot pass for it."""
+    """The numba kernels' backward, and its double backward (the reference math's, see
+    ``cpu_op._graph_backward``); which backend ran is checked, so a hand-on cannot pass for
+    it."""
     fn, shape, pshape = KINDS[kind]
     x, w, b, _ = _inputs(kind, shape, pshape, False)
     args = [a for a in (x, w, b) if a is not None]
@@ -92,4 +93,5 @@ def test_gradcheck_numba(kind):
 
     with ops.trace_backends() as ran:
         assert torch.autograd.gradcheck(f, args)
+        assert torch.autograd.gradgradcheck(f, args)
     assert set(ran) == {"numba"}

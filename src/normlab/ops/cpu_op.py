@@ -13,8 +13,10 @@ one launch per forward and per backward). Eager calls on plain tensors go throug
 ``_Eager`` (the same functions, without the custom op's dispatcher work).
 Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
 normalizations take only those two dtypes here (numba has no bfloat16; DyT and Derf, bfloat16
-included, are ``cpu_pointwise``'s). Which calls come here is ``dispatch.Numba.accepts``. No
-double backward (use ``backend="reference"``).
+included, are ``cpu_pointwise``'s). Which calls come here is ``dispatch.Numba.accepts``. A
+double backward (a backward with ``create_graph=True``) of an eager call runs the reference
+math's differentiable backward instead of the kernels' (``_graph_backward``); the custom ops
+(``torch.compile``) have none (use ``backend="reference"``).
 
 numba compiles each kernel on its first call in a process (a few seconds; cached on disk next
 to the kernels' source, so later processes load it). The kernels run on
@@ -35,6 +37,7 @@ import threading
 import torch
 
 from normlab import spec
+from normlab.reference import forward as reference_forward
 from normlab.reference import stat_dtype
 
 __all__ = ["available", "numba_norm"]
@@ -305,7 +308,7 @@ class _Eager(torch.autograd.Function):
     through the custom ops (``_use_custom_op``)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, family, dims, affine, centered, eps):
+    def forward(ctx, x, weight, bias, family, dims, affine, centered, eps, plan):
         # ctx first, no setup_context: Function.apply then skips binding the arguments by
         # signature (inspect, ~0.1 ms); functorch transforms, which would need setup_context,
         # take the custom ops
@@ -315,6 +318,7 @@ class _Eager(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.args = (family, dims, affine, centered)
+        ctx.plan, ctx.eps = plan, eps
         return y, mean, rstd, var
 
     @staticmethod
@@ -323,14 +327,36 @@ class _Eager(torch.autograd.Function):
         family, dims, affine, centered = ctx.args
         needs = ctx.needs_input_grad
         if dy is None:
-            return (None,) * 8
+            return (None,) * 9
+        if torch.is_grad_enabled():  # a graph of the backward (double backward, a gradient
+            return _graph_backward(ctx, dy, x, weight, bias)  # penalty): the reference's
         if dy.stride() != x.stride() or dy.dtype != x.dtype:  # the kernels read dy like x
             dy = torch.empty_like(x).copy_(dy)
         dx, dw, db = _backward(dy, x, weight, mean, rstd, dims, affine, _FAMILIES[family],
                                centered)
         dw = dw.to(weight.dtype).reshape(weight.shape) if needs[1] else None
         db = db.to(bias.dtype).reshape(bias.shape) if needs[2] else None
-        return (dx if needs[0] else None, dw, db, None, None, None, None, None)
+        return (dx if needs[0] else None, dw, db, None, None, None, None, None, None)
+
+
+def _graph_backward(ctx, dy, x, weight, bias):
+    """The backward as differentiable ops of the saved inputs (autograd through the reference
+    math, ``normlab.reference.forward``), so that a graph of it connects to them: the kernels'
+    backward is not differentiable, and cutting the graph there gave silently wrong gradients
+    in a loss that also holds the output."""
+    shape = ctx.plan.affine_shape
+    with torch.enable_grad():
+        y, _ = reference_forward(x, ctx.plan, eps=ctx.eps,
+                                 weight=None if weight is None else weight.reshape(shape),
+                                 bias=None if bias is None else bias.reshape(shape))
+        wanted = [(i, t) for i, t in enumerate((x, weight, bias))
+                  if t is not None and ctx.needs_input_grad[i]]
+        grads = torch.autograd.grad(y, [t for _, t in wanted], dy.to(y.dtype),
+                                    create_graph=True, allow_unused=True)
+    out = [None] * 9
+    for (i, t), g in zip(wanted, grads, strict=True):
+        out[i] = None if g is None else g.to(t.dtype)
+    return tuple(out)
 
 
 def _use_custom_op(*tensors) -> bool:
@@ -354,5 +380,5 @@ def numba_norm(plan: spec.Plan, x: torch.Tensor, *, eps: float, weight=None, bia
                                    plan.centered, float(eps))
     else:
         y, mean, _rstd, var = _Eager.apply(x, weight, bias, family, k.dims, k.affine,
-                                           plan.centered, float(eps))
+                                           plan.centered, float(eps), plan)
     return y, mean.reshape(plan.stats_shape), var.reshape(plan.stats_shape)
