@@ -571,8 +571,9 @@ def update_running(running_mean, running_var, mean, var, count, rows, channels, 
     if running_mean is None:
         return
     if count is None:
-        if rows == 1 and mean.dim() == 1 and var.dim() == 1:
-            one_row = True  # batch norm: the statistics are the row (no reshape, no indexing)
+        if rows == 1:  # batch norm: the statistics as the (channels,) row (no indexing)
+            mean, var = mean.reshape(channels), var.reshape(channels)
+            one_row = True
         else:
             mean, var = mean.reshape(rows, channels), var.reshape(rows, channels)
             one_row = False
