@@ -34,6 +34,7 @@ import functools
 import importlib.util
 import threading
 
+import numpy as np
 import torch
 
 from normlab import spec
@@ -106,6 +107,14 @@ def _param(t, n, fill, dtype):
     return t.detach().reshape(-1).to(dtype).contiguous()
 
 
+def _param_np(t, n, fill, dtype):
+    """``_param`` as a numpy array: a 1-D contiguous parameter of ``dtype`` is read in place
+    (as ``_param`` does, without its reshape/to/contiguous calls: ~1 us each)."""
+    if t is not None and t.dtype == dtype and t.dim() == 1 and t.is_contiguous():
+        return t.detach().numpy()
+    return _param(t, n, fill, dtype).numpy()
+
+
 @functools.cache
 def _zero(dtype):
     """0 as a numpy scalar of ``dtype`` (the kernels' block accumulators take its type)."""
@@ -146,21 +155,25 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps):
     y = torch.empty_like(x)
     if shape == ROWS:
         mean, rstd, var = (torch.empty(nb, dtype=sdt) for _ in range(3))
-        w, b = _param(weight, d2, 1.0, x.dtype), _param(bias, d2, 0.0, x.dtype)
+        w, b = _param_np(weight, d2, 1.0, x.dtype), _param_np(bias, d2, 0.0, x.dtype)
         with _launch(numba, k) as (kern, _):
-            kern.rows_fwd(_np(x, (nb, d2)), w.numpy(), b.numpy(), centered, eps, _zero(sdt),
+            kern.rows_fwd(_np(x, (nb, d2)), w, b, centered, eps, _zero(sdt),
                        _np(y, (nb, d2)), mean.numpy(), rstd.numpy(), var.numpy())
         return y, mean, rstd, var
     idx, cw = _affine_index(dims, affine, shape)
     if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)
-        # separate tensors: a custom op's outputs must not alias one another
-        mean, rstd, var, scratch = (torch.empty(nb, d1, dtype=sdt) for _ in range(4))
-        w, b = _param(weight, cw, 1.0, sdt), _param(bias, cw, 0.0, sdt)
+        # separate tensors: a custom op's outputs must not alias one another; 1-D (the
+        # statistics' shape) with (NB, D1) numpy views for the kernel, the scratch numpy's own
+        mean, rstd, var = torch.empty(nb * d1, dtype=sdt), torch.empty(nb * d1, dtype=sdt), \
+            torch.empty(nb * d1, dtype=sdt)
+        scratch = np.empty((nb, d1), dtype=_zero(sdt).dtype)
+        w, b = _param_np(weight, cw, 1.0, sdt), _param_np(bias, cw, 0.0, sdt)
         with _launch(numba, k) as (kern, nth):
-            kern.lines_fwd_fused(_np(x, dims), w.numpy(), b.numpy(), affine[:4], centered, eps,
-                              _zero(sdt), scratch.numpy(), _np(y, dims), mean.numpy(),
-                              rstd.numpy(), var.numpy(), nth)
-        return y, mean.view(-1), rstd.view(-1), var.view(-1)
+            kern.lines_fwd_fused(_np(x, dims), w, b, affine[:4], centered, eps, _zero(sdt),
+                                 scratch, _np(y, dims), mean.numpy().reshape(nb, d1),
+                                 rstd.numpy().reshape(nb, d1), var.numpy().reshape(nb, d1),
+                                 nth)
+        return y, mean, rstd, var
     w, b = _param(weight, cw, 1.0, torch.float64), _param(bias, cw, 0.0, torch.float64)
     if _fused_columns(x, dims):
         cols = (nb, d0, d1 * d2)
@@ -192,10 +205,10 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
     shape = _shape(dims, affine, family)
     dx = torch.empty_like(x)
     if shape == ROWS:
-        w = _param(weight, d2, 1.0, x.dtype)
+        w = _param_np(weight, d2, 1.0, x.dtype)
         with _launch(numba, k) as (kern, nth):
             dwp, dbp = (torch.zeros(nth, d2, dtype=torch.float64) for _ in range(2))
-            kern.rows_bwd(_np(dy, (nb, d2)), _np(x, (nb, d2)), w.numpy(), mean.numpy(),
+            kern.rows_bwd(_np(dy, (nb, d2)), _np(x, (nb, d2)), w, mean.numpy(),
                        rstd.numpy(), centered, nth, _np(dx, (nb, d2)), dwp.numpy(),
                        dbp.numpy())
         return dx, dwp.sum(0), dbp.sum(0)
@@ -204,7 +217,7 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         sdy, sdyx = torch.empty(2, nb, d0, d1, dtype=torch.float64).unbind()
         with _launch(numba, k) as (kern, _):
             kern.lines_bwd_fused(_np(dy, dims), _np(x, dims), mean.view(nb, d1).numpy(),
-                              rstd.view(nb, d1).numpy(), _param(weight, cw, 1.0, sdt).numpy(),
+                              rstd.view(nb, d1).numpy(), _param_np(weight, cw, 1.0, sdt),
                               affine[:4], centered, _zero(sdt),
                               torch.empty(nb, d1, 2, dtype=sdt).numpy(), _np(dx, dims),
                               sdy.numpy(), sdyx.numpy())

@@ -531,6 +531,32 @@ def count_batch(running: Running | None, moves: bool) -> float:
     return momentum if momentum is not None else 1.0 / float(nbt)
 
 
+_FOREACH_DTYPES = (torch.float32, torch.float64)
+
+
+def _update_moving(running_mean, running_var, mean, var, rows, group_size, factor, one_row):
+    """``update_running`` without a count; ``one_row``: ``mean``/``var`` are already the one
+    (channels,) row."""
+    unbiased = var * (group_size / max(group_size - 1, 1))
+    if not one_row:
+        # instance norm: the samples' mean (of one row: the row itself, exactly)
+        mean, unbiased = ((mean.mean(0), unbiased.mean(0)) if rows > 1
+                          else (mean[0], unbiased[0]))
+    if mean.dtype != running_mean.dtype:
+        mean = mean.to(running_mean.dtype)
+    if unbiased.dtype != running_var.dtype:
+        unbiased = unbiased.to(running_var.dtype)
+    if running_mean.dtype in _FOREACH_DTYPES and running_var.dtype in _FOREACH_DTYPES:
+        # two foreach calls, not four ops (each ~10-15 us on the shared machine: the
+        # Python around a large numba call was 0.4 ms, this update 0.12 of it); the
+        # same bits (not in half precision, where foreach rounds differently)
+        torch._foreach_mul_([running_mean, running_var], 1.0 - factor)
+        torch._foreach_add_([running_mean, running_var], [mean, unbiased], alpha=factor)
+    else:
+        running_mean.mul_(1.0 - factor).add_(mean, alpha=factor)
+        running_var.mul_(1.0 - factor).add_(unbiased, alpha=factor)
+
+
 def update_running(running_mean, running_var, mean, var, count, rows, channels, group_size,
                    factor, num_batches_tracked=None):
     """running = (1 - factor) * running + factor * batch value, with the unbiased variance;
@@ -544,24 +570,24 @@ def update_running(running_mean, running_var, mean, var, count, rows, channels, 
     the cumulative factor ``1 / num_batches_tracked`` is a tensor too."""
     if running_mean is None:
         return
+    if count is None:
+        if rows == 1:  # batch norm: the statistics as the (channels,) row (no indexing)
+            mean, var = mean.reshape(channels), var.reshape(channels)
+            one_row = True
+        else:
+            mean, var = mean.reshape(rows, channels), var.reshape(rows, channels)
+            one_row = False
+        if (mean.requires_grad or var.requires_grad or running_mean.requires_grad
+                or running_var.requires_grad):
+            with torch.no_grad():
+                _update_moving(running_mean, running_var, mean, var, rows, group_size, factor,
+                               one_row)
+        else:  # nothing records a graph: no no_grad context (~4 us a call)
+            _update_moving(running_mean, running_var, mean, var, rows, group_size, factor,
+                           one_row)
+        return
     mean, var = mean.reshape(rows, channels), var.reshape(rows, channels)
     with torch.no_grad():
-        if count is None:
-            unbiased = var * (group_size / max(group_size - 1, 1))
-            # instance norm: the samples' mean (of one row: the row itself, exactly)
-            mean, unbiased = ((mean.mean(0), unbiased.mean(0)) if rows > 1
-                              else (mean[0], unbiased[0]))
-            mean, unbiased = mean.to(running_mean.dtype), unbiased.to(running_var.dtype)
-            if {running_mean.dtype, running_var.dtype} <= {torch.float32, torch.float64}:
-                # two foreach calls, not four ops (each ~10-15 us on the shared machine: the
-                # Python around a large numba call was 0.4 ms, this update 0.12 of it); the
-                # same bits (not in half precision, where foreach rounds differently)
-                torch._foreach_mul_([running_mean, running_var], 1.0 - factor)
-                torch._foreach_add_([running_mean, running_var], [mean, unbiased], alpha=factor)
-            else:
-                running_mean.mul_(1.0 - factor).add_(mean, alpha=factor)
-                running_var.mul_(1.0 - factor).add_(unbiased, alpha=factor)
-            return
         count = count.reshape(rows, channels)
         ok = count > 1
         has = ok.any(0)  # per channel: some group of this channel has 2 real values
