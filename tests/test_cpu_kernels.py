@@ -100,6 +100,18 @@ def _grads(fn, x, w, b, dy):
     return y, [None if t is None else t.grad for t in leaves]
 
 
+
+def _compiled_matches_eager(model, x, ye):
+    """torch.compile(fullgraph, aot_eager) of ``model`` gives eager's output ``ye`` and its
+    parameter gradients (through the custom ops, which the eager calls do not use)."""
+    ge = torch.autograd.grad(ye.square().sum(), list(model.parameters()))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    yc = compiled(x)
+    gc = torch.autograd.grad(yc.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(yc, ye, **oracle.tol(torch.float32))
+    for a, b in zip(gc, ge, strict=True):
+        oracle.close(a, b, torch.float32, scale=10)
+
 @pytest.fixture
 def poisoned(monkeypatch):
     """Every float buffer torch.empty/empty_like hands out is NaN: an element a kernel does
@@ -327,13 +339,7 @@ def test_compile_fullgraph_through_the_custom_ops():
     )
     x = torch.randn(4, 3, 6, 6)
     ye = model(x)
-    ge = torch.autograd.grad(ye.square().sum(), list(model.parameters()))
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    yc = compiled(x)
-    gc = torch.autograd.grad(yc.square().sum(), list(model.parameters()))
-    torch.testing.assert_close(yc, ye, **oracle.tol(torch.float32))
-    for a, b in zip(gc, ge, strict=True):
-        oracle.close(a, b, torch.float32, scale=10)
+    _compiled_matches_eager(model, x, ye)
 
 
 def test_half_precision_channels_last_instance_norm_runs_on_a_float32_copy():
@@ -597,13 +603,7 @@ def test_pointwise_compile_fullgraph_through_the_custom_ops():
     with ops.trace_backends() as ran:
         ye = model(x)
     assert ran == ["numba", "numba"]
-    ge = torch.autograd.grad(ye.square().sum(), list(model.parameters()))
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    yc = compiled(x)
-    gc = torch.autograd.grad(yc.square().sum(), list(model.parameters()))
-    torch.testing.assert_close(yc, ye, **oracle.tol(torch.float32))
-    for a, b in zip(gc, ge, strict=True):
-        oracle.close(a, b, torch.float32, scale=10)
+    _compiled_matches_eager(model, x, ye)
 
 
 @pytest.mark.parametrize("activation", [None, "relu"])

@@ -23,7 +23,7 @@ import functools
 import torch
 
 from normlab.ops.cpu_op import _launch, _param, _use_custom_op
-from normlab.ops.pointwise import pointwise
+from normlab.ops.pointwise import grads_like, pointwise
 
 __all__ = ["ACTIVATIONS", "DTYPES", "numba_pointwise"]
 
@@ -174,10 +174,7 @@ def _bwd(dy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, shift: torch.Te
 
 @_bwd.register_fake
 def _(dy, x, alpha, shift, weight, bias, residual, kind, dims, relu):
-    def like(t):
-        return x.new_empty(0) if t is None else torch.empty_like(t)
-    return (torch.empty_like(x), torch.empty_like(alpha), like(shift), like(weight), like(bias),
-            like(residual))
+    return grads_like(x, alpha, shift, weight, bias, residual)
 
 
 def _setup(ctx, inputs, output):

@@ -33,7 +33,8 @@ from normlab.reference import (
     stat_dtype,
 )
 
-__all__ = ["pointwise"]  # recompute=True is the memory-saving variant (see the docstring)
+# pointwise(recompute=True) is the memory-saving variant (see the docstring)
+__all__ = ["grads_like", "pointwise"]
 
 
 def _pre(x, alpha, shift, sdt):
@@ -119,3 +120,13 @@ def pointwise(kind: str, x, alpha, shift=None, weight=None, bias=None, residual=
     module docstring for the measurement)."""
     return _Pointwise.apply(x, alpha, shift, weight, bias, residual, kind, activation,
                             recompute)
+
+
+def grads_like(x, alpha, shift, weight, bias, residual):
+    """Empty tensors shaped as the pointwise backward's outputs (dx, dalpha, dshift, dweight,
+    dbias, dresidual; an empty tensor for an absent input): the fake implementation of the
+    Triton and numba backward custom ops."""
+    def like(t):
+        return x.new_empty(0) if t is None else torch.empty_like(t)
+    return (torch.empty_like(x), torch.empty_like(alpha), like(shift), like(weight), like(bias),
+            like(residual))

@@ -16,6 +16,7 @@ import os
 import torch
 
 from normlab import spec
+from normlab.ops.pointwise import grads_like
 from normlab.reference import stat_dtype
 
 __all__ = ["available", "layout", "triton_norm", "triton_pointwise", "usable_for"]
@@ -193,10 +194,7 @@ def _pw_bwd(dy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, shift: torch
 
 @_pw_bwd.register_fake
 def _(dy, x, alpha, shift, weight, bias, residual, kind, dims, activation):
-    def like(t):
-        return x.new_empty(0) if t is None else torch.empty_like(t)
-    return (torch.empty_like(x), torch.empty_like(alpha), like(shift), like(weight), like(bias),
-            like(residual))
+    return grads_like(x, alpha, shift, weight, bias, residual)
 
 
 def _pw_setup(ctx, inputs, output):
