@@ -54,9 +54,10 @@ The kernels' layouts (``spec.Kernel``'s ELEMENT view ``(OUTER, PERIOD, INNER)``)
 (``INNER > 1``: ``(OUTER * PERIOD, INNER)`` lines, one weight per line). The backward recomputes
 ``t`` from ``x`` (no activation-sized buffer is kept) and writes ``dx`` (and with ReLU and a
 residual ``dresidual``); its per-weight sums (``sum(dz * t)``, ``sum(dz)``) and the scalars'
-(``sum(g * x)``, ``sum(g)``) are float32 over short runs (32 rows of a block; a line) added in
-float64, per block of rows (a fixed number of blocks, whatever the thread count, so the sums do
-not depend on it) or per line; the caller adds the blocks.
+(``sum(g * x)``, ``sum(g)``) are float32 over short runs (per column 32 rows of a block, the
+scalars' along a row, in registers; a line) added in float64, per block of rows (a fixed
+number of blocks, whatever the thread count, so the sums do not depend on it) or per line; the
+caller adds the blocks.
 
 Every kernel also exists as a serial twin (:data:`SERIAL`, as in ``normlab.kernels.cpu.norm``)
 for calls on one thread, and per kind (``_dyt``/``_derf`` suffixes: the squash is chosen when
@@ -359,16 +360,23 @@ def lines_fwd(x, w, b, r, has_r, a, s, oz, y, kc):
 def rows_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums, kc):
     """The backward of ``rows_fwd``: dx = g * a with ``g = dz * w * squash'(u)``, ``dz = dy``
     (times ``z > 0`` with ReLU; then ``dr = dz`` is written too); ``sums`` (BLOCKS, 4, P)
-    float64: per block of rows, per column, sum(dz * t), sum(dz), sum(g * x), sum(g)."""
+    float64, zeros on entry: per block of rows, per column, sum(dz * t) and sum(dz); the
+    scalars' sum(g * x) and sum(g) (only their totals are used) in column 0 of rows 2 and 3,
+    summed along each row (float32, as ``lines_bwd``'s, then float64): kept in registers (per
+    column they were two more loads and stores an element: 12-16% of the backward's time; a
+    loop over runs of columns inside the row, to bound the float32 sums, kept LLVM from
+    vectorizing)."""
     R, P = x.shape
     nb = sums.shape[0]
     kh = _hoist(kc)
     for k in prange(nb):
         lo = k * R // nb
         hi = (k + 1) * R // nb
-        acc = np.zeros((4, P), dtype=np.float32)
+        acc = np.zeros((2, P), dtype=np.float32)
         for i0 in range(lo, hi, _ROWS_PER_RUN):
             for i in range(i0, min(hi, i0 + _ROWS_PER_RUN)):
+                s2 = _ZERO
+                s3 = _ZERO
                 for j in range(P):
                     xv = _widen(x[i, j])
                     u = xv * a + s
@@ -384,9 +392,11 @@ def rows_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums, kc):
                     dx[i, j] = _narrow(g * a, oz)
                     acc[0, j] += dz * t
                     acc[1, j] += dz
-                    acc[2, j] += g * xv
-                    acc[3, j] += g
-            for c in range(4):
+                    s2 += g * xv
+                    s3 += g
+                sums[k, 2, 0] += s2
+                sums[k, 3, 0] += s3
+            for c in range(2):
                 for j in range(P):
                     sums[k, c, j] += acc[c, j]
                     acc[c, j] = _ZERO
