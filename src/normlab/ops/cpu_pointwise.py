@@ -87,7 +87,7 @@ def _forward(x, alpha, shift, weight, bias, residual, kind, dims, relu):
     with _launch(numba, k.KERNELS[kind, relu]) as (kern, _):
         (kern.rows_fwd if rows else kern.lines_fwd)(
             xa, w, b, r, residual is not None, np.float32(a), np.float32(s), _zero(x.dtype),
-            _np(y, shape))
+            _np(y, shape), k.CONSTS)
     return y
 
 
@@ -116,7 +116,7 @@ def _backward(dy, x, alpha, shift, weight, bias, residual, kind, dims, relu):
         (kern.rows_bwd if rows else kern.lines_bwd)(
             _np(dy, shape), xa, w, b, r, residual is not None, np.float32(a),
             np.float32(s), _zero(x.dtype), _np(dx, shape),
-            _np(dx if dr is None else dr, shape), sums.numpy())  # dr unused without ReLU
+            _np(dx if dr is None else dr, shape), sums.numpy(), k.CONSTS)  # dr: unused w/o ReLU
     if rows:
         per_w = sums.sum(0)  # (4, P)
         dw, db, da, ds = per_w[0], per_w[1], per_w[2].sum(), per_w[3].sum()

@@ -12,32 +12,52 @@ and stores.
 libm calls, which keep a loop from vectorizing), so both are written here branch-free: each
 evaluates its pieces for every element and selects, so the loops vectorize (8 float32 lanes on
 AVX2). The coefficients were fitted for this module (least squares in float64, weighted by the
-relative error, on Chebyshev-spaced points; ``tests/test_cpu_kernels.py`` measures the
-float32 result over every bfloat16 value and a dense float32 sweep: tanh within 0.93 / 1.31
-float32 ulps, erf 0.99 / 1.32):
+relative error -- for erf's upper piece by erf's absolute error -- on Chebyshev-spaced points,
+reweighted towards minimax); ``tests/test_cpu_kernels.py`` measures the float32 result over
+every bfloat16 value and a dense float32 sweep of [-12, 12]: tanh within 0.93 / 1.33 float32
+ulps, erf 0.99 / 1.23:
 
-* ``exp(v)`` for ``v`` in about [-87, 88]: ``2^n * (1 + r P(r))``, ``n = round(v / ln 2)``,
-  ``r = v - n ln 2`` (one float32 constant for ln 2: its error times ``n`` stays below half
-  an ulp for the ``|v| <= 20`` of tanh and erf; the derivative of erf, whose argument goes
-  lower, only needs the gradients' tolerance), P of degree 5 on ``|r| <= ln 2 / 2`` (fit:
-  2.2e-9 relative), ``2^n`` built from its exponent bits.
+* ``exp(r)`` for ``|r| <= ln 2 / 2``: ``1 + r P(r)``, P of degree 5 (fit: 2.2e-9 relative),
+  evaluated in Estrin's order (shorter dependency chains than Horner's, the same accuracy
+  here); ``exp(v) = 2^n exp(v - n ln 2)``: ``n = round(v / ln 2)`` by adding ``1.5 * 2^23 + 127``
+  (the sum's low mantissa bits then hold ``n + 127``, shifted into the exponent field they are
+  ``2^n``: no round or convert instructions). One float32 constant for ln 2: its error times
+  ``n`` stays below half an ulp for tanh's and erf's arguments; the derivative of erf, whose
+  argument goes lower, only needs the gradients' tolerance.
 * ``tanh(x)``: ``|x| < 0.625``: ``x + x^3 P(x^2)``, P of degree 5 (fit: 6e-10 relative);
   else ``1 - 2 / (exp(2|x|) + 1)`` with ``|x|`` clamped to 10 (tanh is 1 in float32 from 9.01),
-  the sign put back by ``copysign``; NaN passes through.
+  the sign put back by OR-ing in x's sign bit; NaN passes through. (A single odd rational
+  ``x P(x^2) / Q(x^2)`` on [0, 9], fitted to 1.3e-9, measured 3-6 float32 ulps: P, Q and the
+  quotient each round near 1, and near tanh = 1 nothing is small enough to absorb it.)
 * ``erf(x)``: ``|x| < 1``: ``x Q(x^2)``, Q of degree 6 (fit: 1.2e-9 relative); else
-  ``1 - t exp(-x^2 + R(t))``, ``t = 1 / (1 + |x|/2)``, R of degree 5 fitted on [1, 4] (erf's
-  absolute error 1.1e-8, a fifth of its float32 ulp there; erf is 1 in float32 from 3.92,
-  ``|x|`` clamped to 4); Q's constant term is split in two float32s (``a * c_hi + a * (c_lo +
-  ...)``) so the leading product is rounded once (without it erf read 2.4 ulps).
+  ``1 - exp(G(|x| - 1) - x^2)``, G of degree 6 fitted on [1, 4] to ``log(erfc(x)) + x^2``
+  (erf's absolute error 1.0e-9; erf is 1 in float32 from 3.92, ``|x|`` clamped to 4; centred
+  at 1, where erfc is largest, so G's rounding is smallest there -- centred at 2.5 it read
+  1.96 ulps); no division (the previous form's ``t = 1 / (1 + |x|/2)`` is gone). Q's constant
+  term is split in two float32s (``a * c_hi + a * (c_lo + ...)``) so the leading product is
+  rounded once (without it erf read 2.4 ulps).
+
+**Constants from an array.** The approximations read their constants from ``CONSTS``, a
+float32 array every kernel takes as its last argument (``kc``), not as literals: numba's code
+model addresses a literal by a 64-bit immediate, so each use in the loop cost two instructions
+(~20 constants x 8 lanes do not fit AVX2's 16 registers); loaded from an argument, LLVM hoists
+them (spilled once, then folded into the FMAs as memory operands). Measured on one thread, the
+serial rows kernels (8192 x 1024 float32, time per element, this and the previous version
+alternating in one process): DyT forward -25%, backward -15%; Derf forward -30%, backward -20%
+to -25%. ``rows_bwd`` of Derf loads them into a tuple of scalars before its loop (``_unpacker``):
+with loads from the array its loop needed more run-time alias checks than LLVM allows and was
+not vectorized. A load inside one branch of a conditional expression has the same effect (it
+cannot become a select), hence the unconditional loads in ``_derf``.
 
 The kernels' layouts (``spec.Kernel``'s ELEMENT view ``(OUTER, PERIOD, INNER)``): **rows**
 (``INNER == 1``: the memory is ``(OUTER, PERIOD)`` rows, one weight per column) and **lines**
 (``INNER > 1``: ``(OUTER * PERIOD, INNER)`` lines, one weight per line). The backward recomputes
 ``t`` from ``x`` (no activation-sized buffer is kept) and writes ``dx`` (and with ReLU and a
 residual ``dresidual``); its per-weight sums (``sum(dz * t)``, ``sum(dz)``) and the scalars'
-(``sum(g * x)``, ``sum(g)``) are float32 over short runs (32 rows of a block; a line) added in
-float64, per block of rows (a fixed number of blocks, whatever the thread count, so the sums do
-not depend on it) or per line; the caller adds the blocks.
+(``sum(g * x)``, ``sum(g)``) are float32 over short runs (per column 32 rows of a block, the
+scalars' along a row, in registers; a line) added in float64, per block of rows (a fixed
+number of blocks, whatever the thread count, so the sums do not depend on it) or per line; the
+caller adds the blocks.
 
 Every kernel also exists as a serial twin (:data:`SERIAL`, as in ``normlab.kernels.cpu.norm``)
 for calls on one thread, and per kind (``_dyt``/``_derf`` suffixes: the squash is chosen when
@@ -54,7 +74,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-__all__ = ["BLOCKS", "KERNELS", "squash_f32"]
+__all__ = ["BLOCKS", "CONSTS", "KERNELS", "squash_f32"]
 
 # no "nnan"/"ninf": NaN and Inf inputs keep their meaning; the approximations below contain
 # no (a + C) - C rounding tricks, so reassociation (for the vectorized sums) cannot break them
@@ -110,113 +130,172 @@ def _narrow(typingctx, z, like):
 
 
 @intrinsic
-def _pow2(typingctx, n):
-    """2^n for a float32 holding an integer in [-126, 127]."""
+def _pow2_bits(typingctx, m):
+    """2^n from ``m = MAGIC + n`` (a float32 whose low mantissa bits hold n + 127, n in [-126,
+    127]): those bits shifted into the exponent field."""
     def codegen(context, builder, sig, args):
-        i = builder.fptosi(args[0], _I32)
-        e = builder.shl(builder.add(i, ir.Constant(_I32, 127)), ir.Constant(_I32, 23))
-        return builder.bitcast(e, ir.FloatType())
+        b = builder.bitcast(args[0], _I32)
+        return builder.bitcast(builder.shl(b, ir.Constant(_I32, 23)), ir.FloatType())
     return types.float32(types.float32), codegen
+
+
+@intrinsic
+def _signed(typingctx, t, x):
+    """``t`` (sign bit clear) with the sign bit of ``x``: copysign in two instructions (LLVM's
+    clears t's sign first: three)."""
+    def codegen(context, builder, sig, args):
+        tb = builder.bitcast(args[0], _I32)
+        sign = builder.and_(builder.bitcast(args[1], _I32), ir.Constant(_I32, -(2 ** 31)))
+        return builder.bitcast(builder.or_(tb, sign), ir.FloatType())
+    return types.float32(types.float32, types.float32), codegen
+
+
+
+def _unpacker(n):
+    """An intrinsic: a float32 array's first ``n`` elements as a tuple of scalars (loaded once,
+    before the loop, where loads from the array in the loop would need run-time alias checks
+    against each stored array: ``rows_bwd`` has too many for LLVM to vectorize Derf's loop)."""
+    @intrinsic
+    def unpack(typingctx, arr):
+        tup = types.UniTuple(types.float32, n)
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            vals = [builder.load(builder.gep(data, [ir.Constant(ir.IntType(64), i)]))
+                    for i in range(n)]
+            return context.make_tuple(builder, tup, vals)
+        return tup(arr), codegen
+    return unpack
+
+
+@njit
+def _same(kc):
+    return kc
 
 
 # ---- exp, tanh, erf in float32 (module doc) ----
 
-_LOG2E, _LN2 = F(1.0 / math.log(2.0)), F(math.log(2.0))
-# exp(r) = 1 + r P(r) on |r| <= ln2/2, P of degree 5 (fit: 2.2e-9 relative)
-_E = [F(c) for c in (1.0000000360921264, 0.4999999535099423, 0.16666420945132124,
-                     0.04166772432091816, 0.008374763974937777, 0.001385929107743003)]
-_TANH_CUT, _TANH_CLAMP = F(0.625), F(10.0)
-_TP = [F(c) for c in (-0.3333333316557298, 0.1333330279939945, -0.053959109627172486,
-                      0.021767864736986803, -0.00834090297969001, 0.002289659704658456)]
-_ERF_CUT, _ERF_CLAMP = F(1.0), F(4.0)
-_EQ = [F(c) for c in (1.1283791656893205, -0.3761262556739591, 0.112835822479671,
-                      -0.02685369109884783, 0.005188098887977069, -0.0008008189311902308,
-                      7.847259092570724e-05)]
-_ER = [F(c) for c in (-1.2681596782982163, 1.034795027943149, 0.18827523734115226,
-                      0.5986053546855732, -0.8201948286579135, 0.2667472790354835)]
-_TWO_OVER_SQRTPI = F(2.0 / math.sqrt(math.pi))
-_ONE, _TWO, _HALF, _ZERO = F(1.0), F(2.0), F(0.5), F(0.0)
-_EXP_LO, _EXP_HI = F(-87.0), F(88.0)
-_TP0, _TP1, _TP2, _TP3, _TP4, _TP5 = _TP
-_EQ0, _EQ1, _EQ2, _EQ3, _EQ4, _EQ5, _EQ6 = _EQ
-_EQ0_HI = _EQ0
-_EQ0_LO = F(1.1283791656893205 - float(_EQ0))
-_ER0, _ER1, _ER2, _ER3, _ER4, _ER5 = _ER
-_E1, _E2, _E3, _E4, _E5, _E6 = _E
+_LOG2E, _LN2 = 1.0 / math.log(2.0), math.log(2.0)
+# (name, value): the constants of the approximations, read from one float32 array that the
+# kernels take as an argument (``CONSTS``): a constant folded into the code costs two
+# instructions per use in the loop (numba's code model addresses the constant pool by a 64-bit
+# immediate, and 8 lanes x ~20 constants do not fit AVX2's 16 registers), a load from an
+# argument one (measured: 15-20% of the tanh kernel's time)
+_CONST_TABLE = (
+    ("ONE", 1.0), ("TWO", 2.0),
+    # 1.5 * 2^23 + 127: v * log2e + MAGIC rounds v / ln2 to an integer n held, plus 127, in the
+    # low bits of the float32 (so 2^n is those bits shifted into the exponent field)
+    ("MAGIC", 1.5 * 2.0 ** 23 + 127.0),
+    ("LOG2E", _LOG2E), ("TWO_LOG2E", 2.0 * _LOG2E), ("LN2", _LN2),
+    # exp(r) = 1 + r P(r) on |r| <= ln2/2, P of degree 5 (fit: 2.2e-9 relative)
+    ("E1", 1.0000000360921264), ("E2", 0.4999999535099423), ("E3", 0.16666420945132124),
+    ("E4", 0.04166772432091816), ("E5", 0.008374763974937777), ("E6", 0.001385929107743003),
+    ("EXP_LO", -87.0),
+    # tanh(x) = x + x^3 P(x^2) on |x| < 0.625 (fit: 6e-10 relative)
+    ("TANH_CUT", 0.625), ("TANH_CLAMP", 10.0),
+    ("TP0", -0.3333333316557298), ("TP1", 0.1333330279939945), ("TP2", -0.053959109627172486),
+    ("TP3", 0.021767864736986803), ("TP4", -0.00834090297969001), ("TP5", 0.002289659704658456),
+    # erf(x) = x Q(x^2) on |x| < 1 (fit: 1.2e-9 relative), Q(0) = 2/sqrt(pi) = EQ0_HI + EQ0_LO
+    ("ERF_CUT", 1.0), ("ERF_CLAMP", 4.0),
+    ("EQ0_HI", float(np.float32(1.1283791656893205))),
+    ("EQ0_LO", 1.1283791656893205 - float(np.float32(1.1283791656893205))),
+    ("EQ1", -0.3761262556739591), ("EQ2", 0.112835822479671), ("EQ3", -0.02685369109884783),
+    ("EQ4", 0.005188098887977069), ("EQ5", -0.0008008189311902308), ("EQ6", 7.847259092570724e-05),
+    # log(erfc(x)) = G(x - 1) - x^2 on [1, 4], G of degree 6 (fit: erf's absolute error 1.0e-9)
+    ("G0", -0.8496055164803811), ("G1", -0.6389668159503497), ("G2", 0.15688166384031876),
+    ("G3", -0.04150068944736353), ("G4", 0.009890894132096033), ("G5", -0.0018261649829429364),
+    ("G6", 0.00018557450034237635),
+    ("TWO_OVER_SQRTPI", 2.0 / math.sqrt(math.pi)),
+)
+CONSTS = np.array([v for _, v in _CONST_TABLE], dtype=np.float32)
+CONSTS.setflags(write=False)
+_unpack = _unpacker(len(CONSTS))
+# the index of each constant in ``CONSTS`` (compile-time integers in the kernels)
+(ONE, TWO, MAGIC, LOG2E, TWO_LOG2E, LN2, E1, E2, E3, E4, E5, E6, EXP_LO, TANH_CUT, TANH_CLAMP,
+ TP0, TP1, TP2, TP3, TP4, TP5, ERF_CUT, ERF_CLAMP, EQ0_HI, EQ0_LO, EQ1, EQ2, EQ3, EQ4, EQ5, EQ6,
+ G0, G1, G2, G3, G4, G5, G6, TWO_OVER_SQRTPI) = range(len(_CONST_TABLE))
+assert all(globals()[n] == i for i, (n, _) in enumerate(_CONST_TABLE))  # names in order
+_ZERO = F(0.0)
 
 
 @njit(**_APPROX)
-def _exp(v):
-    """exp(v), float32, for v in [-87, 88] (the caller clamps)."""
-    n = np.floor(v * _LOG2E + _HALF)
-    r = v - n * _LN2
-    p = _E6
-    p = p * r + _E5
-    p = p * r + _E4
-    p = p * r + _E3
-    p = p * r + _E2
-    p = p * r + _E1
-    p = p * r + _ONE
-    return p * _pow2(n)
+def _exp_r(r, k):
+    """exp(r) for |r| <= ln2/2: 1 + r P(r)."""
+    r2 = r * r
+    p = (k[E1] + k[E2] * r) + r2 * ((k[E3] + k[E4] * r) + r2 * (k[E5] + k[E6] * r))
+    return k[ONE] + r * p
 
 
 @njit(**_APPROX)
-def _tanh(x):
+def _exp(v, k):
+    """exp(v), float32, for v in about [-87, 88] (the caller clamps): 2^n exp(v - n ln2)."""
+    m = v * k[LOG2E] + k[MAGIC]
+    n = m - k[MAGIC]
+    return _exp_r(v - n * k[LN2], k) * _pow2_bits(m)
+
+
+@njit(**_APPROX)
+def _tanh(x, k):
     a = abs(x)
     s = a * a
-    p = _TP5
-    p = p * s + _TP4
-    p = p * s + _TP3
-    p = p * s + _TP2
-    p = p * s + _TP1
-    p = p * s + _TP0
-    small = a + a * s * p
-    c = a if a < _TANH_CLAMP else _TANH_CLAMP  # NaN -> the clamp: a finite exp argument
-    big = _ONE - _TWO / (_exp(c + c) + _ONE)
-    t = small if a < _TANH_CUT else big
-    t = math.copysign(t, x)
-    return x if x != x else t
+    p = k[TP5]
+    p = p * s + k[TP4]
+    p = p * s + k[TP3]
+    p = p * s + k[TP2]
+    p = p * s + k[TP1]
+    p = p * s + k[TP0]
+    small = a + (a * s) * p
+    c = k[TANH_CLAMP] if a > k[TANH_CLAMP] else a  # NaN stays NaN (and ends NaN)
+    m = c * k[TWO_LOG2E] + k[MAGIC]  # n = round(2c / ln2), exp(2c) = 2^n exp(2c - n ln2)
+    n = m - k[MAGIC]
+    e = _exp_r((c + c) - n * k[LN2], k)
+    big = k[ONE] - k[TWO] / (e * _pow2_bits(m) + k[ONE])
+    t = small if a < k[TANH_CUT] else big
+    return _signed(t, x)
 
 
 @njit(**_APPROX)
-def _erf(x):
+def _erf(x, k):
     a = abs(x)
     s = a * a
-    q = _EQ6
-    q = q * s + _EQ5
-    q = q * s + _EQ4
-    q = q * s + _EQ3
-    q = q * s + _EQ2
-    q = q * s + _EQ1
+    q = k[EQ6]
+    q = q * s + k[EQ5]
+    q = q * s + k[EQ4]
+    q = q * s + k[EQ3]
+    q = q * s + k[EQ2]
+    q = q * s + k[EQ1]
     # a * Q(s) = a * c_hi + a * (c_lo + s * ...), c_hi + c_lo = Q(0) = 2/sqrt(pi) split in two
     # float32s: the leading term's constant is not rounded, the rest is small
-    small = a * _EQ0_HI + a * (q * s + _EQ0_LO)
-    c = a if a < _ERF_CLAMP else _ERF_CLAMP
-    t = _ONE / (_ONE + c * _HALF)
-    r = _ER5
-    r = r * t + _ER4
-    r = r * t + _ER3
-    r = r * t + _ER2
-    r = r * t + _ER1
-    r = r * t + _ER0
-    big = _ONE - t * _exp(r - c * c)
-    e = small if a < _ERF_CUT else big
-    e = math.copysign(e, x)
-    return x if x != x else e
+    small = a * k[EQ0_HI] + a * (q * s + k[EQ0_LO])
+    c = k[ERF_CLAMP] if a > k[ERF_CLAMP] else a  # NaN stays NaN
+    u = c - k[ONE]
+    u2 = u * u
+    g = ((k[G0] + k[G1] * u) + u2 * (k[G2] + k[G3] * u)) + (u2 * u2) * (
+        (k[G4] + k[G5] * u) + u2 * k[G6])
+    h = g - c * c  # log(erfc(c)), in [-17.9, -1.8]
+    m = h * k[LOG2E] + k[MAGIC]
+    n = m - k[MAGIC]
+    big = k[ONE] - _exp_r(h - n * k[LN2], k) * _pow2_bits(m)
+    e = small if a < k[ERF_CUT] else big
+    return _signed(e, x)
 
 
 @njit(**_APPROX)
-def _dtanh(u, t):
+def _dtanh(u, t, k):
     """d tanh(u) / du from t = tanh(u)."""
-    return _ONE - t * t
+    return k[ONE] - t * t
 
 
 @njit(**_APPROX)
-def _derf(u, t):
+def _derf(u, t, k):
     """d erf(u) / du = 2/sqrt(pi) exp(-u^2) (0 where exp underflows float32)."""
     v = -(u * u)
-    e = _exp(v if v > _EXP_LO else _EXP_LO)  # NaN -> the clamp: a finite exp argument
-    d = _ZERO if v < _EXP_LO else _TWO_OVER_SQRTPI * e
+    lo = k[EXP_LO]
+    e = k[TWO_OVER_SQRTPI] * _exp(v if v > lo else lo, k)  # NaN -> lo: a finite exp argument
+    # every load above is unconditional: a load inside a branch of a conditional expression
+    # cannot be made a select (numba's arrays are not known to be dereferenceable), and that
+    # branch keeps the loop from vectorizing
+    d = _ZERO if v < lo else e
     return d if v == v else v  # NaN in, NaN out
 
 
@@ -224,30 +303,35 @@ def _derf(u, t):
 def squash_f32(x, kind, out):
     """out = tanh(x) (kind 0) or erf(x) (kind 1) elementwise, float32 -> float32, as the kernels
     compute it (for the accuracy tests)."""
+    k = CONSTS
     for i in range(x.shape[0]):
-        out[i] = _tanh(x[i]) if kind == 0 else _erf(x[i])
+        out[i] = _tanh(x[i], k) if kind == 0 else _erf(x[i], k)
 
 
 # ---- the kernels' Python source, written once over ``_sq``/``_dsq`` (compiled per kind below) ----
 
-def _sq(u):  # placeholder: each kind's copy of a kernel binds its own (``_bind``)
+def _sq(u, k):  # placeholder: each kind's copy of a kernel binds its own (``_bind``)
     raise NotImplementedError
 
 
 _RELU = False  # bound per copy too: a constant, so the ReLU branches cost nothing without it
 
 
-def _dsq(u, t):
+def _dsq(u, t, k):
     raise NotImplementedError
 
 
-def rows_fwd(x, w, b, r, has_r, a, s, oz, y):
+def _hoist(kc):
+    raise NotImplementedError
+
+
+def rows_fwd(x, w, b, r, has_r, a, s, oz, y, kc):
     """x, r, y (R, P) (``r``: the residual, or any array of x's shape when ``has_r`` is False);
-    w, b (P,) float32; a, s float32 scalars; ``oz``: 0 in y's element type."""
+    w, b (P,) float32; a, s float32 scalars; ``oz``: 0 in y's element type; ``kc``: ``CONSTS``."""
     R, P = x.shape
     for i in prange(R):
         for j in range(P):
-            t = _sq(_widen(x[i, j]) * a + s)
+            t = _sq(_widen(x[i, j]) * a + s, kc)
             z = w[j] * t + b[j]
             rv = _widen(r[i, j])
             z = z + rv if has_r else z
@@ -256,7 +340,7 @@ def rows_fwd(x, w, b, r, has_r, a, s, oz, y):
             y[i, j] = _narrow(z, oz)
 
 
-def lines_fwd(x, w, b, r, has_r, a, s, oz, y):
+def lines_fwd(x, w, b, r, has_r, a, s, oz, y, kc):
     """x, r, y (U, L): line u uses weight ``w[u % P]``, P = len(w); otherwise as ``rows_fwd``."""
     U, L = x.shape
     P = w.shape[0]
@@ -264,7 +348,7 @@ def lines_fwd(x, w, b, r, has_r, a, s, oz, y):
         wu = w[u % P]
         bu = b[u % P]
         for j in range(L):
-            t = _sq(_widen(x[u, j]) * a + s)
+            t = _sq(_widen(x[u, j]) * a + s, kc)
             z = wu * t + bu
             rv = _widen(r[u, j])
             z = z + rv if has_r else z
@@ -273,22 +357,30 @@ def lines_fwd(x, w, b, r, has_r, a, s, oz, y):
             y[u, j] = _narrow(z, oz)
 
 
-def rows_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums):
+def rows_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums, kc):
     """The backward of ``rows_fwd``: dx = g * a with ``g = dz * w * squash'(u)``, ``dz = dy``
     (times ``z > 0`` with ReLU; then ``dr = dz`` is written too); ``sums`` (BLOCKS, 4, P)
-    float64: per block of rows, per column, sum(dz * t), sum(dz), sum(g * x), sum(g)."""
+    float64, zeros on entry: per block of rows, per column, sum(dz * t) and sum(dz); the
+    scalars' sum(g * x) and sum(g) (only their totals are used) in column 0 of rows 2 and 3,
+    summed along each row (float32, as ``lines_bwd``'s, then float64): kept in registers (per
+    column they were two more loads and stores an element: 12-16% of the backward's time; a
+    loop over runs of columns inside the row, to bound the float32 sums, kept LLVM from
+    vectorizing)."""
     R, P = x.shape
     nb = sums.shape[0]
+    kh = _hoist(kc)
     for k in prange(nb):
         lo = k * R // nb
         hi = (k + 1) * R // nb
-        acc = np.zeros((4, P), dtype=np.float32)
+        acc = np.zeros((2, P), dtype=np.float32)
         for i0 in range(lo, hi, _ROWS_PER_RUN):
             for i in range(i0, min(hi, i0 + _ROWS_PER_RUN)):
+                s2 = _ZERO
+                s3 = _ZERO
                 for j in range(P):
                     xv = _widen(x[i, j])
                     u = xv * a + s
-                    t = _sq(u)
+                    t = _sq(u, kh)
                     dz = _widen(dy[i, j])
                     if _RELU:
                         z = w[j] * t + b[j]
@@ -296,19 +388,21 @@ def rows_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums):
                         z = z + rv if has_r else z
                         dz = dz if z > _ZERO else _ZERO
                         dr[i, j] = _narrow(dz, oz)
-                    g = dz * w[j] * _dsq(u, t)
+                    g = dz * w[j] * _dsq(u, t, kh)
                     dx[i, j] = _narrow(g * a, oz)
                     acc[0, j] += dz * t
                     acc[1, j] += dz
-                    acc[2, j] += g * xv
-                    acc[3, j] += g
-            for c in range(4):
+                    s2 += g * xv
+                    s3 += g
+                sums[k, 2, 0] += s2
+                sums[k, 3, 0] += s3
+            for c in range(2):
                 for j in range(P):
                     sums[k, c, j] += acc[c, j]
                     acc[c, j] = _ZERO
 
 
-def lines_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums):
+def lines_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums, kc):
     """The backward of ``lines_fwd``; ``sums`` (U, 4) float64: per line, sum(dz * t), sum(dz),
     sum(g * x), sum(g)."""
     U, L = x.shape
@@ -323,7 +417,7 @@ def lines_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums):
         for j in range(L):
             xv = _widen(x[u, j])
             v = xv * a + s
-            t = _sq(v)
+            t = _sq(v, kc)
             dz = _widen(dy[u, j])
             if _RELU:
                 z = wu * t + bu
@@ -331,7 +425,7 @@ def lines_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums):
                 z = z + rv if has_r else z
                 dz = dz if z > _ZERO else _ZERO
                 dr[u, j] = _narrow(dz, oz)
-            g = dz * wu * _dsq(v, t)
+            g = dz * wu * _dsq(v, t, kc)
             dx[u, j] = _narrow(g * a, oz)
             s0 += dz * t
             s1 += dz
@@ -347,6 +441,10 @@ def lines_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums):
 
 _SOURCES = ("rows_fwd", "lines_fwd", "rows_bwd", "lines_bwd")
 _SQUASH = {"dyt": (_tanh, _dtanh), "derf": (_erf, _derf)}
+# how ``rows_bwd`` reads the constants: from the array (DyT: vectorizes, and measured faster
+# than a tuple), or as a tuple of scalars loaded before the loop (Derf: its loop does not
+# vectorize with the loads from the array, see ``_unpacker``)
+_HOIST = {"dyt": _same, "derf": _unpack}
 
 
 def _bind(kernel, kind, relu, serial):
@@ -357,6 +455,7 @@ def _bind(kernel, kind, relu, serial):
     g = dict(f.__globals__)
     g["_sq"], g["_dsq"] = _SQUASH[kind]
     g["_RELU"] = relu
+    g["_hoist"] = _HOIST[kind]
     name = f"{f.__name__}_{kind}" + ("_relu" if relu else "") + ("_serial" if serial else "")
     twin = FunctionType(f.__code__, g, name, f.__defaults__, f.__closure__)
     twin.__qualname__ = name
