@@ -326,6 +326,44 @@ def test_running_statistics_move_as_torch_nn():
     assert int(mine.num_batches_tracked) == 1
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_running_statistics_moved_in_the_launch_follow_torch_nn_over_steps(momentum, dtype):
+    """numba's batch norm moves the running statistics in its own launch (through numpy, the
+    batch counter too): several steps, the cumulative average, float64 (asked for by name)."""
+    mine = nl.BatchNorm2d(6, momentum=momentum, backend="numba", dtype=dtype)
+    ref = torch.nn.BatchNorm2d(6, momentum=momentum, dtype=dtype)
+    with ops.trace_backends() as ran:
+        for step in range(3):
+            x = torch.randn(4, 6, 5, 7, dtype=dtype) * (step + 1) + step
+            mine(x)
+            ref(x)
+    assert ran == ["numba"] * 3
+    oracle.close(mine.running_mean, ref.running_mean, dtype)
+    oracle.close(mine.running_var, ref.running_var, dtype)
+    assert int(mine.num_batches_tracked) == 3
+
+
+def test_running_statistics_moved_through_numpy_keep_autograds_checks():
+    """The in-place updates outside torch's ops bump the version counters as torch's ops do
+    (``dispatch.update_running``'s, which the reference backend runs): a backward through an
+    eval-mode call whose running statistics a training call moved since raises, and buffers
+    made in inference mode refuse a training update (as torch.nn's)."""
+    x = torch.randn(4, 3, 6, 6, requires_grad=True)
+    for m in (nl.BatchNorm2d(3, backend="numba"), nl.BatchNorm2d(3, backend="reference")):
+        m.eval()
+        y = m(x)  # saves the running statistics for its backward
+        m.train()
+        m(x.detach())
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+    for make in (lambda: nl.BatchNorm2d(3, backend="numba"), lambda: torch.nn.BatchNorm2d(3)):
+        with torch.inference_mode():
+            m = make()
+        with pytest.raises(RuntimeError, match="[Ii]nference"):
+            m(x.detach())
+
+
 @pytest.mark.slow
 def test_compile_fullgraph_through_the_custom_ops():
     torch._dynamo.reset()

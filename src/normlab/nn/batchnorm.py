@@ -147,11 +147,12 @@ class BatchNorm(_NormBase):
         (see ``normlab.functional``)."""
         check_batch_input(self, input)
         counter = self._counter()
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        use_buffers = not self.training or self.track_running_stats
+        rm, rv = self.running_mean, self.running_var  # each a Module.__getattr__ (~1 us)
+        bn_training = self.training or (rm is None and rv is None)
+        if self.training and not self.track_running_stats:  # batch statistics, no buffers
+            rm = rv = None
         return F.batch_norm(
-            input, self.running_mean if use_buffers else None,
-            self.running_var if use_buffers else None, self.weight, self.bias, bn_training,
+            input, rm, rv, self.weight, self.bias, bn_training,
             self._momentum(counter), self.eps, channel_axis=self.channel_axis,
             residual=residual, activation=self.activation, backend=self.backend, mask=mask,
             num_batches_tracked=counter)

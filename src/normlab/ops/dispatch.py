@@ -24,7 +24,9 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
   runs (the kernels take masks on GPU).
 
 Running statistics are updated in one place, ``update_running`` (torch's batch-norm kernel on
-the native path updates them in its own pass, with the factor computed here).
+the native path updates them in its own pass, with the factor computed here, and so does the
+numba path's batch norm with the channels first, in the same launch: ``cpu_op.numba_norm``;
+both then return no statistics).
 
 The pointwise kinds (``spec.POINTWISE``: DyT, Derf; ``Plan.stats == "none"``) go through the
 same list: ``triton`` (the elementwise kernels, ``triton_op.triton_pointwise``), ``numba``
@@ -303,12 +305,18 @@ class Numba(Backend):
                 call.plan, x, call.alpha, call.shift, call.weight, call.bias, call.residual,
                 call.activation), None
         if x.dtype not in NUMBA_DTYPES:  # _upcast_pays: a float32 copy (same strides), cast back
-            y, mean, var = cpu_op.numba_norm(call.plan, x.float(), eps=call.eps,
-                                             weight=call.weight, bias=call.bias)
+            y, mean, var, _ = cpu_op.numba_norm(call.plan, x.float(), eps=call.eps,
+                                                weight=call.weight, bias=call.bias)
             y = y.to(x.dtype)
         else:
-            y, mean, var = cpu_op.numba_norm(call.plan, x, eps=call.eps, weight=call.weight,
-                                             bias=call.bias)
+            r = call.running  # batch norm's running statistics: moved in the same launch
+            r = (None if r is None or r.mean is None or call.plan.running_rows != 1
+                 or call.plan.stats == "running" else (r.mean, r.var, call.factor))
+            y, mean, var, moved = cpu_op.numba_norm(call.plan, x, eps=call.eps,
+                                                    weight=call.weight, bias=call.bias,
+                                                    running=r)
+            if moved:  # as torch's kernel on the native path: no statistics to update with
+                return native.epilogue(y, call.residual, call.activation), None
         return native.epilogue(y, call.residual, call.activation), (mean, var, None)
 
 
@@ -527,6 +535,15 @@ def count_batch(running: Running | None, moves: bool) -> float:
     nbt, momentum = running.num_batches_tracked, running.momentum
     if nbt is None or not moves:
         return 0.0 if momentum is None else momentum
+    if (not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+            and type(nbt) is torch.Tensor and nbt.is_cpu and not nbt.is_inference()
+            and nbt.dtype == torch.int64):  # (the compile check first: dynamo stops there)
+        # through numpy (a scalar add: ~5 us less than add_, most of it in a small numba
+        # call); not an inference tensor: add_ must raise on one outside inference mode
+        a = nbt.numpy()
+        a[()] = n = a[()] + 1
+        torch._C._increment_version((nbt,))  # what add_ records for autograd's checks
+        return momentum if momentum is not None else 1.0 / float(n)
     nbt.add_(1)
     return momentum if momentum is not None else 1.0 / float(nbt)
 
@@ -612,7 +629,8 @@ def normalize(plan: spec.Plan, x: torch.Tensor, weight=None, bias=None, *, eps: 
               shift=None):
     """Normalize ``x`` as ``plan`` says -> ``(y, stats)``; ``stats = (mean, var, count)`` in
     ``plan.stats_shape`` (var biased, count None without a mask), or None where the backend
-    does not compute them (torch's kernels, the pointwise kinds). With ``running`` and training
+    does not compute them (torch's kernels, the pointwise kinds) or updated the running
+    statistics itself (numba's batch norm, channels first). With ``running`` and training
     statistics the running statistics (and ``num_batches_tracked``) are updated here.
     ``alpha``/``shift``: the pointwise kinds' one-element tensors (``eps`` unused there)."""
     training = plan.stats != "running"
