@@ -279,11 +279,16 @@ def test_threads_give_the_same_result():
 
 
 def test_which_calls_it_takes_by_default():
-    big = torch.randn(16, 16, 64, 64)  # 1 Mi elements: Numba.MIN_NUMEL
+    big = torch.randn(16, 16, 64, 64)  # 1 Mi elements
     cl = torch.randn(16, 16, 128, 128).contiguous(memory_format=torch.channels_last)  # 4 Mi
+    assert ops.dispatch.Numba.MIN_NUMEL == 1 << 18 and ops.dispatch.Numba.MIN_NUMEL_RMS == 1 << 19
     with ops.trace_backends() as ran:
         F.batch_norm(big, None, None, training=True)  # large float32 training batch norm
-        F.batch_norm(big[:, :, :32], None, None, training=True)  # below 1 Mi: torch's kernel
+        F.batch_norm(big[:, :, :16].contiguous(), None, None, training=True)  # 256 Ki: numba
+        F.batch_norm(big[:, :, :15].contiguous(), None, None, training=True)  # below: torch's
+        F.instance_norm(big[:, :, :16].contiguous())  # 256 Ki: numba
+        F.rms_norm(torch.randn(512, 1024), (1024,))  # 512 Ki: numba
+        F.rms_norm(torch.randn(511, 1024), (1024,))  # below Numba.MIN_NUMEL_RMS: torch's
         F.batch_norm(big, torch.zeros(16), torch.ones(16), training=False)  # eval: an affine map
         F.group_norm(big.bfloat16(), 4)  # no bfloat16 kernels
         F.layer_norm(torch.randn(1024, 1024), (1024,))  # torch's fused kernel is as fast
@@ -296,8 +301,8 @@ def test_which_calls_it_takes_by_default():
                      .requires_grad_(), 4)  # ... but not below 4 Mi elements
         F.batch_norm(big.contiguous(memory_format=torch.channels_last), None, None,
                      training=True)  # channels last: torch's kernel is as fast
-    assert ran == ["numba", "native", "native", "native", "native", "numba", "native", "native",
-                   "native", "numba", "native", "native"]
+    assert ran == ["numba", "numba", "native", "numba", "numba", "native", "native", "native",
+                   "native", "numba", "native", "native", "native", "numba", "native", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():

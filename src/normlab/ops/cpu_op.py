@@ -10,7 +10,11 @@ in the kernel) and *columns* (channels innermost: one sample per unit when it fi
 ``SAMPLE_BYTES``, otherwise chunks of ``TILE`` elements' rows whose per-column partial
 statistics the same kernel merges by Chan's formula between its statistics and output loops;
 one launch per forward and per backward). Eager calls on plain tensors go through
-``_Eager`` (the same functions, without the custom op's dispatcher work).
+``_Eager`` (the same functions, without the custom op's dispatcher work), or no Function at
+all where autograd records nothing; there batch norm's running statistics move in the same
+launch (``_update_running``). The Python around a small call is most of its time (a warm
+(2, 64, 8, 8) batch norm: the kernel ~15 us of ~0.13 ms), so each torch op or ``.numpy()``
+avoided here counts (~1-5 us each; numba's own dispatch of the arguments is ~1 us).
 Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
 normalizations take only those two dtypes here (numba has no bfloat16; DyT and Derf, bfloat16
 included, are ``cpu_pointwise``'s). Which calls come here is ``dispatch.Numba.accepts``. A
