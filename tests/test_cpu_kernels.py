@@ -279,11 +279,16 @@ def test_threads_give_the_same_result():
 
 
 def test_which_calls_it_takes_by_default():
-    big = torch.randn(16, 16, 64, 64)  # 1 Mi elements: Numba.MIN_NUMEL
+    big = torch.randn(16, 16, 64, 64)  # 1 Mi elements
     cl = torch.randn(16, 16, 128, 128).contiguous(memory_format=torch.channels_last)  # 4 Mi
+    assert ops.dispatch.Numba.MIN_NUMEL == 1 << 18 and ops.dispatch.Numba.MIN_NUMEL_RMS == 1 << 19
     with ops.trace_backends() as ran:
         F.batch_norm(big, None, None, training=True)  # large float32 training batch norm
-        F.batch_norm(big[:, :, :32], None, None, training=True)  # below 1 Mi: torch's kernel
+        F.batch_norm(big[:, :, :16].contiguous(), None, None, training=True)  # 256 Ki: numba
+        F.batch_norm(big[:, :, :15].contiguous(), None, None, training=True)  # below: torch's
+        F.instance_norm(big[:, :, :16].contiguous())  # 256 Ki: numba
+        F.rms_norm(torch.randn(512, 1024), (1024,))  # 512 Ki: numba
+        F.rms_norm(torch.randn(511, 1024), (1024,))  # below Numba.MIN_NUMEL_RMS: torch's
         F.batch_norm(big, torch.zeros(16), torch.ones(16), training=False)  # eval: an affine map
         F.group_norm(big.bfloat16(), 4)  # no bfloat16 kernels
         F.layer_norm(torch.randn(1024, 1024), (1024,))  # torch's fused kernel is as fast
@@ -296,8 +301,8 @@ def test_which_calls_it_takes_by_default():
                      .requires_grad_(), 4)  # ... but not below 4 Mi elements
         F.batch_norm(big.contiguous(memory_format=torch.channels_last), None, None,
                      training=True)  # channels last: torch's kernel is as fast
-    assert ran == ["numba", "native", "native", "native", "native", "numba", "native", "native",
-                   "native", "numba", "native", "native"]
+    assert ran == ["numba", "numba", "native", "numba", "numba", "native", "native", "native",
+                   "native", "numba", "native", "native", "native", "numba", "native", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():
@@ -324,6 +329,44 @@ def test_running_statistics_move_as_torch_nn():
     oracle.close(mine.running_mean, ref.running_mean, torch.float32)
     oracle.close(mine.running_var, ref.running_var, torch.float32)
     assert int(mine.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_running_statistics_moved_in_the_launch_follow_torch_nn_over_steps(momentum, dtype):
+    """numba's batch norm moves the running statistics in its own launch (through numpy, the
+    batch counter too): several steps, the cumulative average, float64 (asked for by name)."""
+    mine = nl.BatchNorm2d(6, momentum=momentum, backend="numba", dtype=dtype)
+    ref = torch.nn.BatchNorm2d(6, momentum=momentum, dtype=dtype)
+    with ops.trace_backends() as ran:
+        for step in range(3):
+            x = torch.randn(4, 6, 5, 7, dtype=dtype) * (step + 1) + step
+            mine(x)
+            ref(x)
+    assert ran == ["numba"] * 3
+    oracle.close(mine.running_mean, ref.running_mean, dtype)
+    oracle.close(mine.running_var, ref.running_var, dtype)
+    assert int(mine.num_batches_tracked) == 3
+
+
+def test_running_statistics_moved_through_numpy_keep_autograds_checks():
+    """The in-place updates outside torch's ops bump the version counters as torch's ops do
+    (``dispatch.update_running``'s, which the reference backend runs): a backward through an
+    eval-mode call whose running statistics a training call moved since raises, and buffers
+    made in inference mode refuse a training update (as torch.nn's)."""
+    x = torch.randn(4, 3, 6, 6, requires_grad=True)
+    for m in (nl.BatchNorm2d(3, backend="numba"), nl.BatchNorm2d(3, backend="reference")):
+        m.eval()
+        y = m(x)  # saves the running statistics for its backward
+        m.train()
+        m(x.detach())
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+    for make in (lambda: nl.BatchNorm2d(3, backend="numba"), lambda: torch.nn.BatchNorm2d(3)):
+        with torch.inference_mode():
+            m = make()
+        with pytest.raises(RuntimeError, match="[Ii]nference"):
+            m(x.detach())
 
 
 @pytest.mark.slow

@@ -275,3 +275,36 @@ def test_half_precision_parity_with_torch_nn(case, dtype):
     for p, p64 in zip(ours.parameters(), ref64.parameters(), strict=True):
         scale = max(1.0, p64.grad.abs().max().item())  # sums over many elements
         oracle.close(p.grad.double() / scale, p64.grad / scale, dtype)
+
+
+class _Doubled(tnn.Module):
+    def forward(self, t):
+        return 2 * t
+
+
+@pytest.mark.parametrize("make", [lambda: (nl.BatchNorm2d(3), tnn.BatchNorm2d(3)),
+                                  lambda: (nl.InstanceNorm2d(3, affine=True,
+                                                             track_running_stats=True),
+                                           tnn.InstanceNorm2d(3, affine=True,
+                                                              track_running_stats=True))])
+def test_parametrized_weights_and_buffers_are_read_as_torch_nn_reads_them(make):
+    """The modules read their parameters and buffers from the module's dicts (faster than
+    nn.Module.__getattr__); a parametrization turns one into a property: that is read."""
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    mine, ref = _parametrized(make)
+    for train in (True, False):
+        mine.train(train)
+        ref.train(train)
+        oracle.close(mine(x), ref(x), torch.float64)
+
+
+def _parametrized(make):
+    from torch.nn.utils import parametrize
+
+    for m in make():
+        m.double()
+        with torch.no_grad():
+            m.bias.add_(0.5)
+        parametrize.register_parametrization(m, "weight", _Doubled())
+        parametrize.register_parametrization(m, "running_var", _Doubled())
+        yield m

@@ -95,6 +95,7 @@ __all__ = [
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # the checks' fast paths (parameters: weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def _shape(t) -> tuple[int, ...]:
 
 
 def _check_float_tensor(t, name: str) -> None:
-    if type(t) is torch.Tensor and t.is_floating_point():  # fast path: most calls end here
+    if type(t) in _PLAIN and t.is_floating_point():  # fast path: most calls end here
         return
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -299,7 +300,7 @@ def _check_param_dtype_device(t, name: str, input, any_dtype: bool = False) -> N
 
 
 def _check_per_channel(t, name: str, c: int, channel_axis: int, input) -> None:
-    if t is None or (type(t) is torch.Tensor and t.dim() == 1 and t.shape[0] == c
+    if t is None or (type(t) in _PLAIN and t.dim() == 1 and t.shape[0] == c
                      and t.dtype is input.dtype and t.device == input.device):
         return  # fast path
     _check_float_tensor(t, name)
@@ -311,7 +312,7 @@ def _check_per_channel(t, name: str, c: int, channel_axis: int, input) -> None:
 
 def _check_per_element(t, name: str, shape: tuple[int, ...], input,
                        any_dtype: bool = False) -> None:
-    if t is None or (type(t) is torch.Tensor and t.shape == shape and t.dtype is input.dtype
+    if t is None or (type(t) in _PLAIN and t.shape == shape and t.dtype is input.dtype
                      and t.device == input.device):
         return  # fast path
     _check_float_tensor(t, name)

@@ -81,8 +81,14 @@ class _NormBase(NotScriptable, nn.Module):
         """``num_batches_tracked`` when this call may move the running statistics (the op
         counts the batch only if it does), else None."""
         if self.training and self.track_running_stats:
-            return self.num_batches_tracked
+            return _read(self, self._buffers, "num_batches_tracked")
         return None
+
+    def _state(self):
+        """``(weight, bias, running_mean, running_var)`` as ``self.<name>`` reads them."""
+        p, b = self._parameters, self._buffers
+        return (_read(self, p, "weight"), _read(self, p, "bias"),
+                _read(self, b, "running_mean"), _read(self, b, "running_var"))
 
     def _momentum(self, counter):
         return self.momentum if counter is not None or self.momentum is not None else 0.0
@@ -122,6 +128,14 @@ class _NormBase(NotScriptable, nn.Module):
                                       unexpected_keys, error_msgs)
 
 
+def _read(module, d, name):
+    """``module.<name>`` for a parameter or buffer, from its dict ``d`` (``_parameters`` or
+    ``_buffers``): a read that falls through to ``nn.Module.__getattr__`` costs ~1-3 us of a
+    small numba call, five of them per forward. A name not in ``d`` (a parametrization makes it
+    a property) is read as an attribute."""
+    return d[name] if name in d else getattr(module, name)
+
+
 def check_batch_input(module, input) -> None:
     """The rank check of a 1d/2d/3d class (``module._dims``; None: any rank >= 2) and the
     channel count, with the module's name in the messages."""
@@ -147,11 +161,12 @@ class BatchNorm(_NormBase):
         (see ``normlab.functional``)."""
         check_batch_input(self, input)
         counter = self._counter()
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        use_buffers = not self.training or self.track_running_stats
+        w, b, rm, rv = self._state()
+        bn_training = self.training or (rm is None and rv is None)
+        if self.training and not self.track_running_stats:  # batch statistics, no buffers
+            rm = rv = None
         return F.batch_norm(
-            input, self.running_mean if use_buffers else None,
-            self.running_var if use_buffers else None, self.weight, self.bias, bn_training,
+            input, rm, rv, w, b, bn_training,
             self._momentum(counter), self.eps, channel_axis=self.channel_axis,
             residual=residual, activation=self.activation, backend=self.backend, mask=mask,
             num_batches_tracked=counter)
@@ -208,8 +223,9 @@ class InstanceNorm(_NormBase):
                 return self.forward(input.unsqueeze(0), residual, mask).squeeze(0)
         F.check_num_features(input, self.num_features, self.channel_axis, name)
         counter = self._counter()
+        w, b, rm, rv = self._state()
         return F.instance_norm(
-            input, self.running_mean, self.running_var, self.weight, self.bias,
+            input, rm, rv, w, b,
             self.training or not self.track_running_stats, self._momentum(counter), self.eps,
             channel_axis=self.channel_axis, residual=residual, activation=self.activation,
             backend=self.backend, mask=mask, num_batches_tracked=counter)

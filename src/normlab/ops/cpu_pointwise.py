@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
-from normlab.ops.cpu_op import _launch, _param, _use_custom_op
+from normlab.ops.cpu_op import _launch, _live, _param_np, _records, _use_custom_op
 from normlab.ops.pointwise import grads_like, pointwise
 
 __all__ = ["ACTIVATIONS", "DTYPES", "numba_pointwise"]
@@ -43,7 +44,8 @@ def _kernels():
 def _np(t: torch.Tensor, shape):
     """The tensor's memory (dense, in memory order) as a numpy array of ``shape``: float32, or
     bfloat16's bits as uint16 (a view of the same memory)."""
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     if not t.is_contiguous():
         t = t.as_strided((t.numel(),), (1,))
     if t.dtype == torch.bfloat16:
@@ -53,8 +55,6 @@ def _np(t: torch.Tensor, shape):
 
 def _zero(dtype):
     """0 in the kernels' element type for ``dtype`` (selects the bfloat16 or float32 store)."""
-    import numpy as np
-
     return np.uint16(0) if dtype == torch.bfloat16 else np.float32(0)
 
 
@@ -67,21 +67,19 @@ def _view(dims):
 
 
 def _scalars(alpha, shift):
-    a = float(alpha.detach().reshape(()).float())
-    s = 0.0 if shift is None else float(shift.detach().reshape(()).float())
-    return a, s
+    """alpha and shift (one-element tensors) as Python floats (exact: bfloat16 and float32
+    values are float64 values)."""
+    return alpha.item(), 0.0 if shift is None else shift.item()
 
 
 def _forward(x, alpha, shift, weight, bias, residual, kind, dims, relu):
     numba, k = _kernels()
-    import numpy as np
-
     rows, shape = _view(dims)
     period = dims[1]
     y = torch.empty_like(x)
     a, s = _scalars(alpha, shift)
-    w = _param(weight, period, 1.0, torch.float32).numpy()
-    b = _param(bias, period, 0.0, torch.float32).numpy()
+    w = _param_np(weight, period, 1.0, torch.float32)
+    b = _param_np(bias, period, 0.0, torch.float32)
     xa = _np(x, shape)
     r = xa if residual is None else _np(residual, shape)
     with _launch(numba, k.KERNELS[kind, relu]) as (kern, _):
@@ -96,16 +94,14 @@ def _backward(dy, x, alpha, shift, weight, bias, residual, kind, dims, relu):
     the flattened block (the caller casts and reshapes), dresidual None unless the kernel wrote
     it (ReLU with a residual: else it is dy)."""
     numba, k = _kernels()
-    import numpy as np
-
     rows, shape = _view(dims)
     outer, period, _, _ = dims
     dx = torch.empty_like(x)
     # with ReLU the kernel writes dz (the residual's gradient; a scratch buffer without one)
     dr = torch.empty_like(x) if relu else None
     a, s = _scalars(alpha, shift)
-    w = _param(weight, period, 1.0, torch.float32).numpy()
-    b = _param(bias, period, 0.0, torch.float32).numpy()
+    w = _param_np(weight, period, 1.0, torch.float32)
+    b = _param_np(bias, period, 0.0, torch.float32)
     xa = _np(x, shape)
     r = xa if residual is None else _np(residual, shape)
     if rows:
@@ -225,6 +221,10 @@ class _Eager(torch.autograd.Function):
                         ctx.needs_input_grad), None, None, None, None)
 
 
+# ``Function.apply`` without its Python wrapper (as ``cpu_op._apply_eager``)
+_apply_eager = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Eager)
+
+
 def _graph_backward(ctx, dy, affine):
     """The gradients as differentiable ops of the saved inputs (``create_graph=True``: a
     gradient penalty), through the native path (``ops/pointwise.py``, whose backward is
@@ -254,5 +254,9 @@ def numba_pointwise(plan, x, alpha, shift=None, weight=None, bias=None, residual
     relu = activation == "relu"
     if _use_custom_op(x, alpha, shift, weight, bias, residual):
         return _fwd(x, alpha, shift, weight, bias, residual, plan.kind, list(dims), relu)
-    return _Eager.apply(x, alpha, shift, weight, bias, residual, plan.kind, dims, relu,
+    x, alpha, shift, weight, bias, residual = (_live(t) for t in (x, alpha, shift, weight,
+                                                                   bias, residual))
+    if not _records(x, alpha, shift, weight, bias, residual):  # no Function needed
+        return _forward(x, alpha, shift, weight, bias, residual, plan.kind, dims, relu)
+    return _apply_eager(x, alpha, shift, weight, bias, residual, plan.kind, dims, relu,
                         plan.affine_shape)

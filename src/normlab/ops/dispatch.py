@@ -24,11 +24,13 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
   runs (the kernels take masks on GPU).
 
 Running statistics are updated in one place, ``update_running`` (torch's batch-norm kernel on
-the native path updates them in its own pass, with the factor computed here).
+the native path updates them in its own pass, with the factor computed here, and so does the
+numba path's batch norm with the channels first, in the same launch: ``cpu_op.numba_norm``;
+both then return no statistics).
 
 The pointwise kinds (``spec.POINTWISE``: DyT, Derf; ``Plan.stats == "none"``) go through the
 same list: ``triton`` (the elementwise kernels, ``triton_op.triton_pointwise``), ``numba``
-(CPU, bfloat16/float32, from ``Numba.MIN_NUMEL`` elements: ``cpu_pointwise``), ``native``
+(CPU, bfloat16/float32, from ``Numba.MIN_NUMEL_OTHER`` elements: ``cpu_pointwise``), ``native``
 (``ops/pointwise.py``: composed torch ops, the backward recomputing tanh from x) and
 ``reference`` (``reference.pointwise_forward`` with autograd); ``masked`` and ``hybrid``
 decline them by their own rules (no mask; not instance norm). They return no statistics.
@@ -227,15 +229,20 @@ class Numba(Backend):
     # Chosen by default only where the bench measured it faster than torch's kernel: not
     # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
     # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
-    # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements: a call costs ~0.3 ms
-    # of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms, so numba was
-    # 1.5-2.1x slower at 64 Ki elements and broke even between 256 Ki and 512 Ki (batch,
-    # instance, group norm, 1 thread; the table is in docs/ARCHITECTURE.md, "Where it is the
-    # default"; the lab's small models stay on torch's kernels and never import numba); group
-    # norm with the channel innermost only when a backward will run (torch's forward is as
-    # fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
-    # DyT/Derf take the same MIN_NUMEL (the same ~0.3 ms per call; not measured apart).
-    MIN_NUMEL = 1 << 20
+    # 1 thread, 0.76x at 2), nor small inputs, where the Python around a call is what counts
+    # (~0.13 ms forward, ~0.4 ms forward+backward at (2, 64, 8, 8) against torch.nn's ~0.05 /
+    # ~0.2; it was ~0.3 / ~0.6 ms): batch and instance norm from MIN_NUMEL elements (numba/torch
+    # at 256 Ki, 1 thread: 0.53-0.59, channels-last instance 0.31-0.35; at 64 Ki 0.78-1.01),
+    # RMS norm from MIN_NUMEL_RMS (512 Ki: 0.59-0.93; 256 Ki forward 1.02), both also faster
+    # at 2 threads there (the table is in docs/ARCHITECTURE.md, "Where it is the default"; the
+    # lab's models, at most 64 x 32 x 64 = 128 Ki elements a norm, stay on torch's kernels and
+    # never import numba); group norm with the channel innermost only when a backward will run
+    # (torch's forward is as fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8,
+    # (32, 64, 32, 32): 1.17x; 1.08-1.47x at 256 Ki-1 Mi after the cut). DyT/Derf and the
+    # half-precision instance-norm copy keep MIN_NUMEL_OTHER (not re-measured).
+    MIN_NUMEL = 1 << 18
+    MIN_NUMEL_RMS = 1 << 19
+    MIN_NUMEL_OTHER = 1 << 20
     MIN_NUMEL_GROUP_CL = 1 << 22
 
     def accepts(self, call):
@@ -262,6 +269,7 @@ class Numba(Backend):
             # different summation order compounds through train-mode batch statistics
             return "float64 runs torch's kernels unless numba is asked for by name"
         if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
+                                  or (p.kind == "rms" and x.numel() < self.MIN_NUMEL_RMS)
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
                                   or (p.kind == "group" and (
                                       not _needs_grad(call)
@@ -269,14 +277,15 @@ class Numba(Backend):
                                   or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
             return ("torch's kernel is as fast here (layer norm, group norm channels first, "
                     "group norm channels last without a backward or below 4M elements, "
-                    "batch norm channels last, or an input below 1M elements)")
+                    "batch norm channels last, or an input below Numba.MIN_NUMEL elements, "
+                    "Numba.MIN_NUMEL_RMS for rms norm)")
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
         return None
 
     def _accepts_pointwise(self, call):
         """DyT and Derf (``cpu_pointwise``): bfloat16 and float32, no activation or ReLU, a
-        residual read like x; by default from MIN_NUMEL elements (module doc)."""
+        residual read like x; by default from MIN_NUMEL_OTHER elements (module doc)."""
         p, x, r = call.plan, call.x, call.residual
         if x.dtype not in cpu_pointwise.DTYPES:
             return _PW_DTYPE
@@ -289,7 +298,7 @@ class Numba(Backend):
             return EMPTY
         if p.kernel is None:
             return LAYOUT
-        if not call.explicit and x.numel() < self.MIN_NUMEL:
+        if not call.explicit and x.numel() < self.MIN_NUMEL_OTHER:
             return "torch's ops are as fast on an input below 1M elements"
 
         if not cpu_op.available():
@@ -303,12 +312,18 @@ class Numba(Backend):
                 call.plan, x, call.alpha, call.shift, call.weight, call.bias, call.residual,
                 call.activation), None
         if x.dtype not in NUMBA_DTYPES:  # _upcast_pays: a float32 copy (same strides), cast back
-            y, mean, var = cpu_op.numba_norm(call.plan, x.float(), eps=call.eps,
-                                             weight=call.weight, bias=call.bias)
+            y, mean, var, _ = cpu_op.numba_norm(call.plan, x.float(), eps=call.eps,
+                                                weight=call.weight, bias=call.bias)
             y = y.to(x.dtype)
         else:
-            y, mean, var = cpu_op.numba_norm(call.plan, x, eps=call.eps, weight=call.weight,
-                                             bias=call.bias)
+            r = call.running  # batch norm's running statistics: moved in the same launch
+            r = (None if r is None or r.mean is None or call.plan.running_rows != 1
+                 or call.plan.stats == "running" else (r.mean, r.var, call.factor))
+            y, mean, var, moved = cpu_op.numba_norm(call.plan, x, eps=call.eps,
+                                                    weight=call.weight, bias=call.bias,
+                                                    running=r)
+            if moved:  # as torch's kernel on the native path: no statistics to update with
+                return native.epilogue(y, call.residual, call.activation), None
         return native.epilogue(y, call.residual, call.activation), (mean, var, None)
 
 
@@ -320,7 +335,7 @@ def _upcast_pays(call: Call) -> bool:
     x, p = call.x, call.plan
     return (x.dtype in (torch.bfloat16, torch.float16) and p.kind == "instance"
             and p.kernel is not None and p.kernel.family == spec.COLUMN and x.dim() > 2
-            and _needs_grad(call) and (call.explicit or x.numel() >= Numba.MIN_NUMEL))
+            and _needs_grad(call) and (call.explicit or x.numel() >= Numba.MIN_NUMEL_OTHER))
 
 
 def _needs_grad(call: Call) -> bool:
@@ -527,6 +542,15 @@ def count_batch(running: Running | None, moves: bool) -> float:
     nbt, momentum = running.num_batches_tracked, running.momentum
     if nbt is None or not moves:
         return 0.0 if momentum is None else momentum
+    if (not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+            and type(nbt) is torch.Tensor and nbt.is_cpu and not nbt.is_inference()
+            and nbt.dtype == torch.int64):  # (the compile check first: dynamo stops there)
+        # through numpy (a scalar add: ~5 us less than add_, most of it in a small numba
+        # call); not an inference tensor: add_ must raise on one outside inference mode
+        a = nbt.numpy()
+        a[()] = n = a[()] + 1
+        torch._C._increment_version((nbt,))  # what add_ records for autograd's checks
+        return momentum if momentum is not None else 1.0 / float(n)
     nbt.add_(1)
     return momentum if momentum is not None else 1.0 / float(nbt)
 
@@ -612,7 +636,8 @@ def normalize(plan: spec.Plan, x: torch.Tensor, weight=None, bias=None, *, eps: 
               shift=None):
     """Normalize ``x`` as ``plan`` says -> ``(y, stats)``; ``stats = (mean, var, count)`` in
     ``plan.stats_shape`` (var biased, count None without a mask), or None where the backend
-    does not compute them (torch's kernels, the pointwise kinds). With ``running`` and training
+    does not compute them (torch's kernels, the pointwise kinds) or updated the running
+    statistics itself (numba's batch norm, channels first). With ``running`` and training
     statistics the running statistics (and ``num_batches_tracked``) are updated here.
     ``alpha``/``shift``: the pointwise kinds' one-element tensors (``eps`` unused there)."""
     training = plan.stats != "running"
