@@ -876,7 +876,7 @@ def cols_fwd_chunked(x, d2, cw, cb, centered, eps, rows, nth, pm, pq, sc, y, mea
         _group_coefs(b, d2, cw, mean, rstd, sc)
     stream = _streams(y)
     for th in prange(nth):
-        for u in range(th * U // nth, (th + 1) * U // nth):
+        for u in range((th + 1) * U // nth - 1, th * U // nth - 1, -1):
             b = u // T
             lo = (u % T) * rows
             _col_out(y[b], x[b], lo, min(R, lo + rows), sc[b, 0], sc[b, 1], cb[b], stream)
