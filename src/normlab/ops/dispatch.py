@@ -226,15 +226,17 @@ class Numba(Backend):
                           _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
     # Chosen by default only where the bench measured it faster than torch's kernel: not
     # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
-    # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
-    # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements: a call costs ~0.3 ms
-    # of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms, so numba was
-    # 1.5-2.1x slower at 64 Ki elements and broke even between 256 Ki and 512 Ki (batch,
+    # as fast: 2 passes, as ours), nor inputs of fewer than MIN_NUMEL elements: a call costs
+    # ~0.3 ms of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms, so numba
+    # was 1.5-2.1x slower at 64 Ki elements and broke even between 256 Ki and 512 Ki (batch,
     # instance, group norm, 1 thread; the table is in docs/ARCHITECTURE.md, "Where it is the
-    # default"; the lab's small models stay on torch's kernels and never import numba); group
-    # norm with the channel innermost only when a backward will run (torch's forward is as
-    # fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
-    # DyT/Derf take the same MIN_NUMEL (the same ~0.3 ms per call; not measured apart).
+    # default"; the lab's small models stay on torch's kernels and never import numba); batch
+    # norm with the channel innermost only when the channels fill whole 32-byte vectors (the
+    # streamed output pass; measured at C = 64: 0.6-0.9x torch's forward, 0.55-0.8x
+    # forward+backward, 1 and 2 threads); group norm with the channel innermost from
+    # MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32), forward+backward: 1.17x; G=32,
+    # (32, 64, 56, 56): forward 0.75-0.97x, forward+backward 0.2x). DyT/Derf take the same
+    # MIN_NUMEL (the same ~0.3 ms per call; not measured apart).
     MIN_NUMEL = 1 << 20
     MIN_NUMEL_GROUP_CL = 1 << 22
 
@@ -263,13 +265,14 @@ class Numba(Backend):
             return "float64 runs torch's kernels unless numba is asked for by name"
         if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
-                                  or (p.kind == "group" and (
-                                      not _needs_grad(call)
-                                      or x.numel() < self.MIN_NUMEL_GROUP_CL))
-                                  or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
+                                  or (p.kind == "group" and x.numel() < self.MIN_NUMEL_GROUP_CL)
+                                  or (p.kind == "batch" and p.kernel.family == spec.COLUMN
+                                      and (p.kernel.dims[2] * p.kernel.dims[3]
+                                           * x.element_size()) % 32)):
             return ("torch's kernel is as fast here (layer norm, group norm channels first, "
-                    "group norm channels last without a backward or below 4M elements, "
-                    "batch norm channels last, or an input below 1M elements)")
+                    "group norm channels last below 4M elements, batch norm channels last "
+                    "with channels not in whole 32-byte vectors, or an input below 1M "
+                    "elements)")
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
         return None
