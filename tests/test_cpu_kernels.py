@@ -32,6 +32,8 @@ CASES = [
     ("instance-channels_last", "instance", (2, 7, 5, 3), {"memory": "cl"}),
     ("instance-NHWC-chunked", "instance", (2, 4, 3000, 23), {"channel_axis": -1}),
     ("instance-channels_last-C16", "instance", (3, 16, 9, 7), {"memory": "cl"}),
+    # columns wider than a strip of 8 vectors, not whole vectors: plain stores, a tail
+    ("instance-NHWC-C67", "instance", (3, 5, 4, 67), {"channel_axis": -1}),
     ("instance-1x2", "instance", (2, 3, 1, 2), {}),
     ("group-NCHW-primes", "group", (3, 6, 7, 11), {"groups": 3}),
     ("group-G1", "group", (2, 5, 13), {"groups": 1}),
