@@ -124,9 +124,10 @@ def _sums_dy(dy, x, m, r, zero):
 # y costs about as much as copying into it (measured: an affine pass over (2048, 3136) float32
 # 3.1-3.5 ms with plain stores, 2.3-2.8 ms with streaming ones, copy_ 3.0-3.5). LLVM's loop
 # vectorizer does not emit non-temporal stores for arrays of unknown alignment, so the output
-# passes that write a whole activation (the lines' y and dx, the rows' y) store 32-byte vectors
-# through these intrinsics (a store with LLVM's !nontemporal metadata, aligned: the loops do
-# the unaligned head and the tail with plain stores); ``_fence`` orders them before the kernel
+# passes that write a whole activation (the lines' y and dx, the rows' y; the columns' y and dx
+# through ``_ostrips``, below) store 32-byte vectors through these intrinsics (a store with
+# LLVM's !nontemporal metadata, aligned: the loops do the unaligned head and the tail with
+# plain stores); ``_fence`` orders them before the kernel
 # returns. A fence costs: one per thread's range of groups of lines in the forward (a fence per
 # group of ~400 KiB cost 2-2.5%), per group in the backward, per block of rows (64 KiB), not
 # per 4 KiB row (RMS (8192, 1024) forward: streamed with a fence per row 0.73 of copy_'s
@@ -451,9 +452,10 @@ def lines_bwd_fused(dy, x, mean, rstd, w, aff, centered, zero, cs, dx, sdy, sdyx
 # spread (values ~1e4 with spread 1e-2: x - k is exact and small); S2 - S1^2/n cancels only as
 # far as the block's mean lies from its first row, at most sqrt(n) spreads, so the block
 # variance's relative error is at most ~n eps (n = 64: ~1e-5, an outlier in the first row;
-# typically ~1e-7). No E[x^2] - E[x]^2 over large sums. The output and dx passes take plain
-# stores: streamed ones (as the lines') measured slower here, 1.8-1.95 of copy_'s time for an
-# instance-norm forward against 1.5-1.7 plain (the sample's y lines stay in cache).
+# typically ~1e-7). No E[x^2] - E[x]^2 over large sums. The output and dx passes are register
+# strips too (``_ostrips``), streamed where the rows are whole aligned vectors: streamed
+# stores in numba's per-element loop had measured slower here (1.8-1.95 of copy_'s time for an
+# instance-norm forward, against 1.5-1.7 plain); as strips ~1.0.
 
 _CBLOCK = 64  # rows per block of sums in the input's precision
 
@@ -843,8 +845,9 @@ def cols_fwd_chunked(x, d2, cw, cb, centered, eps, rows, nth, pm, pq, sc, y, mea
     chunk's per-column statistics in one pass (``_col_stats``, float64 into ``pm``/``pq``
     (NB, T, W)); then (one thread) the groups' by Chan's formula into mean/rstd/var (NB, D1)
     and the per-column coefficients (``sc`` (NB, 3, W) in x's dtype; ``cw``/``cb`` (NB, W)
-    weight and bias); then each thread writes y over its chunks, in order (walking them back
-    measured ~10% slower)."""
+    weight and bias); then each thread writes y over its chunks, the last read first (streamed,
+    the last chunks read are still in L3: 0.78 -> 0.89 of copy_'s bandwidth at 1 thread,
+    even at 2; with plain stores this order had measured ~10% slower)."""
     NB, R, W = x.shape
     D1 = W // d2
     T = pm.shape[1]
