@@ -32,6 +32,8 @@ CASES = [
     ("instance-channels_last", "instance", (2, 7, 5, 3), {"memory": "cl"}),
     ("instance-NHWC-chunked", "instance", (2, 4, 3000, 23), {"channel_axis": -1}),
     ("instance-channels_last-C16", "instance", (3, 16, 9, 7), {"memory": "cl"}),
+    # columns wider than a strip of 8 vectors, not whole vectors: plain stores, a tail
+    ("instance-NHWC-C67", "instance", (3, 5, 4, 67), {"channel_axis": -1}),
     ("instance-1x2", "instance", (2, 3, 1, 2), {}),
     ("group-NCHW-primes", "group", (3, 6, 7, 11), {"groups": 3}),
     ("group-G1", "group", (2, 5, 13), {"groups": 1}),
@@ -295,14 +297,19 @@ def test_which_calls_it_takes_by_default():
         F.rms_norm(torch.randn(1024, 1024), (1024,))
         F.group_norm(big[:, :, ::2], 4)  # strided: not read in place
         F.group_norm(big, 4)  # channels first: torch's fused forward is as fast
-        F.group_norm(cl, 4)  # channels last, no backward: torch's forward is as fast
-        F.group_norm(cl.requires_grad_(), 4)  # with a backward: torch's is slow
+        F.group_norm(cl, 4)  # channels last, from 4 Mi elements
+        F.group_norm(cl.requires_grad_(), 4)  # ... with a backward too
         F.group_norm(cl.detach()[:, :, :64].contiguous(memory_format=torch.channels_last)
                      .requires_grad_(), 4)  # ... but not below 4 Mi elements
         F.batch_norm(big.contiguous(memory_format=torch.channels_last), None, None,
-                     training=True)  # channels last: torch's kernel is as fast
+                     training=True)  # channels last, 16 channels: whole 32-byte vectors
+        F.batch_norm(big[:, :, :16].contiguous(memory_format=torch.channels_last), None, None,
+                     training=True)  # ... but not below Numba.MIN_NUMEL_OTHER (1 Mi)
+        F.batch_norm(torch.randn(16, 12, 80, 80).contiguous(memory_format=torch.channels_last),
+                     None, None, training=True)  # 12 channels: not whole vectors, torch's
     assert ran == ["numba", "numba", "native", "numba", "numba", "native", "native", "native",
-                   "native", "numba", "native", "native", "native", "numba", "native", "native"]
+                   "native", "numba", "native", "native", "numba", "numba", "native", "numba",
+                   "native", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():

@@ -245,27 +245,38 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps, stats_shape=N
             if running is not None:  # batch norm: one row (nb == 1)
                 _update_running(running, mn[0], vn[0], d0 * d2)
         return y, mean, rstd, var
-    w, b = _param(weight, cw, 1.0, torch.float64), _param(bias, cw, 0.0, torch.float64)
-    if _fused_columns(x, dims):
-        cols = (nb, d0, d1 * d2)
-        mean, rstd, var = (torch.empty(nb, d1, dtype=sdt) for _ in range(3))
-        with _launch(numba, k) as (kern, _):
-            kern.cols_fwd_fused(_np(x, cols), d2, w[idx].to(sdt).numpy(), b[idx].to(sdt).numpy(),
-                             centered, eps, torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(),
-                             _np(y, cols), mean.numpy(), rstd.numpy(), var.numpy())
-        return y, mean.reshape(-1), rstd.reshape(-1), var.reshape(-1)
-    # larger samples, or one (batch norm): chunks of rows, merged in the kernel
+    # the columns: per-(b, column) weight and bias, the statistics and scratch as numpy arrays
+    # (numpy's indexing and allocation: ~0.15 ms less Python per call than torch's here)
     cols = (nb, d0, d1 * d2)
+    wc, bc = _col_param(weight, idx, cw, 1.0, sdt), _col_param(bias, idx, cw, 0.0, sdt)
+    mean, rstd, var = (torch.empty(nb * d1, dtype=sdt) for _ in range(3))
+    stats = [t.numpy().reshape(nb, d1) for t in (mean, rstd, var)]
+    sc = np.empty((nb, 3, d1 * d2), dtype=wc.dtype)
+    if _fused_columns(x, dims):
+        with _launch(numba, k) as (kern, _):
+            kern.cols_fwd_fused(_np(x, cols), d2, wc, bc, centered, eps, sc, _np(y, cols),
+                                *stats)
+        return y, mean, rstd, var
+    # larger samples, or one (batch norm): chunks of rows, merged in the kernel
     rows = max(1, TILE // (d1 * d2))
     t = -(-d0 // rows)
-    mean, rstd, var = (torch.empty(nb, d1, dtype=sdt) for _ in range(3))
-    pm, pq = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
+    pm, pq = (np.empty((nb, t, d1 * d2)) for _ in range(2))
     with _launch(numba, k) as (kern, nth):
-        kern.cols_fwd_chunked(_np(x, cols), d2, w[idx].to(sdt).numpy(), b[idx].to(sdt).numpy(),
-                              centered, eps, rows, nth, pm.numpy(), pq.numpy(),
-                              torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(), _np(y, cols),
-                              mean.numpy(), rstd.numpy(), var.numpy())
-    return y, mean.reshape(-1), rstd.reshape(-1), var.reshape(-1)
+        kern.cols_fwd_chunked(_np(x, cols), d2, wc, bc, centered, eps, rows, nth, pm, pq, sc,
+                              _np(y, cols), *stats)
+    return y, mean, rstd, var
+
+
+def _col_param(t, idx, n, fill, dtype):
+    """A parameter per (b, column) of the columns' view, ``(NB, D1 * D2)`` numpy in
+    ``dtype``, from the cached weight index ``idx`` of ``_affine_index``."""
+    return _param_np(t, n, fill, dtype)[idx.numpy()]
+
+
+def _col_stat(t, nb, d1, d2):
+    """A saved statistic (NB * D1,) repeated over its group's D2 columns: (NB, D1 * D2)."""
+    a = t.detach().numpy().reshape(nb, d1)
+    return np.ascontiguousarray(a) if d2 == 1 else np.repeat(a, d2, axis=1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -303,32 +314,23 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         flat = _flat_index_np(dims, affine, shape)
         return (dx, np.bincount(flat, sums[1].reshape(-1), cw),
                 np.bincount(flat, sums[0].reshape(-1), cw))
+    cols = (nb, d0, d1 * d2)
+    wc = _col_param(weight, idx, cw, 1.0, sdt)
+    cm, cr = _col_stat(mean, nb, d1, d2), _col_stat(rstd, nb, d1, d2)
+    sc = np.empty((nb, 3, d1 * d2), dtype=wc.dtype)
+    sdy, sdyx = (torch.empty(nb * d1 * d2, dtype=torch.float64) for _ in range(2))
+    sums = sdy.numpy().reshape(nb, -1), sdyx.numpy().reshape(nb, -1)
     if _fused_columns(x, dims):
-        w = _param(weight, cw, 1.0, torch.float64)
-        cols = (nb, d0, d1 * d2)
-        cm = mean.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
-        cr = rstd.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
-        sdy, sdyx = (torch.empty(nb * d1 * d2, dtype=torch.float64) for _ in range(2))
         with _launch(numba, k) as (kern, _):
-            kern.cols_bwd_fused(_np(dy, cols), _np(x, cols), d2, w[idx].to(sdt).numpy(),
-                             cm.numpy(), cr.numpy(), centered,
-                             torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(), _np(dx, cols),
-                             sdy.numpy().reshape(nb, -1), sdyx.numpy().reshape(nb, -1))
+            kern.cols_bwd_fused(_np(dy, cols), _np(x, cols), d2, wc, cm, cr, centered, sc,
+                                _np(dx, cols), *sums)
     else:
-        w = _param(weight, cw, 1.0, torch.float64)
-        cols = (nb, d0, d1 * d2)
         rows = max(1, TILE // (d1 * d2))
         t = -(-d0 // rows)
-        cm = mean.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
-        cr = rstd.view(nb, d1, 1).expand(nb, d1, d2).reshape(nb, d1 * d2).contiguous()
-        pdy, pdyx = (torch.empty(nb, t, d1 * d2, dtype=torch.float64) for _ in range(2))
-        sdy, sdyx = (torch.empty(nb * d1 * d2, dtype=torch.float64) for _ in range(2))
+        pdy, pdyx = (np.empty((nb, t, d1 * d2)) for _ in range(2))
         with _launch(numba, k) as (kern, nth):
-            kern.cols_bwd_chunked(_np(dy, cols), _np(x, cols), d2, w[idx].to(sdt).numpy(),
-                                  cm.numpy(), cr.numpy(), centered, rows, nth, pdy.numpy(),
-                                  pdyx.numpy(), torch.empty(nb, 3, d1 * d2, dtype=sdt).numpy(),
-                                  _np(dx, cols), sdy.numpy().reshape(nb, -1),
-                                  sdyx.numpy().reshape(nb, -1))
+            kern.cols_bwd_chunked(_np(dy, cols), _np(x, cols), d2, wc, cm, cr, centered,
+                                  rows, nth, pdy, pdyx, sc, _np(dx, cols), *sums)
     flat = idx.reshape(-1)
     dw = torch.zeros(cw, dtype=torch.float64).index_add_(0, flat, sdyx.reshape(-1))
     db = torch.zeros(cw, dtype=torch.float64).index_add_(0, flat, sdy.reshape(-1))

@@ -228,18 +228,20 @@ class Numba(Backend):
                           _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
     # Chosen by default only where the bench measured it faster than torch's kernel: not
     # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
-    # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
-    # 1 thread, 0.76x at 2), nor small inputs, where the Python around a call is what counts
+    # as fast: 2 passes, as ours), nor small inputs, where the Python around a call is what counts
     # (~0.13 ms forward, ~0.4 ms forward+backward at (2, 64, 8, 8) against torch.nn's ~0.05 /
     # ~0.2; it was ~0.3 / ~0.6 ms): batch and instance norm from MIN_NUMEL elements (numba/torch
     # at 256 Ki, 1 thread: 0.53-0.59, channels-last instance 0.31-0.35; at 64 Ki 0.78-1.01),
     # RMS norm from MIN_NUMEL_RMS (512 Ki: 0.59-0.93; 256 Ki forward 1.02), both also faster
     # at 2 threads there (the table is in docs/ARCHITECTURE.md, "Where it is the default"; the
     # lab's models, at most 64 x 32 x 64 = 128 Ki elements a norm, stay on torch's kernels and
-    # never import numba); group norm with the channel innermost only when a backward will run
-    # (torch's forward is as fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8,
-    # (32, 64, 32, 32): 1.17x; 1.08-1.47x at 256 Ki-1 Mi after the cut). DyT/Derf and the
-    # half-precision instance-norm copy keep MIN_NUMEL_OTHER (not re-measured).
+    # never import numba); batch norm with the channel innermost only when the channels fill
+    # whole 32-byte vectors (the streamed output pass; measured at C = 64, (32, 64, 56, 56):
+    # 0.6-0.9x torch's forward, 0.55-0.8x forward+backward, 1 and 2 threads) and from
+    # MIN_NUMEL_OTHER elements (not measured below); group norm with the channel innermost from
+    # MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32), forward+backward: 1.17x; 1.08-1.47x at
+    # 256 Ki-1 Mi; G=32, (32, 64, 56, 56): forward 0.75-0.97x, forward+backward 0.2x).
+    # DyT/Derf and the half-precision instance-norm copy keep MIN_NUMEL_OTHER (not re-measured).
     MIN_NUMEL = 1 << 18
     MIN_NUMEL_RMS = 1 << 19
     MIN_NUMEL_OTHER = 1 << 20
@@ -271,14 +273,15 @@ class Numba(Backend):
         if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
                                   or (p.kind == "rms" and x.numel() < self.MIN_NUMEL_RMS)
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
-                                  or (p.kind == "group" and (
-                                      not _needs_grad(call)
-                                      or x.numel() < self.MIN_NUMEL_GROUP_CL))
-                                  or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
+                                  or (p.kind == "group" and x.numel() < self.MIN_NUMEL_GROUP_CL)
+                                  or (p.kind == "batch" and p.kernel.family == spec.COLUMN
+                                      and (x.numel() < self.MIN_NUMEL_OTHER
+                                           or (p.kernel.dims[2] * p.kernel.dims[3]
+                                               * x.element_size()) % 32))):
             return ("torch's kernel is as fast here (layer norm, group norm channels first, "
-                    "group norm channels last without a backward or below 4M elements, "
-                    "batch norm channels last, or an input below Numba.MIN_NUMEL elements, "
-                    "Numba.MIN_NUMEL_RMS for rms norm)")
+                    "group norm channels last below 4M elements, batch norm channels last "
+                    "with channels not in whole 32-byte vectors or below 1M elements, or an "
+                    "input below Numba.MIN_NUMEL elements, Numba.MIN_NUMEL_RMS for rms norm)")
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
         return None

@@ -124,9 +124,10 @@ def _sums_dy(dy, x, m, r, zero):
 # y costs about as much as copying into it (measured: an affine pass over (2048, 3136) float32
 # 3.1-3.5 ms with plain stores, 2.3-2.8 ms with streaming ones, copy_ 3.0-3.5). LLVM's loop
 # vectorizer does not emit non-temporal stores for arrays of unknown alignment, so the output
-# passes that write a whole activation (the lines' y and dx, the rows' y) store 32-byte vectors
-# through these intrinsics (a store with LLVM's !nontemporal metadata, aligned: the loops do
-# the unaligned head and the tail with plain stores); ``_fence`` orders them before the kernel
+# passes that write a whole activation (the lines' y and dx, the rows' y; the columns' y and dx
+# through ``_ostrips``, below) store 32-byte vectors through these intrinsics (a store with
+# LLVM's !nontemporal metadata, aligned: the loops do the unaligned head and the tail with
+# plain stores); ``_fence`` orders them before the kernel
 # returns. A fence costs: one per thread's range of groups of lines in the forward (a fence per
 # group of ~400 KiB cost 2-2.5%), per group in the backward, per block of rows (64 KiB), not
 # per 4 KiB row (RMS (8192, 1024) forward: streamed with a fence per row 0.73 of copy_'s
@@ -451,9 +452,10 @@ def lines_bwd_fused(dy, x, mean, rstd, w, aff, centered, zero, cs, dx, sdy, sdyx
 # spread (values ~1e4 with spread 1e-2: x - k is exact and small); S2 - S1^2/n cancels only as
 # far as the block's mean lies from its first row, at most sqrt(n) spreads, so the block
 # variance's relative error is at most ~n eps (n = 64: ~1e-5, an outlier in the first row;
-# typically ~1e-7). No E[x^2] - E[x]^2 over large sums. The output and dx passes take plain
-# stores: streamed ones (as the lines') measured slower here, 1.8-1.95 of copy_'s time for an
-# instance-norm forward against 1.5-1.7 plain (the sample's y lines stay in cache).
+# typically ~1e-7). No E[x^2] - E[x]^2 over large sums. The output and dx passes are register
+# strips too (``_ostrips``), streamed where the rows are whole aligned vectors: streamed
+# stores in numba's per-element loop had measured slower here (1.8-1.95 of copy_'s time for an
+# instance-norm forward, against 1.5-1.7 plain); as strips ~1.0.
 
 _CBLOCK = 64  # rows per block of sums in the input's precision
 
@@ -547,6 +549,161 @@ def _strips(nv, grad):
 _IR_FAST = ("contract",)  # FMA allowed; no reassociation needed (one chain per register)
 _STRIP8, _STRIP4, _STRIP1 = (_strips(n, False) for n in (8, 4, 1))
 _DSTRIP8, _DSTRIP4, _DSTRIP1 = (_strips(n, True) for n in (8, 4, 1))
+
+
+def _ostrips(nv, stream, grad):
+    """An intrinsic writing columns [j0, j0 + nv * V) of rows [lo, hi) of the 2-D C-contiguous
+    output, the rows walked back (the last rows of the statistics pass still in cache), the
+    per-column coefficients loaded once into vectors (numba's loop reloaded them per row and
+    checked for aliasing per row: 1.3-1.6 of copy_'s time for an instance-norm forward); the
+    stores streamed (``stream``: each row's start 32-byte aligned; the caller fences) or
+    plain. ``grad`` False: ``(ys, xs, lo, hi, j0, m, s, c)``, y = (x - m) * s + c; True:
+    ``(ds, gs, xs, lo, hi, j0, a, c1, m, c2)``, dx = a * dy + c1 * (x - m) + c2."""
+    na = 3 if grad else 2  # the 2-D arrays: output first
+    nc = 4 if grad else 3  # the 1-D coefficient arrays
+
+    def codegen(context, builder, sig, args):
+        lt = context.get_value_type(sig.args[0].dtype)
+        al = sig.args[0].dtype.bitwidth // 8
+        w = 32 // al
+        vt = ir.VectorType(lt, w)
+        i64 = ir.IntType(64)
+
+        def vptr(base, idx, i):
+            idx = builder.add(idx, ir.Constant(i64, i * w))
+            return builder.bitcast(builder.gep(base, [idx]), vt.as_pointer())
+
+        mats = [context.make_array(sig.args[i])(context, builder, args[i]) for i in range(na)]
+        ncol = cgutils.unpack_tuple(builder, mats[0].shape, 2)[1]
+        lo, hi, j0 = (context.cast(builder, args[na + i], sig.args[na + i], types.int64)
+                      for i in range(3))
+        co = [[builder.load(vptr(context.make_array(sig.args[na + 3 + c])(
+            context, builder, args[na + 3 + c]).data, j0, i), align=al) for i in range(nv)]
+            for c in range(nc)]
+        start = builder.sub(hi, ir.Constant(i64, 1))
+        pre = builder.block
+        loop = builder.append_basic_block("out.loop")
+        done = builder.append_basic_block("out.done")
+        builder.cbranch(builder.icmp_signed("<", lo, hi), loop, done)
+        builder.position_at_end(loop)
+        r = builder.phi(i64)
+        base = builder.add(builder.mul(r, ncol), j0)
+        for i in range(nv):
+            v = [builder.load(vptr(mat.data, base, i), align=al) for mat in mats[1:]]
+            if grad:  # a * dy + c1 * (x - m) + c2
+                t = builder.fmul(co[1][i], builder.fsub(v[1], co[2][i]), flags=_IR_FAST)
+                t = builder.fadd(builder.fmul(co[0][i], v[0], flags=_IR_FAST), t,
+                                 flags=_IR_FAST)
+                out = builder.fadd(t, co[3][i], flags=_IR_FAST)
+            else:  # (x - m) * s + c: not x * s + (c - m * s), which cancels when |m| >> std
+                t = builder.fmul(builder.fsub(v[0], co[0][i]), co[1][i], flags=_IR_FAST)
+                out = builder.fadd(t, co[2][i], flags=_IR_FAST)
+            ptr = vptr(mats[0].data, base, i)
+            if stream:
+                _stream(builder, out, ptr)
+            else:
+                builder.store(out, ptr, align=al)
+        rn = builder.sub(r, ir.Constant(i64, 1))
+        end = builder.block
+        builder.cbranch(builder.icmp_signed(">=", rn, lo), loop, done)
+        r.add_incoming(start, pre)
+        r.add_incoming(rn, end)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    def c_arrays(*arrays):  # row r at r * shape[1], coefficients from their first element;
+        # one dtype: the coefficients are loaded as vectors of the output's elements
+        return all(isinstance(a, types.Array) and a.layout == "C"
+                   and a.dtype == arrays[0].dtype for a in arrays)
+
+    if grad:
+        def typer(typingctx, ds, gs, xs, lo, hi, j0, a, c1, m, c2):
+            if c_arrays(ds, gs, xs, a, c1, m, c2):
+                return types.void(ds, gs, xs, lo, hi, j0, a, c1, m, c2), codegen
+    else:
+        def typer(typingctx, ys, xs, lo, hi, j0, m, s, c):
+            if c_arrays(ys, xs, m, s, c):
+                return types.void(ys, xs, lo, hi, j0, m, s, c), codegen
+    return intrinsic(typer)
+
+
+_OUT = {(nv, st): _ostrips(nv, st, False) for nv in (8, 4, 1) for st in (False, True)}
+_DOUT = {(nv, st): _ostrips(nv, st, True) for nv in (8, 4, 1) for st in (False, True)}
+_OUT8S, _OUT4S, _OUT1S, _OUT8, _OUT4, _OUT1 = (_OUT[n, st] for st in (True, False)
+                                               for n in (8, 4, 1))
+_DOUT8S, _DOUT4S, _DOUT1S, _DOUT8, _DOUT4, _DOUT1 = (_DOUT[n, st] for st in (True, False)
+                                                     for n in (8, 4, 1))
+
+
+@njit(inline="always")
+def _streams(y):
+    """Whether the columns' output ``y`` (C-contiguous, rows of whole 32-byte vectors, its
+    start 32-byte aligned) takes streaming stores."""
+    return y.ctypes.data % 32 == 0 and (y.shape[-1] * y.itemsize) % 32 == 0
+
+
+@njit(fastmath=_FAST, inline="always")
+def _col_out(ys, xs, lo, hi, m, s, c, stream):
+    """ys[r, j] = (xs[r, j] - m[j]) * s[j] + c[j] over rows [lo, hi) walked back (2-D
+    C-contiguous, 1-D coefficients in ys's dtype): strips of 8, 4, 1 vectors (``_ostrips``),
+    streamed when ``stream`` (``_streams``: then no columns are left over), the last columns
+    (fewer than a vector's) in a loop."""
+    W = xs.shape[1]
+    v = 32 // xs.itemsize
+    j0 = 0
+    while j0 + 8 * v <= W:
+        if stream:
+            _OUT8S(ys, xs, lo, hi, j0, m, s, c)
+        else:
+            _OUT8(ys, xs, lo, hi, j0, m, s, c)
+        j0 += 8 * v
+    if j0 + 4 * v <= W:
+        if stream:
+            _OUT4S(ys, xs, lo, hi, j0, m, s, c)
+        else:
+            _OUT4(ys, xs, lo, hi, j0, m, s, c)
+        j0 += 4 * v
+    while j0 + v <= W:
+        if stream:
+            _OUT1S(ys, xs, lo, hi, j0, m, s, c)
+        else:
+            _OUT1(ys, xs, lo, hi, j0, m, s, c)
+        j0 += v
+    if j0 < W:
+        for r in range(hi - 1, lo - 1, -1):
+            for j in range(j0, W):
+                ys[r, j] = (xs[r, j] - m[j]) * s[j] + c[j]
+
+
+@njit(fastmath=_FAST, inline="always")
+def _col_dx(ds, gs, xs, lo, hi, a, c1, m, c2, stream):
+    """ds[r, j] = a[j] * gs[r, j] + c1[j] * (xs[r, j] - m[j]) + c2[j] over rows [lo, hi)
+    walked back, as ``_col_out``."""
+    W = xs.shape[1]
+    v = 32 // xs.itemsize
+    j0 = 0
+    while j0 + 8 * v <= W:
+        if stream:
+            _DOUT8S(ds, gs, xs, lo, hi, j0, a, c1, m, c2)
+        else:
+            _DOUT8(ds, gs, xs, lo, hi, j0, a, c1, m, c2)
+        j0 += 8 * v
+    if j0 + 4 * v <= W:
+        if stream:
+            _DOUT4S(ds, gs, xs, lo, hi, j0, a, c1, m, c2)
+        else:
+            _DOUT4(ds, gs, xs, lo, hi, j0, a, c1, m, c2)
+        j0 += 4 * v
+    while j0 + v <= W:
+        if stream:
+            _DOUT1S(ds, gs, xs, lo, hi, j0, a, c1, m, c2)
+        else:
+            _DOUT1(ds, gs, xs, lo, hi, j0, a, c1, m, c2)
+        j0 += v
+    if j0 < W:
+        for r in range(hi - 1, lo - 1, -1):
+            for j in range(j0, W):
+                ds[r, j] = a[j] * gs[r, j] + c1[j] * (xs[r, j] - m[j]) + c2[j]
 
 
 @njit(fastmath=_FAST, inline="always")
@@ -688,8 +845,9 @@ def cols_fwd_chunked(x, d2, cw, cb, centered, eps, rows, nth, pm, pq, sc, y, mea
     chunk's per-column statistics in one pass (``_col_stats``, float64 into ``pm``/``pq``
     (NB, T, W)); then (one thread) the groups' by Chan's formula into mean/rstd/var (NB, D1)
     and the per-column coefficients (``sc`` (NB, 3, W) in x's dtype; ``cw``/``cb`` (NB, W)
-    weight and bias); then each thread writes y over its chunks, in order (walking them back
-    measured ~10% slower)."""
+    weight and bias); then each thread writes y over its chunks, the last read first (streamed,
+    the last chunks read are still in L3: 0.78 -> 0.89 of copy_'s bandwidth at 1 thread, loaded,
+    even at 2; with plain stores this order had measured ~10% slower)."""
     NB, R, W = x.shape
     D1 = W // d2
     T = pm.shape[1]
@@ -703,29 +861,49 @@ def cols_fwd_chunked(x, d2, cw, cb, centered, eps, rows, nth, pm, pq, sc, y, mea
             t = u % T
             lo = t * rows
             _col_stats(x[b], lo, min(R, lo + rows), centered, k, a1, a2, pm[b, t], pq[b, t])
+    cm = np.empty(W)  # a column's merged mean and squared deviations
+    cq = np.empty(W)
     for b in range(NB):
-        for g in range(D1):
-            n = 0.0
+        # the chunks into each column, all columns at once (a chunk's count is every
+        # column's): vectorized across the columns; merging column by column was a chain of
+        # dependent divisions, ~0.3 ms of one thread for batch norm's 392 chunks x 64 columns
+        n = 0.0
+        for j in range(W):
+            cm[j] = 0.0
+            cq[j] = 0.0
+        for t in range(T):
+            p = float(min(R, (t + 1) * rows) - t * rows)
+            f = p / (n + p)
+            if centered:
+                for j in range(W):
+                    d = pm[b, t, j] - cm[j]
+                    cm[j] += d * f
+                    cq[j] += pq[b, t, j] + d * d * (n * f)
+            else:
+                for j in range(W):
+                    cq[j] += pq[b, t, j]
+            n += p
+        for g in range(D1):  # then the group's d2 columns
+            gn = 0.0
             gm = 0.0
             gq = 0.0
-            for t in range(T):
-                p = float(min(R, (t + 1) * rows) - t * rows)
-                for j in range(g * d2, (g + 1) * d2):
-                    if centered:
-                        n, gm, gq = _chan(n, gm, gq, p, pm[b, t, j], pq[b, t, j])
-                    else:
-                        n, gq = n + p, gq + pq[b, t, j]
+            for j in range(g * d2, (g + 1) * d2):
+                if centered:
+                    gn, gm, gq = _chan(gn, gm, gq, n, cm[j], cq[j])
+                else:
+                    gn, gq = gn + n, gq + cq[j]
             mean[b, g] = gm
-            var[b, g] = gq / n
-            rstd[b, g] = 1.0 / np.sqrt(gq / n + eps)
+            var[b, g] = gq / gn
+            rstd[b, g] = 1.0 / np.sqrt(gq / gn + eps)
         _group_coefs(b, d2, cw, mean, rstd, sc)
+    stream = _streams(y)
     for th in prange(nth):
-        for u in range(th * U // nth, (th + 1) * U // nth):
+        for u in range((th + 1) * U // nth - 1, th * U // nth - 1, -1):
             b = u // T
             lo = (u % T) * rows
-            for r in range(lo, min(R, lo + rows)):
-                for j in range(W):
-                    y[b, r, j] = (x[b, r, j] - sc[b, 0, j]) * sc[b, 1, j] + cb[b, j]
+            _col_out(y[b], x[b], lo, min(R, lo + rows), sc[b, 0], sc[b, 1], cb[b], stream)
+        if stream:
+            _fence()
 
 
 @njit(**_JIT)
@@ -757,14 +935,15 @@ def cols_bwd_chunked(dy, x, d2, cw, cm, cr, centered, rows, nth, pdy, pdyx, sc, 
                 sdy[b, j] += pdy[b, t, j]
                 sdyx[b, j] += pdyx[b, t, j]
         _dx_coefs(b, d2, R * d2, centered, cw, cr, sdy, sdyx, sc)
+    stream = _streams(dx)
     for th in prange(nth):
         for u in range(th * U // nth, (th + 1) * U // nth):
             b = u // T
             lo = (u % T) * rows
-            for r in range(lo, min(R, lo + rows)):
-                for j in range(W):
-                    dx[b, r, j] = (sc[b, 0, j] * dy[b, r, j] + sc[b, 1, j] * (x[b, r, j] - cm[b, j])
-                                   + sc[b, 2, j])
+            _col_dx(dx[b], dy[b], x[b], lo, min(R, lo + rows), sc[b, 0], sc[b, 1], cm[b],
+                    sc[b, 2], stream)
+        if stream:
+            _fence()
 
 
 @njit(**_JIT)
@@ -776,6 +955,7 @@ def cols_fwd_fused(x, d2, cw, cb, centered, eps, sc, y, mean, rstd, var):
     and bias; ``sc`` (NB, 3, W) scratch in the statistics dtype; mean/rstd/var (NB, D1)."""
     NB, R, W = x.shape
     D1 = W // d2
+    stream = _streams(y)
     for b in prange(NB):
         k = np.empty(W, x.dtype)
         a1 = np.empty(W, x.dtype)
@@ -796,9 +976,9 @@ def cols_fwd_fused(x, d2, cw, cb, centered, eps, sc, y, mean, rstd, var):
             var[b, g] = gq / n
             rstd[b, g] = 1.0 / np.sqrt(gq / n + eps)
         _group_coefs(b, d2, cw, mean, rstd, sc)
-        for r in range(R - 1, -1, -1):  # the last rows read first: still in cache
-            for j in range(W):
-                y[b, r, j] = (x[b, r, j] - sc[b, 0, j]) * sc[b, 1, j] + cb[b, j]
+        _col_out(y[b], x[b], 0, R, sc[b, 0], sc[b, 1], cb[b], stream)
+        if stream:
+            _fence()
 
 
 @njit(**_JIT)
@@ -810,15 +990,15 @@ def cols_bwd_fused(dy, x, d2, cw, cm, cr, centered, sc, dx, sdy, sdyx):
     statistics dtype."""
     NB, R, W = x.shape
     n = R * d2
+    stream = _streams(dx)
     for b in prange(NB):
         a1 = np.empty(W, x.dtype)
         a2 = np.empty(W, x.dtype)
         _col_dsums(dy[b], x[b], 0, R, cm[b], cr[b], a1, a2, sdy[b], sdyx[b])
         _dx_coefs(b, d2, n, centered, cw, cr, sdy, sdyx, sc)
-        for r in range(R - 1, -1, -1):
-            for j in range(W):
-                dx[b, r, j] = (sc[b, 0, j] * dy[b, r, j] + sc[b, 1, j] * (x[b, r, j] - cm[b, j])
-                               + sc[b, 2, j])
+        _col_dx(dx[b], dy[b], x[b], 0, R, sc[b, 0], sc[b, 1], cm[b], sc[b, 2], stream)
+        if stream:
+            _fence()
 
 
 # ---- the serial twins (module doc): the same source compiled without parallel=True ----
