@@ -209,8 +209,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         with _launch(numba, k) as (kern, nth):
             dwp, dbp = (torch.zeros(nth, d2, dtype=torch.float64) for _ in range(2))
             kern.rows_bwd(_np(dy, (nb, d2)), _np(x, (nb, d2)), w, mean.numpy(),
-                       rstd.numpy(), centered, nth, _np(dx, (nb, d2)), dwp.numpy(),
-                       dbp.numpy())
+                          rstd.numpy(), centered, _zero(sdt), nth, _np(dx, (nb, d2)),
+                          dwp.numpy(), dbp.numpy())
         return dx, dwp.sum(0), dbp.sum(0)
     idx, cw = _affine_index(dims, affine, shape)
     if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)
