@@ -119,10 +119,11 @@ def _sums_dy(dy, x, m, r, zero):
 # passes that write a whole activation (the lines' y and dx, the rows' y and dx) store 32-byte
 # vectors through these intrinsics (a store with LLVM's !nontemporal metadata, aligned: the
 # loops do the unaligned head and the tail with plain stores); ``_fence`` orders them before
-# the kernel returns. A fence costs: one per thread's range of groups of lines in the forward (a fence per
-# group of ~400 KiB cost 2-2.5%), per group in the backward, per block of rows (64 KiB), not
-# per 4 KiB row (RMS (8192, 1024) forward: streamed with a fence per row 0.73 of copy_'s
-# bandwidth, the plain stores 0.70, streamed with one fence per kernel 0.87).
+# the kernel returns. A fence costs: one per thread's range of groups of lines in the
+# forward (a fence per group of ~400 KiB cost 2-2.5%), per group in the backward, per block of
+# rows (64 KiB), forward and backward, not per 4 KiB row (RMS (8192, 1024) forward: streamed
+# with a fence per row 0.73 of copy_'s bandwidth, the plain stores 0.70, streamed with one
+# fence per kernel 0.87).
 
 def _vector(context, builder, arrty, arr, idx):
     """(pointer to 32 bytes of ``arr`` from element ``idx``, the vector type, its width)."""
