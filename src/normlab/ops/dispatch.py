@@ -224,17 +224,20 @@ class Numba(Backend):
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
                           "numba has no kernels for this dtype (float32 and float64 only)",
                           _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
-    # Chosen by default only where the bench measured it faster than torch's kernel: not
-    # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
-    # as fast: 2 passes, as ours), nor batch norm with the channel innermost (1.1x torch's at
-    # 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements: a call costs ~0.3 ms
-    # of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms, so numba was
-    # 1.5-2.1x slower at 64 Ki elements and broke even between 256 Ki and 512 Ki (batch,
-    # instance, group norm, 1 thread; the table is in docs/ARCHITECTURE.md, "Where it is the
-    # default"; the lab's small models stay on torch's kernels and never import numba); group
-    # norm with the channel innermost only when a backward will run (torch's forward is as
-    # fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x).
-    # DyT/Derf take the same MIN_NUMEL (the same ~0.3 ms per call; not measured apart).
+    # Chosen by default only where the bench measured it faster than torch's kernel: layer norm only
+    # in the rows reading (other layouts not measured), with a backward to run (forward+backward
+    # 0.64-0.83x torch.nn's time at 1 and 2 threads, (8192, 1024)) or on one thread (forward
+    # 0.84-0.97x; at 2 threads 0.68-1.06x on the loaded machine: not clearly faster, so torch's
+    # there; the thread count is in select()'s key); not group norm with the channel outermost
+    # (torch's fused forward kernel is as fast: 2 passes, as ours), nor batch norm with the channel
+    # innermost (1.1x torch's at 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements:
+    # a call costs ~0.3 ms of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms,
+    # so numba was 1.5-2.1x slower at 64 Ki elements and broke even between 256 Ki and 512 Ki
+    # (batch, instance, group norm, 1 thread; the table is in docs/ARCHITECTURE.md, "Where it is the
+    # default"; the lab's small models stay on torch's kernels and never import numba); group norm
+    # with the channel innermost only when a backward will run (torch's forward is as fast: ours
+    # 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x). DyT/Derf take
+    # the same MIN_NUMEL (the same ~0.3 ms per call; not measured apart).
     MIN_NUMEL = 1 << 20
     MIN_NUMEL_GROUP_CL = 1 << 22
 
@@ -261,15 +264,20 @@ class Numba(Backend):
             # with torch's bit for bit (surgery's probes, the zoo's whole-model checks), and a
             # different summation order compounds through train-mode batch statistics
             return "float64 runs torch's kernels unless numba is asked for by name"
-        if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
+        if not call.explicit and (x.numel() < self.MIN_NUMEL
+                                  or (p.kind == "layer" and (
+                                      not _rows(p.kernel) or (not _needs_grad(call)
+                                                              and torch.get_num_threads() > 1)))
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
                                   or (p.kind == "group" and (
                                       not _needs_grad(call)
                                       or x.numel() < self.MIN_NUMEL_GROUP_CL))
                                   or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
-            return ("torch's kernel is as fast here (layer norm, group norm channels first, "
-                    "group norm channels last without a backward or below 4M elements, "
-                    "batch norm channels last, or an input below 1M elements)")
+            return ("torch's kernel is as fast here or numba was not measured faster (layer "
+                    "norm not read as rows, or without a backward on more than one thread, "
+                    "group norm channels first, group norm channels "
+                    "last without a backward or below 4M elements, batch norm channels last, or "
+                    "an input below 1M elements)")
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
         return None
@@ -321,6 +329,13 @@ def _upcast_pays(call: Call) -> bool:
     return (x.dtype in (torch.bfloat16, torch.float16) and p.kind == "instance"
             and p.kernel is not None and p.kernel.family == spec.COLUMN and x.dim() > 2
             and _needs_grad(call) and (call.explicit or x.numel() >= Numba.MIN_NUMEL))
+
+
+def _rows(kernel) -> bool:
+    """Whether a kernel view is the rows reading (one contiguous group per row, each element
+    its own weight: ``cpu_op``'s ROWS), the only one measured for layer norm."""
+    return (kernel.family == spec.ROW and kernel.dims[1] == 1 and kernel.dims[2] == 1
+            and kernel.affine[4] != 0)
 
 
 def _needs_grad(call: Call) -> bool:
@@ -446,19 +461,21 @@ BACKENDS: tuple[str, ...] = tuple(b.name for b in BACKEND_LIST)
 _BY_NAME = {b.name: i for i, b in enumerate(BACKEND_LIST)}
 
 
-_CHOICES: dict = {}  # (plan, is_cuda, has mask, backend) -> the backend select() chose
+_CHOICES: dict = {}  # select()'s key (plan, is_cuda, ...) -> the backend it chose
 
 
 def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
     rule reads only the plan, the device, whether there is a mask, whether the backend was
-    named, whether a backward will run, the activation and the residual's dtype and strides (and
+    named, whether a backward will run, torch's thread count, the activation and the
+    residual's dtype and strides (and
     ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
     compiling = torch.compiler.is_compiling()
     r = call.residual
     key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),
-           call.activation, None if r is None else (r.dtype, tuple(r.shape), r.stride()))
+           torch.get_num_threads(), call.activation,
+           None if r is None else (r.dtype, tuple(r.shape), r.stride()))
     if not compiling:
         b = _CHOICES.get(key)
         if b is not None:
