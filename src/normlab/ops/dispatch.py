@@ -224,20 +224,21 @@ class Numba(Backend):
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
                           "numba has no kernels for this dtype (float32 and float64 only)",
                           _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
-    # Chosen by default only where the bench measured it faster than torch's kernel: layer norm only
-    # in the rows reading (other layouts not measured), with a backward to run (forward+backward
-    # 0.64-0.83x torch.nn's time at 1 and 2 threads, (8192, 1024)) or on one thread (forward
-    # 0.84-0.97x; at 2 threads 0.68-1.06x on the loaded machine: not clearly faster, so torch's
-    # there; the thread count is in select()'s key); not group norm with the channel outermost
-    # (torch's fused forward kernel is as fast: 2 passes, as ours), nor batch norm with the channel
-    # innermost (1.1x torch's at 1 thread, 0.76x at 2), nor inputs of fewer than MIN_NUMEL elements:
-    # a call costs ~0.3 ms of Python and launch (0.6 ms forward+backward) against torch's ~0.07 ms,
-    # so numba was 1.5-2.1x slower at 64 Ki elements and broke even between 256 Ki and 512 Ki
-    # (batch, instance, group norm, 1 thread; the table is in docs/ARCHITECTURE.md, "Where it is the
-    # default"; the lab's small models stay on torch's kernels and never import numba); group norm
-    # with the channel innermost only when a backward will run (torch's forward is as fast: ours
-    # 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32): 1.17x). DyT/Derf take
-    # the same MIN_NUMEL (the same ~0.3 ms per call; not measured apart).
+    # Chosen by default only where the bench measured it faster than torch's kernel: layer norm
+    # only in the rows reading (other layouts not measured), with a backward to run
+    # (forward+backward 0.75-0.91x torch.nn's time at 1 thread, 0.55-0.75x at 2, (8192, 1024)) or
+    # on one thread (forward 0.74-0.97x; at 2 threads 0.68-1.06x on the loaded machine: not clearly
+    # faster, so torch's there; the thread count is in select()'s key); not group norm with the
+    # channel outermost (torch's fused forward kernel is as fast: 2 passes, as ours), nor batch
+    # norm with the channel innermost (1.1x torch's at 1 thread, 0.76x at 2), nor inputs of fewer
+    # than MIN_NUMEL elements: a call costs ~0.3 ms of Python and launch (0.6 ms forward+backward)
+    # against torch's ~0.07 ms, so numba was 1.5-2.1x slower at 64 Ki elements and broke even
+    # between 256 Ki and 512 Ki (batch, instance, group norm, 1 thread; the table is in
+    # docs/ARCHITECTURE.md, "Where it is the default"; the lab's small models stay on torch's
+    # kernels and never import numba); group norm with the channel innermost only when a backward
+    # will run (torch's forward is as fast: ours 0.9-1.4x) and from MIN_NUMEL_GROUP_CL elements
+    # (G=8, (32, 64, 32, 32): 1.17x). DyT/Derf take the same MIN_NUMEL (the same ~0.3 ms per call;
+    # not measured apart).
     MIN_NUMEL = 1 << 20
     MIN_NUMEL_GROUP_CL = 1 << 22
 
