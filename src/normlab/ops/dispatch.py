@@ -267,8 +267,8 @@ class Numba(Backend):
             return "float64 runs torch's kernels unless numba is asked for by name"
         if not call.explicit and (x.numel() < self.MIN_NUMEL
                                   or (p.kind == "layer" and (
-                                      not _rows(p.kernel) or (not _needs_grad(call)
-                                                              and torch.get_num_threads() > 1)))
+                                      not _rows(p.kernel)
+                                      or (not _needs_grad(call) and not _one_thread())))
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
                                   or (p.kind == "group" and (
                                       not _needs_grad(call)
@@ -337,6 +337,12 @@ def _rows(kernel) -> bool:
     its own weight: ``cpu_op``'s ROWS), the only one measured for layer norm."""
     return (kernel.family == spec.ROW and kernel.dims[1] == 1 and kernel.dims[2] == 1
             and kernel.affine[4] != 0)
+
+
+def _one_thread() -> bool:
+    """torch runs on one thread (under ``torch.compile``: False, the thread count is not read
+    while tracing)."""
+    return not torch.compiler.is_compiling() and torch.get_num_threads() == 1
 
 
 def _needs_grad(call: Call) -> bool:
@@ -470,19 +476,17 @@ def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
     rule reads only the plan, the device, whether there is a mask, whether the backend was
     named, whether a backward will run, torch's thread count, the activation and the
-    residual's dtype and strides (and
-    ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
-    compiling = torch.compiler.is_compiling()
+    residual's dtype and strides (and ``torch.compile``, whose calls are not cached), so the
+    choice is cached on those."""
+    if torch.compiler.is_compiling():  # not cached (nor the thread count read: dynamo
+        return _select(call, backend, start)  # does not trace torch.get_num_threads)
     r = call.residual
     key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),
            torch.get_num_threads(), call.activation,
            None if r is None else (r.dtype, tuple(r.shape), r.stride()))
-    if not compiling:
-        b = _CHOICES.get(key)
-        if b is not None:
-            return b
-    b = _select(call, backend, start)
-    if not compiling:
+    b = _CHOICES.get(key)
+    if b is None:
+        b = _select(call, backend, start)
         if len(_CHOICES) > 4096:
             _CHOICES.clear()
         _CHOICES[key] = b

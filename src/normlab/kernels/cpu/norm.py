@@ -27,7 +27,7 @@ merged by Chan's formula in float64; the columns' are a shifted one-pass per blo
 backward, add blocks of 2048 elements summed in the input's precision (vectorized) in float64,
 the columns' blocks of 64 rows, so no long float32 sums; the rows' weight and bias gradients
 are summed in the input's precision over a block of rows (``_ROWS_BLOCK`` elements: 16 rows of
-1024) and added in float64.
+1024; at most ``_BLOCK`` rows) and added in float64.
 The fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
 
 Every kernel exists twice: compiled with ``parallel=True`` (its ``prange`` split over numba's
@@ -397,12 +397,13 @@ def _wdx(dx, dy, x, w, aw, ab, i, j, r, c1, c2, m):
 def rows_bwd(dy, x, w, mean, rstd, centered, zero, nth, dx, dwp, dbp):
     """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, per row; ``dwp``/``dbp``
     (nth, L) float64: each thread's partial sums of dy * xhat and dy (the caller adds them),
-    summed in the input's precision over a block of rows (about ``_ROWS_BLOCK`` elements) and
-    added in float64 once a block. Per row: one pass over x and dy from memory (the sums),
-    one over the row again, in cache, writing dx, streamed (the aligned body), and adding into
-    the partial sums; one fence per block of rows, as the forward."""
+    summed in the input's precision over a block of rows (about ``_ROWS_BLOCK`` elements, at
+    most ``_BLOCK`` rows) and added in float64 once a block. Per row: one pass over x and dy
+    from memory (the sums), one over the row again, in cache, writing dx, streamed (the
+    aligned body), and adding into the partial sums; one fence per block of rows, as the
+    forward."""
     R, L = x.shape
-    rb = max(1, _ROWS_BLOCK // L)
+    rb = max(1, min(_BLOCK, _ROWS_BLOCK // L))  # rows: at most _BLOCK terms in a float32 sum
     nblk = (R + rb - 1) // rb
     for t in prange(nth):
         aw = np.empty(L, x.dtype)
