@@ -225,13 +225,12 @@ class Numba(Backend):
                           "numba has no kernels for this dtype (float32 and float64 only)",
                           _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
     # Chosen by default only where the bench measured it faster than torch's kernel: layer norm
-    # only in the rows reading (other layouts not measured), with a backward to run
-    # (forward+backward 0.75-0.91x torch.nn's time at 1 thread, 0.55-0.75x at 2, (8192, 1024)) or
-    # on one thread (forward 0.74-0.97x; at 2 threads 0.68-1.06x on the loaded machine: not clearly
-    # faster, so torch's there; the thread count is in select()'s key); not group norm with the
-    # channel outermost (torch's fused forward kernel is as fast: 2 passes, as ours), nor batch
-    # norm with the channel innermost (1.1x torch's at 1 thread, 0.76x at 2), nor inputs of fewer
-    # than MIN_NUMEL elements: a call costs ~0.3 ms of Python and launch (0.6 ms forward+backward)
+    # only in the rows reading (other layouts not measured; (8192, 1024): forward+backward
+    # 0.55-0.91x torch.nn's time at 1 and 2 threads, forward 0.74-0.97x at 1 thread and 0.90-0.92x
+    # at 2 on the quiet machine, 0.68-1.06x at 2 under load); not group norm with the channel
+    # outermost (torch's fused forward kernel is as fast: 2 passes, as ours), nor batch norm with
+    # the channel innermost (1.1x torch's at 1 thread, 0.76x at 2), nor inputs of fewer than
+    # MIN_NUMEL elements: a call costs ~0.3 ms of Python and launch (0.6 ms forward+backward)
     # against torch's ~0.07 ms, so numba was 1.5-2.1x slower at 64 Ki elements and broke even
     # between 256 Ki and 512 Ki (batch, instance, group norm, 1 thread; the table is in
     # docs/ARCHITECTURE.md, "Where it is the default"; the lab's small models stay on torch's
@@ -266,17 +265,14 @@ class Numba(Backend):
             # different summation order compounds through train-mode batch statistics
             return "float64 runs torch's kernels unless numba is asked for by name"
         if not call.explicit and (x.numel() < self.MIN_NUMEL
-                                  or (p.kind == "layer" and (
-                                      not _rows(p.kernel)
-                                      or (not _needs_grad(call) and not _one_thread())))
+                                  or (p.kind == "layer" and not _rows(p.kernel))
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
                                   or (p.kind == "group" and (
                                       not _needs_grad(call)
                                       or x.numel() < self.MIN_NUMEL_GROUP_CL))
                                   or (p.kind == "batch" and p.kernel.family == spec.COLUMN)):
             return ("torch's kernel is as fast here or numba was not measured faster (layer "
-                    "norm not read as rows, or without a backward on more than one thread, "
-                    "group norm channels first, group norm channels "
+                    "norm not read as rows, group norm channels first, group norm channels "
                     "last without a backward or below 4M elements, batch norm channels last, or "
                     "an input below 1M elements)")
         if not cpu_op.available():  # last: the first time, this imports numba
@@ -337,12 +333,6 @@ def _rows(kernel) -> bool:
     its own weight: ``cpu_op``'s ROWS), the only one measured for layer norm."""
     return (kernel.family == spec.ROW and kernel.dims[1] == 1 and kernel.dims[2] == 1
             and kernel.affine[4] != 0)
-
-
-def _one_thread() -> bool:
-    """torch runs on one thread (under ``torch.compile``: False, the thread count is not read
-    while tracing)."""
-    return not torch.compiler.is_compiling() and torch.get_num_threads() == 1
 
 
 def _needs_grad(call: Call) -> bool:
@@ -475,15 +465,14 @@ def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
     rule reads only the plan, the device, whether there is a mask, whether the backend was
-    named, whether a backward will run, torch's thread count, the activation and the
-    residual's dtype and strides (and ``torch.compile``, whose calls are not cached), so the
+    named, whether a backward will run, the activation and the residual's dtype and
+    strides (and ``torch.compile``, whose calls are not cached), so the
     choice is cached on those."""
-    if torch.compiler.is_compiling():  # not cached (nor the thread count read: dynamo
-        return _select(call, backend, start)  # does not trace torch.get_num_threads)
+    if torch.compiler.is_compiling():  # not cached
+        return _select(call, backend, start)
     r = call.residual
     key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),
-           torch.get_num_threads(), call.activation,
-           None if r is None else (r.dtype, tuple(r.shape), r.stride()))
+           call.activation, None if r is None else (r.dtype, tuple(r.shape), r.stride()))
     b = _CHOICES.get(key)
     if b is None:
         b = _select(call, backend, start)
