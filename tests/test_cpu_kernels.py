@@ -215,6 +215,46 @@ def test_the_lines_variance_is_stable_whatever_the_shift(mean, threads):
         torch.testing.assert_close(rv.double(), sub.double().var((0, 2)), rtol=2e-6, atol=0)
 
 
+@pytest.mark.parametrize("serial", [True, False], ids=["serial", "parallel"])
+@pytest.mark.parametrize("mean", [0.0, 1.0, 1e4])
+def test_the_rows_variance_is_stable_whatever_the_shift(mean, serial):
+    """The rows kernel sums each row in one pass about the mean of its first values where that
+    shift is within one standard deviation of the row's mean, in two passes elsewhere.
+    float32 rows of 4096: row 0's first 16 values far out (the shift 30 standard deviations
+    off: one pass about it lost ~8 bits), row 1 plain, row 2 shifted away from row 1, row 3
+    constant; then rows of 3 values (fewer than the shift's 16) and of 17. The mean and the
+    variance against float64 sums of the same float32 values."""
+    import numba
+
+    from normlab.kernels.cpu import norm as kn
+
+    g = torch.Generator().manual_seed(0)
+    x = mean + 1e-2 * torch.randn(4, 4096, generator=g, dtype=torch.float64)
+    x[0, :16] += 0.3
+    x[2] += 0.5
+    x[3] = mean
+    short = mean + 1e-2 * torch.randn(5, 3, generator=g, dtype=torch.float64)
+    odd = mean + 1e-2 * torch.randn(3, 17, generator=g, dtype=torch.float64)
+    kern = kn.SERIAL.rows_fwd if serial else kn.rows_fwd
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for sub in (x.float(), short.float(), odd.float()):
+            r, n = sub.shape
+            w, b = torch.ones(n), torch.zeros(n)
+            y = torch.empty_like(sub)
+            m, rs, v = (torch.empty(r) for _ in range(3))
+            kern(sub.numpy(), w.numpy(), b.numpy(), True, 1e-5, torch.zeros(()).numpy()[()],
+                 y.numpy(), m.numpy(), rs.numpy(), v.numpy())
+            s64 = sub.double()
+            # the mean: float32 rounding of its value, and of the sums (at the spread's scale)
+            torch.testing.assert_close(m.double(), s64.mean(1), rtol=1e-7, atol=1e-5 * 1e-2)
+            torch.testing.assert_close(v.double(), s64.var(1, unbiased=False), rtol=2e-6,
+                                       atol=1e-12)
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_the_variance_is_stable_far_from_zero():
     """Mean 1e4, std 1e-2 in float32: E[x^2] - E[x]^2 would lose every digit of the variance
     (x^2 ~ 1e8 carries float32 rounding ~ 6, the variance is 1e-4). The float32 mean itself
@@ -293,7 +333,6 @@ def test_which_calls_it_takes_by_default():
         F.rms_norm(torch.randn(511, 1024), (1024,))  # below Numba.MIN_NUMEL_RMS: torch's
         F.batch_norm(big, torch.zeros(16), torch.ones(16), training=False)  # eval: an affine map
         F.group_norm(big.bfloat16(), 4)  # no bfloat16 kernels
-        F.layer_norm(torch.randn(1024, 1024), (1024,))  # torch's fused kernel is as fast
         F.rms_norm(torch.randn(1024, 1024), (1024,))
         F.group_norm(big[:, :, ::2], 4)  # strided: not read in place
         F.group_norm(big, 4)  # channels first: torch's fused forward is as fast
@@ -308,8 +347,27 @@ def test_which_calls_it_takes_by_default():
         F.batch_norm(torch.randn(16, 12, 80, 80).contiguous(memory_format=torch.channels_last),
                      None, None, training=True)  # 12 channels: not whole vectors, torch's
     assert ran == ["numba", "numba", "native", "numba", "numba", "native", "native", "native",
-                   "native", "numba", "native", "native", "numba", "numba", "native", "numba",
-                   "native", "native"]
+                   "numba", "native", "native", "numba", "numba", "native", "numba", "native",
+                   "native"]
+
+
+def test_which_layer_norms_it_takes_by_default():
+    """float32 rows from 1 Mi elements, with or without a backward, at 1 and 2 threads;
+    torch's kernel below 1 Mi, in float64, and for layer norm not read as rows."""
+    x = torch.randn(1024, 1024)
+    before = torch.get_num_threads()
+    try:
+        with ops.trace_backends() as ran:
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                F.layer_norm(x, (1024,))  # a forward alone
+                F.layer_norm(x.clone().requires_grad_(), (1024,))  # with a backward
+            F.layer_norm(x[:, :1023].contiguous(), (1023,))  # below 1 Mi
+            F.layer_norm(x.double().requires_grad_(), (1024,))  # float64
+            F.layer_norm(x.reshape(16, 64, 32, 32).requires_grad_(), (64,), channel_axis=1)
+    finally:
+        torch.set_num_threads(before)
+    assert ran == ["numba", "numba", "numba", "numba", "native", "native", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():

@@ -195,16 +195,17 @@ def _quantiles(ts: list[float]) -> tuple[float, float, float]:
 
 
 def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None,
-              threads=None, printer=print) -> list[dict]:
-    """Measure every case (or those whose name is in ``ops``) at each of ``threads`` (torch
-    intra-op thread counts; None: the current one); append rows to ``out``."""
+              threads=None, printer=print, cases=CASES) -> list[dict]:
+    """Measure every case of ``cases`` (or those whose name is in ``ops``) at each of
+    ``threads`` (torch intra-op thread counts; None: the current one); append rows to
+    ``out``."""
     reps = reps or (6 if quick else 40)
     rows: list[dict] = []
     before = torch.get_num_threads()
     try:
         for n in threads or [before]:
             torch.set_num_threads(n)
-            rows += _run_at(out, quick, reps, dtype, ops, printer)
+            rows += _run_at(out, quick, reps, dtype, ops, printer, cases)
     finally:
         torch.set_num_threads(before)
     worst = max(r["ratio"] for r in rows if r["provider"] == "normlab")
@@ -212,11 +213,11 @@ def run_bench(*, out=None, quick=False, reps=None, dtype=torch.float32, ops=None
     return rows
 
 
-def _run_at(out, quick, reps, dtype, ops, printer) -> list[dict]:
+def _run_at(out, quick, reps, dtype, ops, printer, cases) -> list[dict]:
     run_id = uuid.uuid4().hex[:12]
     env = environment()
     rows: list[dict] = []
-    cases = [c for c in CASES if ops is None or c.name in ops]
+    cases = [c for c in cases if ops is None or c.name in ops]
     header = (f"{'op':<15}{'layout':<14}{'mode':<17}{'baseline ms':>12}{'normlab ms':>12}"
               f"{'ratio':>7}{'copy GB/s':>10}{'base of copy':>13}{'normlab of copy':>16}")
     printer(f"normlab bench: {len(cases)} shapes x {len(MODES)} modes, {reps} alternating "

@@ -299,7 +299,8 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
         with _launch(numba, k) as (kern, nth):
             p = np.zeros((2, nth, d2))  # per thread: dweight, dbias
             kern.rows_bwd(_np(dy, (nb, d2)), _np(x, (nb, d2)), w, _stat_np(mean, nb),
-                          _stat_np(rstd, nb), centered, nth, _np(dx, (nb, d2)), p[0], p[1])
+                          _stat_np(rstd, nb), centered, _zero(sdt), nth, _np(dx, (nb, d2)),
+                          p[0], p[1])
         return dx, p[0].sum(0), p[1].sum(0)
     idx, cw = _affine_index(dims, affine, shape)
     if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)

@@ -226,22 +226,26 @@ class Numba(Backend):
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
                           "numba has no kernels for this dtype (float32 and float64 only)",
                           _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
-    # Chosen by default only where the bench measured it faster than torch's kernel: not
-    # layer norm nor group norm with the channel outermost (torch's fused forward kernels are
-    # as fast: 2 passes, as ours), nor small inputs, where the Python around a call is what counts
-    # (~0.13 ms forward, ~0.4 ms forward+backward at (2, 64, 8, 8) against torch.nn's ~0.05 /
-    # ~0.2; it was ~0.3 / ~0.6 ms): batch and instance norm from MIN_NUMEL elements (numba/torch
-    # at 256 Ki, 1 thread: 0.53-0.59, channels-last instance 0.31-0.35; at 64 Ki 0.78-1.01),
-    # RMS norm from MIN_NUMEL_RMS (512 Ki: 0.59-0.93; 256 Ki forward 1.02), both also faster
-    # at 2 threads there (the table is in docs/ARCHITECTURE.md, "Where it is the default"; the
-    # lab's models, at most 64 x 32 x 64 = 128 Ki elements a norm, stay on torch's kernels and
-    # never import numba); batch norm with the channel innermost only when the channels fill
-    # whole 32-byte vectors (the streamed output pass; measured at C = 64, (32, 64, 56, 56):
-    # 0.6-0.9x torch's forward, 0.55-0.8x forward+backward, 1 and 2 threads) and from
-    # MIN_NUMEL_OTHER elements (not measured below); group norm with the channel innermost from
-    # MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32), forward+backward: 1.17x; 1.08-1.47x at
-    # 256 Ki-1 Mi; G=32, (32, 64, 56, 56): forward 0.75-0.97x, forward+backward 0.2x).
-    # DyT/Derf and the half-precision instance-norm copy keep MIN_NUMEL_OTHER (not re-measured).
+    # Chosen by default only where the bench measured it faster than torch's kernel: layer norm
+    # only in the rows reading and from MIN_NUMEL_OTHER elements (other layouts and smaller
+    # inputs not measured; (8192, 1024): forward+backward 0.55-0.91x torch.nn's time at 1 and 2
+    # threads, forward 0.74-0.97x at 1 thread and 0.90-0.92x at 2 on the quiet machine,
+    # 0.68-1.06x at 2 under load); not group norm with the channel outermost (torch's fused
+    # forward kernel is as fast: 2 passes, as ours), nor small inputs, where the Python around a
+    # call is what counts (~0.13 ms forward, ~0.4 ms forward+backward at (2, 64, 8, 8) against
+    # torch.nn's ~0.05 / ~0.2; it was ~0.3 / ~0.6 ms): batch and instance norm from MIN_NUMEL
+    # elements (numba/torch at 256 Ki, 1 thread: 0.53-0.59, channels-last instance 0.31-0.35;
+    # at 64 Ki 0.78-1.01), RMS norm from MIN_NUMEL_RMS (512 Ki: 0.59-0.93; 256 Ki forward
+    # 1.02), both also faster at 2 threads there (the table is in docs/ARCHITECTURE.md, "Where
+    # it is the default"; the lab's models, at most 64 x 32 x 64 = 128 Ki elements a norm, stay
+    # on torch's kernels and never import numba); batch norm with the channel innermost only
+    # when the channels fill whole 32-byte vectors (the streamed output pass; measured at
+    # C = 64, (32, 64, 56, 56): 0.6-0.9x torch's forward, 0.55-0.8x forward+backward, 1 and 2
+    # threads) and from MIN_NUMEL_OTHER elements (not measured below); group norm with the
+    # channel innermost from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32),
+    # forward+backward: 1.17x; 1.08-1.47x at 256 Ki-1 Mi; G=32, (32, 64, 56, 56): forward
+    # 0.75-0.97x, forward+backward 0.2x). DyT/Derf and the half-precision instance-norm copy
+    # keep MIN_NUMEL_OTHER (not re-measured).
     MIN_NUMEL = 1 << 18
     MIN_NUMEL_RMS = 1 << 19
     MIN_NUMEL_OTHER = 1 << 20
@@ -270,7 +274,9 @@ class Numba(Backend):
             # with torch's bit for bit (surgery's probes, the zoo's whole-model checks), and a
             # different summation order compounds through train-mode batch statistics
             return "float64 runs torch's kernels unless numba is asked for by name"
-        if not call.explicit and (p.kind == "layer" or x.numel() < self.MIN_NUMEL
+        if not call.explicit and (x.numel() < self.MIN_NUMEL
+                                  or (p.kind == "layer" and (not _rows(p.kernel)
+                                                             or x.numel() < self.MIN_NUMEL_OTHER))
                                   or (p.kind == "rms" and x.numel() < self.MIN_NUMEL_RMS)
                                   or (p.kind == "group" and p.kernel.affine[4] == 0)
                                   or (p.kind == "group" and x.numel() < self.MIN_NUMEL_GROUP_CL)
@@ -278,10 +284,11 @@ class Numba(Backend):
                                       and (x.numel() < self.MIN_NUMEL_OTHER
                                            or (p.kernel.dims[2] * p.kernel.dims[3]
                                                * x.element_size()) % 32))):
-            return ("torch's kernel is as fast here (layer norm, group norm channels first, "
-                    "group norm channels last below 4M elements, batch norm channels last "
-                    "with channels not in whole 32-byte vectors or below 1M elements, or an "
-                    "input below Numba.MIN_NUMEL elements, Numba.MIN_NUMEL_RMS for rms norm)")
+            return ("torch's kernel is as fast here or numba was not measured faster (layer "
+                    "norm not read as rows or below 1M elements, group norm channels first, "
+                    "group norm channels last below 4M elements, batch norm channels last with "
+                    "channels not in whole 32-byte vectors or below 1M elements, or an input "
+                    "below Numba.MIN_NUMEL elements, Numba.MIN_NUMEL_RMS for rms norm)")
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
         return None
@@ -339,6 +346,13 @@ def _upcast_pays(call: Call) -> bool:
     return (x.dtype in (torch.bfloat16, torch.float16) and p.kind == "instance"
             and p.kernel is not None and p.kernel.family == spec.COLUMN and x.dim() > 2
             and _needs_grad(call) and (call.explicit or x.numel() >= Numba.MIN_NUMEL_OTHER))
+
+
+def _rows(kernel) -> bool:
+    """Whether a kernel view is the rows reading (one contiguous group per row, each element
+    its own weight: ``cpu_op``'s ROWS), the only one measured for layer norm."""
+    return (kernel.family == spec.ROW and kernel.dims[1] == 1 and kernel.dims[2] == 1
+            and kernel.affine[4] != 0)
 
 
 def _needs_grad(call: Call) -> bool:
@@ -464,25 +478,24 @@ BACKENDS: tuple[str, ...] = tuple(b.name for b in BACKEND_LIST)
 _BY_NAME = {b.name: i for i, b in enumerate(BACKEND_LIST)}
 
 
-_CHOICES: dict = {}  # (plan, is_cuda, has mask, backend) -> the backend select() chose
+_CHOICES: dict = {}  # select()'s key (plan, is_cuda, ...) -> the backend it chose
 
 
 def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     """The backend that runs ``call``: the first of ``BACKEND_LIST`` (from ``start``) that
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
     rule reads only the plan, the device, whether there is a mask, whether the backend was
-    named, whether a backward will run, the activation and the residual's dtype and strides (and
-    ``torch.compile``, whose calls are not cached), so the choice is cached on those."""
-    compiling = torch.compiler.is_compiling()
+    named, whether a backward will run, the activation and the residual's dtype and
+    strides (and ``torch.compile``, whose calls are not cached), so the
+    choice is cached on those."""
+    if torch.compiler.is_compiling():  # not cached
+        return _select(call, backend, start)
     r = call.residual
     key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),
            call.activation, None if r is None else (r.dtype, tuple(r.shape), r.stride()))
-    if not compiling:
-        b = _CHOICES.get(key)
-        if b is not None:
-            return b
-    b = _select(call, backend, start)
-    if not compiling:
+    b = _CHOICES.get(key)
+    if b is None:
+        b = _select(call, backend, start)
         if len(_CHOICES) > 4096:
             _CHOICES.clear()
         _CHOICES[key] = b

@@ -7,7 +7,8 @@ The input's memory is read in one of three shapes (``spec.Kernel``'s 4-D view ``
 D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
 
 * **rows** (layer, rms): ``(R, L)``, one group per row; forward and backward fused, one row in
-  cache: the forward reads x once and writes y, the backward reads x and dy once and writes dx.
+  cache: the forward reads x once and writes y, the backward reads x and dy once and writes dx
+  (both streamed, one fence per block of rows).
 * **lines** (batch, instance, group norm with the channel outermost): ``(NB, D0, D1, P)``,
   each line ``P`` positions sharing one weight, a group the ``D0`` lines of one ``(b, d1)``
   (batch norm: a channel's N lines, one per sample); one unit per group: each line's
@@ -17,14 +18,16 @@ D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
   (a sample per unit, or chunks of rows), merged in the kernel, then a per-column affine pass;
   the backward likewise.
 
-The rows' sums and the lines' backward sums are two-pass (the mean, then the squared
-deviations from it; per row or line, merged by Chan's formula in float64); the lines' forward
-sums each line in one pass about a shift within one standard deviation of its mean (at most one
-bit cancels) and in two passes where it is not (``lines_fwd_fused``); the columns' are a
-shifted one-pass per block of 64 rows (see the columns section); so no ``E[x^2] - E[x]^2``. The
-rows' and lines' sums add blocks of 2048 elements summed in the input's precision (vectorized)
-in float64, the columns' blocks of 64 rows, so no long float32 sums; the rows' backward sums
-are float64 throughout.
+The rows' and the lines' forward statistics sum each row or line in one pass about a shift
+within one standard deviation of its mean (at most one bit cancels; a row's shift is the mean
+of its first values, a line's the group's mean so far) and in two passes (the mean, then the
+squared deviations from it) where it is not (``rows_fwd``, ``lines_fwd_fused``); the lines are
+merged by Chan's formula in float64; the columns' are a shifted one-pass per block of 64 rows
+(see the columns section); so no ``E[x^2] - E[x]^2``. The rows' and lines' sums, forward and
+backward, add blocks of 2048 elements summed in the input's precision (vectorized) in float64,
+the columns' blocks of 64 rows, so no long float32 sums; the rows' weight and bias gradients
+are summed in the input's precision over a block of rows (``_ROWS_BLOCK`` elements: 16 rows of
+1024; at most ``_BLOCK`` rows) and added in float64.
 The fast-math flags allow reassociation (vectorized reductions) but keep NaN and Inf semantics.
 
 Every kernel exists twice: compiled with ``parallel=True`` (its ``prange`` split over numba's
@@ -59,22 +62,9 @@ _BLOCK = 2048  # elements summed in the input's precision before adding into flo
 
 
 @njit(fastmath=_FAST, inline="always")
-def _sum(x, k, zero):
-    """sum(x - k) of a 1-D array: blocks of _BLOCK in x's precision (vectorized), added in
-    float64. With the shift ``k`` (a value of the data, near its mean) the block sums stay at
-    the scale of the spread, not of the mean: float32 blocks of values ~1e4 would lose ~1e-3."""
-    s = 0.0
-    for j0 in range(0, x.shape[0], _BLOCK):
-        a = zero
-        for j in range(j0, min(x.shape[0], j0 + _BLOCK)):
-            a += x[j] - k
-        s += a
-    return s
-
-
-@njit(fastmath=_FAST, inline="always")
 def _sq_dev(x, m, zero):
-    """sum((x - m)^2) of a 1-D array, blocked as ``_sum``."""
+    """sum((x - m)^2) of a 1-D array: blocks of _BLOCK in x's precision (vectorized), added in
+    float64."""
     s = 0.0
     for j0 in range(0, x.shape[0], _BLOCK):
         a = zero
@@ -87,7 +77,9 @@ def _sq_dev(x, m, zero):
 
 @njit(fastmath=_FAST, inline="always")
 def _shifted_sums(x, k, zero):
-    """(sum(x - k), sum((x - k)^2)) of a 1-D array in one pass, blocked as ``_sum``."""
+    """(sum(x - k), sum((x - k)^2)) of a 1-D array in one pass, blocked as ``_sq_dev``. With
+    the shift ``k`` (a value near the data's mean) the block sums stay at the scale of the
+    spread, not of the mean: float32 blocks of values ~1e4 would lose ~1e-3."""
     s1 = 0.0
     s2 = 0.0
     for j0 in range(0, x.shape[0], _BLOCK):
@@ -104,7 +96,7 @@ def _shifted_sums(x, k, zero):
 
 @njit(fastmath=_FAST, inline="always")
 def _sums_dy(dy, x, m, r, zero):
-    """(sum(dy), sum(dy * xhat)) of 1-D arrays, xhat = (x - m) * r, blocked as ``_sum``."""
+    """(sum(dy), sum(dy * xhat)) of 1-D arrays, xhat = (x - m) * r, blocked as ``_sq_dev``."""
     s1 = 0.0
     s2 = 0.0
     for j0 in range(0, x.shape[0], _BLOCK):
@@ -124,14 +116,14 @@ def _sums_dy(dy, x, m, r, zero):
 # y costs about as much as copying into it (measured: an affine pass over (2048, 3136) float32
 # 3.1-3.5 ms with plain stores, 2.3-2.8 ms with streaming ones, copy_ 3.0-3.5). LLVM's loop
 # vectorizer does not emit non-temporal stores for arrays of unknown alignment, so the output
-# passes that write a whole activation (the lines' y and dx, the rows' y; the columns' y and dx
-# through ``_ostrips``, below) store 32-byte vectors through these intrinsics (a store with
-# LLVM's !nontemporal metadata, aligned: the loops do the unaligned head and the tail with
-# plain stores); ``_fence`` orders them before the kernel
-# returns. A fence costs: one per thread's range of groups of lines in the forward (a fence per
-# group of ~400 KiB cost 2-2.5%), per group in the backward, per block of rows (64 KiB), not
-# per 4 KiB row (RMS (8192, 1024) forward: streamed with a fence per row 0.73 of copy_'s
-# bandwidth, the plain stores 0.70, streamed with one fence per kernel 0.87).
+# passes that write a whole activation (the lines' y and dx, the rows' y and dx; the columns' y
+# and dx through ``_ostrips``, below) store 32-byte vectors through these intrinsics (a store
+# with LLVM's !nontemporal metadata, aligned: the loops do the unaligned head and the tail with
+# plain stores); ``_fence`` orders them before the kernel returns. A fence costs: one per
+# thread's range of groups of lines in the forward (a fence per group of ~400 KiB cost
+# 2-2.5%), per group in the backward, per block of rows (64 KiB), forward and backward, not per
+# 4 KiB row (RMS (8192, 1024) forward: streamed with a fence per row 0.73 of copy_'s bandwidth,
+# the plain stores 0.70, streamed with one fence per kernel 0.87).
 
 def _vector(context, builder, arrty, arr, idx):
     """(pointer to 32 bytes of ``arr`` from element ``idx``, the vector type, its width)."""
@@ -220,6 +212,40 @@ def _stream_dx(typingctx, dx, dy, x, i, a, c1, c2, m):
 
 
 @intrinsic
+def _stream_wdx(typingctx, dx, dy, x, w, aw, ab, i, j, a, c1, c2, m):
+    """dx[i, j:j+W] = a * (dy[i, j:j+W] * w[j:j+W]) - c1 - c2 * (x[i, j:j+W] - m), streamed;
+    aw[j:j+W] += dy * (x - m) * a, ab[j:j+W] += dy (the weight and bias gradients' partial
+    sums, ``a`` being the row's rstd); dx, dy, x (R, L) C-contiguous, dx[i, j] 32-byte
+    aligned."""
+    if not all(t.layout == "C" and t.ndim == 2 for t in (dx, dy, x)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        da, ga, xa, wa, awa, aba, ii, jj = args[:8]
+        scalars = _scalars(context, builder, sig, args, 8)
+        ii = context.cast(builder, ii, sig.args[6], types.intp)
+        jj = context.cast(builder, jj, sig.args[7], types.intp)
+        row = builder.extract_value(context.make_array(sig.args[0])(context, builder, da).shape, 1)
+        off = builder.add(builder.mul(ii, row), jj)
+        dp, vt, nw = _vector(context, builder, sig.args[0], da, off)
+        av, c1v, c2v, mv = (_splat(builder, vt, nw, v) for v in scalars)
+        al = sig.args[1].dtype.bitwidth // 8
+        awp, abp = (_vector(context, builder, sig.args[k], arr, jj)[0]
+                    for k, arr in ((4, awa), (5, aba)))
+        gv, xv, wv, awv, abv = (builder.load(p, align=al) for p in (
+            _vector(context, builder, sig.args[1], ga, off)[0],
+            _vector(context, builder, sig.args[2], xa, off)[0],
+            _vector(context, builder, sig.args[3], wa, jj)[0], awp, abp))
+        xc = builder.fsub(xv, mv)
+        t = builder.fsub(builder.fmul(av, builder.fmul(gv, wv)), c1v)
+        _stream(builder, builder.fsub(t, builder.fmul(c2v, xc)), dp)
+        builder.store(builder.fadd(awv, builder.fmul(gv, builder.fmul(xc, av))), awp, align=al)
+        builder.store(builder.fadd(abv, gv), abp, align=al)
+        return context.get_dummy_value()
+    return types.void(dx, dy, x, w, aw, ab, i, j, a, c1, c2, m), codegen
+
+
+@intrinsic
 def _fence(typingctx):
     """``sfence`` (x86's fence for non-temporal stores: they are weakly ordered, and LLVM may
     lower a seq_cst fence to a locked instruction, which is not documented to order them on
@@ -283,6 +309,7 @@ def _dx_line(dx, dy, x, a, c1, c2, m):
 # ---- rows: layer and rms norm, x (R, L), w and b (L,) (ones / zeros when absent) ----
 
 _ROWS_BLOCK = 1 << 14  # elements of y written between two fences (64 KiB of float32)
+_SHIFT_N = 16  # a row's first values whose mean is the shift of its one-pass sums
 
 
 @njit(**_JIT)
@@ -295,12 +322,31 @@ def rows_fwd(x, w, b, centered, eps, zero, y, mean, rstd, var):
     rb = max(1, _ROWS_BLOCK // L)
     for t in prange((R + rb - 1) // rb):
         for i in range(t * rb, min(R, (t + 1) * rb)):
-            k = x[i, 0]
-            m = k + _sum(x[i], k, zero) / L if centered else 0.0
-            mean[i] = m
-            mi = mean[i]  # in the statistics dtype: the passes below in that precision
-            # second pass over the row, in cache; sum((x - mi)^2) = M2 + L (m - mi)^2
-            q = max(_sq_dev(x[i], mi, zero) - L * (m - mi) ** 2, 0.0)
+            if centered:
+                # one pass: the sum and the sum of squares of x - k, k near the row's mean
+                # (the mean of its first _SHIFT_N values, rounded to x's dtype, which the
+                # statistics dtype is here), M2 = sum((x - k)^2) - L (mean - k)^2
+                c = 0.0
+                for j in range(min(L, _SHIFT_N)):
+                    c += x[i, j]
+                mean[i] = c / min(L, _SHIFT_N)
+                k = mean[i]
+                s1, s2 = _shifted_sums(x[i], k, zero)
+                e = s1 / L
+                m = k + e
+                q = s2 - s1 * e
+                mean[i] = m
+                mi = mean[i]  # in the statistics dtype: the passes below in that precision
+                if not L * e * e <= q:
+                    # k more than one standard deviation from the mean (the subtraction would
+                    # cancel more than one bit), or NaN/Inf: a second pass over the row, in
+                    # cache; sum((x - mi)^2) = M2 + L (m - mi)^2
+                    q = _sq_dev(x[i], mi, zero) - L * (m - mi) ** 2
+            else:
+                mean[i] = 0.0
+                mi = mean[i]
+                q = _sq_dev(x[i], mi, zero)
+            q = max(q, 0.0)
             var[i] = q / L
             rstd[i] = 1.0 / np.sqrt(q / L + eps)
             ri = rstd[i]
@@ -318,28 +364,75 @@ def rows_fwd(x, w, b, centered, eps, zero, y, mean, rstd, var):
         _fence()
 
 
+@njit(fastmath=_FAST, inline="always")
+def _row_dsums(dy, x, w, m, r, zero):
+    """One row's (sum(g), sum(g * xhat)), g = dy * w, xhat = (x - m) * r, blocks of _BLOCK
+    in ``zero``'s precision added in float64. (LLVM vectorizes this loop only without stores
+    in it: the weight and bias gradients' sums are the dx pass's.)"""
+    s1 = 0.0
+    s2 = 0.0
+    L = x.shape[0]
+    for j0 in range(0, L, _BLOCK):
+        a1 = zero
+        a2 = zero
+        for j in range(j0, min(L, j0 + _BLOCK)):
+            g = dy[j] * w[j]
+            a1 += g
+            a2 += g * ((x[j] - m) * r)
+        s1 += a1
+        s2 += a2
+    return s1, s2
+
+
+@njit(fastmath=_FAST, inline="always")
+def _wdx(dx, dy, x, w, aw, ab, i, j, r, c1, c2, m):
+    """Element (i, j) of ``_stream_wdx``."""
+    xh = (x[i, j] - m) * r
+    dx[i, j] = r * (dy[i, j] * w[j]) - c1 - c2 * (x[i, j] - m)
+    aw[j] += dy[i, j] * xh
+    ab[j] += dy[i, j]
+
+
 @njit(**_JIT)
-def rows_bwd(dy, x, w, mean, rstd, centered, nth, dx, dwp, dbp):
+def rows_bwd(dy, x, w, mean, rstd, centered, zero, nth, dx, dwp, dbp):
     """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, per row; ``dwp``/``dbp``
-    (nth, L) float64: each thread's partial sums of dy * xhat and dy (the caller adds them)."""
+    (nth, L) float64: each thread's partial sums of dy * xhat and dy (the caller adds them),
+    summed in the input's precision over a block of rows (about ``_ROWS_BLOCK`` elements, at
+    most ``_BLOCK`` rows) and added in float64 once a block. Per row: one pass over x and dy
+    from memory (the sums), one over the row again, in cache, writing dx, streamed (the
+    aligned body), and adding into the partial sums; one fence per block of rows, as the
+    forward."""
     R, L = x.shape
+    rb = max(1, min(_BLOCK, _ROWS_BLOCK // L))  # rows: at most _BLOCK terms in a float32 sum
+    nblk = (R + rb - 1) // rb
     for t in prange(nth):
-        for i in range(t * R // nth, (t + 1) * R // nth):
-            mi, ri = mean[i], rstd[i]
-            s1 = 0.0
-            s2 = 0.0
+        aw = np.empty(L, x.dtype)
+        ab = np.empty(L, x.dtype)
+        cs = np.empty(2, x.dtype)  # the row's coefficients in x's precision (the streamed body's)
+        for blk in range(t * nblk // nth, (t + 1) * nblk // nth):
             for j in range(L):
-                xh = (x[i, j] - mi) * ri
-                u = dy[i, j] * xh
-                s1 += dy[i, j] * w[j]
-                s2 += u * w[j]
-                dwp[t, j] += u
-                dbp[t, j] += dy[i, j]
-            a = s1 / L if centered else 0.0
-            c = s2 / L
-            for j in range(L):  # the row again, in cache
-                xh = (x[i, j] - mi) * ri
-                dx[i, j] = ri * (dy[i, j] * w[j] - a - xh * c)
+                aw[j] = 0.0
+                ab[j] = 0.0
+            for i in range(blk * rb, min(R, (blk + 1) * rb)):
+                mi, ri = mean[i], rstd[i]
+                s1, s2 = _row_dsums(dy[i], x[i], w, mi, ri, zero)
+                # dx = r (g - a - xhat c) = r g - r a - r^2 c (x - m), a = mean(g) (0 for rms)
+                cs[0] = ri * (s1 / L) if centered else 0.0
+                cs[1] = ri * ri * (s2 / L)
+                c1, c2 = cs[0], cs[1]
+                h = _head(dx[i])
+                for j in range(h):
+                    _wdx(dx, dy, x, w, aw, ab, i, j, ri, c1, c2, mi)
+                j = h
+                while j + _lanes(dx) <= L:
+                    _stream_wdx(dx, dy, x, w, aw, ab, i, j, ri, c1, c2, mi)
+                    j += _lanes(dx)
+                for j2 in range(j, L):
+                    _wdx(dx, dy, x, w, aw, ab, i, j2, ri, c1, c2, mi)
+            _fence()
+            for j in range(L):
+                dwp[t, j] += aw[j]
+                dbp[t, j] += ab[j]
 
 
 # ---- lines: (NB, D0, D1, P), one weight per line, group (b, d1) = D0 lines of P ----
