@@ -553,6 +553,28 @@ def lines_bwd_fused(dy, x, mean, rstd, w, aff, centered, zero, cs, dx, sdy, sdyx
 _CBLOCK = 64  # rows per block of sums in the input's precision
 
 
+def _strip_args(context, builder, sig, args, na):
+    """The strips' common codegen prelude: the element type ``lt``, its bytes ``al``, lanes
+    ``w`` and vector type ``vt`` of a 32-byte vector, i64, ``vptr(base, idx, i)`` (a pointer to
+    the i-th vector from element ``idx``), the ``na`` 2-D arrays, their column count, and the
+    (lo, hi, j0) arguments that follow them as int64."""
+    lt = context.get_value_type(sig.args[0].dtype)
+    al = sig.args[0].dtype.bitwidth // 8
+    w = 32 // al
+    vt = ir.VectorType(lt, w)
+    i64 = ir.IntType(64)
+
+    def vptr(base, idx, i):
+        idx = builder.add(idx, ir.Constant(i64, i * w))
+        return builder.bitcast(builder.gep(base, [idx]), vt.as_pointer())
+
+    mats = [context.make_array(sig.args[i])(context, builder, args[i]) for i in range(na)]
+    ncol = cgutils.unpack_tuple(builder, mats[0].shape, 2)[1]
+    lo, hi, j0 = (context.cast(builder, args[na + i], sig.args[na + i], types.int64)
+                  for i in range(3))
+    return lt, al, w, vt, i64, vptr, mats, ncol, lo, hi, j0
+
+
 def _strips(nv, grad):
     """An intrinsic summing columns [j0, j0 + nv * V) of 2-D C-contiguous arrays over rows
     [lo, hi), V = 32 bytes of the dtype, the 2 * nv vector accumulators in registers (a loop
@@ -564,21 +586,8 @@ def _strips(nv, grad):
     na = 2 if grad else 1  # the 2-D arrays read
 
     def codegen(context, builder, sig, args):
-        aty = sig.args[0]
-        lt = context.get_value_type(aty.dtype)
-        al = aty.dtype.bitwidth // 8
-        w = 32 // al
-        vt = ir.VectorType(lt, w)
-        i64 = ir.IntType(64)
-
-        def vptr(base, idx, i):
-            idx = builder.add(idx, ir.Constant(i64, i * w))
-            return builder.bitcast(builder.gep(base, [idx]), vt.as_pointer())
-
-        mats = [context.make_array(sig.args[i])(context, builder, args[i]) for i in range(na)]
-        ncol = cgutils.unpack_tuple(builder, mats[0].shape, 2)[1]
-        lo, hi, j0 = (context.cast(builder, args[na + i], sig.args[na + i], types.int64)
-                      for i in range(3))
+        lt, al, w, vt, i64, vptr, mats, ncol, lo, hi, j0 = _strip_args(context, builder, sig,
+                                                                       args, na)
         kd, d1, d2 = (context.make_array(sig.args[na + 3 + i])(context, builder,
                                                                  args[na + 3 + i]).data
                       for i in range(3))
@@ -656,20 +665,8 @@ def _ostrips(nv, stream, grad):
     nc = 4 if grad else 3  # the 1-D coefficient arrays
 
     def codegen(context, builder, sig, args):
-        lt = context.get_value_type(sig.args[0].dtype)
-        al = sig.args[0].dtype.bitwidth // 8
-        w = 32 // al
-        vt = ir.VectorType(lt, w)
-        i64 = ir.IntType(64)
-
-        def vptr(base, idx, i):
-            idx = builder.add(idx, ir.Constant(i64, i * w))
-            return builder.bitcast(builder.gep(base, [idx]), vt.as_pointer())
-
-        mats = [context.make_array(sig.args[i])(context, builder, args[i]) for i in range(na)]
-        ncol = cgutils.unpack_tuple(builder, mats[0].shape, 2)[1]
-        lo, hi, j0 = (context.cast(builder, args[na + i], sig.args[na + i], types.int64)
-                      for i in range(3))
+        lt, al, w, vt, i64, vptr, mats, ncol, lo, hi, j0 = _strip_args(context, builder, sig,
+                                                                       args, na)
         co = [[builder.load(vptr(context.make_array(sig.args[na + 3 + c])(
             context, builder, args[na + 3 + c]).data, j0, i), align=al) for i in range(nv)]
             for c in range(nc)]
