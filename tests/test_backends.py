@@ -112,3 +112,32 @@ def test_running_statistics_move_the_same_on_every_backend():
     for rm, rv in got.values():
         torch.testing.assert_close(rm, ref.running_mean, **oracle.tol(torch.float64))
         torch.testing.assert_close(rv, ref.running_var, **oracle.tol(torch.float64))
+
+
+def test_numba_hands_torch_func_transforms_to_torchs_kernels():
+    """torch.func's grad crashed inside the numba custom ops (their autograd Function has no
+    setup_context) and jvp gave wrong tangents with no error (max 5.17 off on a (1024, 1024)
+    layer norm, numba's default there): such calls run torch's kernels, even a call first
+    seen (and its choice cached) outside a transform."""
+    pytest.importorskip("numba")
+    torch.manual_seed(0)
+    x, t = torch.randn(64, 96), torch.randn(64, 96)
+    for make, ref in ((lambda: nl.LayerNorm(96, backend="numba"), torch.nn.LayerNorm(96)),
+                      (lambda: nl.RMSNorm(96, backend="numba"), torch.nn.RMSNorm(96)),
+                      (lambda: nl.BatchNorm1d(96, track_running_stats=False, backend="numba"),
+                       torch.nn.BatchNorm1d(96, track_running_stats=False))):
+        m = make()
+        with ops.trace_backends() as ran:
+            m(x)  # outside a transform: numba, and the choice cached
+        assert ran == ["numba"]
+        with ops.trace_backends() as ran:
+            tangent = torch.func.jvp(m, (x,), (t,))[1]
+        assert ran == ["native"]
+        torch.testing.assert_close(tangent, torch.func.jvp(ref, (x,), (t,))[1])
+        params = {k: v.detach() for k, v in m.named_parameters()}
+
+        def loss(module):
+            return lambda p, x: torch.func.functional_call(module, p, (x,)).sin().sum()
+        got = torch.func.grad(loss(m), argnums=(0, 1))(params, x)
+        want = torch.func.grad(loss(ref), argnums=(0, 1))(params, x)
+        torch.testing.assert_close(got, want)

@@ -777,3 +777,31 @@ def test_norm_double_backward_matches_the_float64_oracle(case, dtype):
                  [None if t is None else t.double() for t in (x, w, b)])
     for g, e in zip(got, want, strict=True):
         oracle.close(g, e, dtype, scale=10.0)
+
+
+@pytest.mark.parametrize("shape, channels_last", [((4, 16, 8, 8), True), ((64, 24), False),
+                                                  ((4, 16, 8, 8), False)])
+def test_batch_norm_running_statistics_under_a_non_reentrant_checkpoint(shape, channels_last):
+    """A non-reentrant checkpoint recomputes the forward in the backward and stops once the
+    Function has saved its tensors: torch.nn's batch norm moves the running statistics and the
+    count on both passes. With the channels innermost the numba path moved them after its
+    Function returned, so the recomputation counted the batch without moving them (running_var
+    2.4e-3 off torch.nn at (16, 64, 32, 32) channels-last, momentum's average out of step)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    c = shape[1]
+    ours = nl.BatchNorm2d(c, backend="numba") if len(shape) == 4 else nl.BatchNorm1d(
+        c, backend="numba")
+    ref = torch.nn.BatchNorm2d(c) if len(shape) == 4 else torch.nn.BatchNorm1d(c)
+    for momentum in (0.1, None):
+        ours.momentum = ref.momentum = momentum
+        x = torch.randn(shape) * 2 + 1
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for m in (ours, ref):
+            xg = x.clone().requires_grad_()
+            checkpoint(m, xg, use_reentrant=False).square().sum().backward()
+        assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item()
+        torch.testing.assert_close(ours.running_mean, ref.running_mean)
+        torch.testing.assert_close(ours.running_var, ref.running_var)

@@ -220,7 +220,7 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps, stats_shape=N
              running=None):
     """-> (y, mean, rstd, var); the statistics 1-D tensors, or (the rows and lines, given
     ``stats_shape``: eager calls) ``_stat_arrays``' (rstd a numpy array). ``running``: batch
-    norm's running statistics to update (``_update_running``; lines only, ``numba_norm``
+    norm's running statistics to update (``_update_running``; lines and columns, ``numba_norm``
     says when)."""
     numba, k = _kernels()
     nb, d0, d1, d2 = dims
@@ -256,6 +256,8 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps, stats_shape=N
         with _launch(numba, k) as (kern, _):
             kern.cols_fwd_fused(_np(x, cols), d2, wc, bc, centered, eps, sc, _np(y, cols),
                                 *stats)
+            if running is not None:
+                _update_running(running, stats[0][0], stats[2][0], d0 * d2)
         return y, mean, rstd, var
     # larger samples, or one (batch norm): chunks of rows, merged in the kernel
     rows = max(1, TILE // (d1 * d2))
@@ -264,6 +266,8 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps, stats_shape=N
     with _launch(numba, k) as (kern, nth):
         kern.cols_fwd_chunked(_np(x, cols), d2, wc, bc, centered, eps, rows, nth, pm, pq, sc,
                               _np(y, cols), *stats)
+        if running is not None:  # batch norm channels last: one row (nb == 1)
+            _update_running(running, stats[0][0], stats[2][0], d0 * d2)
     return y, mean, rstd, var
 
 
@@ -516,8 +520,10 @@ def numba_norm(plan: spec.Plan, x: torch.Tensor, *, eps: float, weight=None, bia
     ``plan.kernel`` must be set and ``x`` float32 or float64 on the CPU (the dispatcher's
     numba backend accepts only such calls). ``running``: batch norm's ``(running_mean,
     running_var, factor)`` to update in the same launch where it can (``moved``: it did; an
-    eager call with channels first and plain buffers of the statistics' dtype), else the
-    caller updates them (``dispatch.update_running``)."""
+    eager call with plain buffers of the statistics' dtype: inside ``_Eager.forward``, so a
+    non-reentrant checkpoint's recomputation, which stops once the Function has saved its
+    tensors, moves them as it counts the batch, as torch's kernel does), else the caller
+    updates them (``dispatch.update_running``)."""
     k = plan.kernel
     if _use_custom_op(x, weight, bias):
         y, mean, _rstd, var = _fwd(x, weight, bias, _FAMILIES.index(k.family), list(k.dims),
@@ -525,7 +531,7 @@ def numba_norm(plan: spec.Plan, x: torch.Tensor, *, eps: float, weight=None, bia
         return y, mean.reshape(plan.stats_shape), var.reshape(plan.stats_shape), False
     if running is not None:
         sdt = stat_dtype(x.dtype)
-        if not (_shape(k.dims, k.affine, k.family) == LINES and _plain(running[0], sdt)
+        if not (_shape(k.dims, k.affine, k.family) != ROWS and _plain(running[0], sdt)
                 and _plain(running[1], sdt)):
             running = None
     if _records(x, weight, bias):

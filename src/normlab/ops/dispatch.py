@@ -214,6 +214,10 @@ NUMBA_DTYPES = (torch.float32, torch.float64)
 _PW_DTYPE = "numba's DyT/Derf kernels take bfloat16 and float32 only"
 _PW_ACT = "numba's DyT/Derf kernels fuse no activation but ReLU"
 _PW_RESIDUAL = "a residual not in x's dtype, shape and strides (numba reads it like x)"
+# torch.func's grad/jvp/vjp gave a crash (the custom ops' autograd Function has no
+# setup_context) or, jvp, silently wrong tangents (no forward-mode rule); vmap ran them one
+# sample at a time: torch's kernels have rules for every transform
+_FUNCTORCH = "numba's custom ops have no torch.func (functorch) rules"
 
 
 class Numba(Backend):
@@ -225,7 +229,7 @@ class Numba(Backend):
     name = "numba"
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
                           "numba has no kernels for this dtype (float32 and float64 only)",
-                          _PW_DTYPE, _PW_ACT, _PW_RESIDUAL})
+                          _PW_DTYPE, _PW_ACT, _PW_RESIDUAL, _FUNCTORCH})
     # Chosen by default only where the bench measured it faster than torch's kernel: layer norm
     # only in the rows reading and from MIN_NUMEL_OTHER elements (other layouts and smaller
     # inputs not measured; (8192, 1024): forward+backward 0.55-0.91x torch.nn's time at 1 and 2
@@ -255,6 +259,8 @@ class Numba(Backend):
         p, x = call.plan, call.x
         if x.device.type != "cpu":
             return "the input is not on the CPU"
+        if torch._C._are_functorch_transforms_active():
+            return _FUNCTORCH
         if p.stats == "none":
             return self._accepts_pointwise(call)
         if x.dtype not in NUMBA_DTYPES and not _upcast_pays(call):
@@ -486,10 +492,10 @@ def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     accepts it, or ``backend`` itself; see the module docstring for ``hands_on``. Every accept
     rule reads only the plan, the device, whether there is a mask, whether the backend was
     named, whether a backward will run, the activation and the residual's dtype and
-    strides (and ``torch.compile``, whose calls are not cached), so the
-    choice is cached on those."""
-    if torch.compiler.is_compiling():  # not cached
-        return _select(call, backend, start)
+    strides (and ``torch.compile`` and torch.func transforms, whose calls are not cached), so
+    the choice is cached on those."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return _select(call, backend, start)  # not cached
     r = call.residual
     key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),
            call.activation, None if r is None else (r.dtype, tuple(r.shape), r.stride()))
