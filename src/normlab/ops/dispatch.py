@@ -14,8 +14,8 @@ declares in ``hands_on``: those calls go to the next backend of the list that ac
   read in place, masked layer/rms norm. So ``BatchNorm2d(backend="triton")`` works in eval mode.
 * ``numba`` hands on the same calls as ``triton`` and also dtypes other than float32/float64
   and any mask (its kernels have neither), so ``LayerNorm(backend="numba").bfloat16()`` works;
-  the one half-precision call it takes is instance norm with the channel innermost and a
-  backward to run, on a float32 copy (``_upcast_pays``). For DyT/Derf it hands on a dtype
+  the half-precision calls it takes are instance and group norm with the channel innermost
+  and a backward to run, on a float32 copy (``_upcast_pays``). For DyT/Derf it hands on a dtype
   other than bfloat16/float32, an activation other than ReLU and a residual not laid out
   like x (``cpu_pointwise``).
 * ``masked`` hands on a call whose statistics came out non-finite (NaN or Inf in the padding,
@@ -344,14 +344,21 @@ class Numba(Backend):
 
 
 def _upcast_pays(call: Call) -> bool:
-    """Half-precision instance norm with the channel innermost and a backward to run: torch's
-    channels-last group-norm backward in bfloat16 took 8.1x torch.nn's instance norm at (32, 64,
-    56, 56) and the closed form 1.8x, so numba runs on a float32 copy (statistics in float32, as
-    promised for half inputs; the casts are autograd's)."""
+    """Half-precision instance or group norm with the channel innermost and a backward to run:
+    torch's channels-last group-norm backward in bfloat16 took 8.1x torch.nn's instance norm at
+    (32, 64, 56, 56) and the closed form 1.8x, and GroupNorm(32, 64)'s forward+backward there
+    176 ms, 15x numba's float32 kernels, so numba runs on a float32 copy (statistics in float32,
+    as promised for half inputs; the casts are autograd's); group norm from the float32 route's
+    MIN_NUMEL_GROUP_CL."""
     x, p = call.x, call.plan
-    return (x.dtype in (torch.bfloat16, torch.float16) and p.kind == "instance"
-            and p.kernel is not None and p.kernel.family == spec.COLUMN and x.dim() > 2
-            and _needs_grad(call) and (call.explicit or x.numel() >= Numba.MIN_NUMEL_OTHER))
+    if (x.dtype not in (torch.bfloat16, torch.float16) or p.kernel is None or x.dim() <= 2
+            or not _needs_grad(call)):
+        return False
+    if p.kind == "instance" and p.kernel.family == spec.COLUMN:
+        return call.explicit or x.numel() >= Numba.MIN_NUMEL_OTHER
+    if p.kind == "group" and p.kernel.affine[4] != 0:  # the channel innermost
+        return call.explicit or x.numel() >= Numba.MIN_NUMEL_GROUP_CL
+    return False
 
 
 def _rows(kernel) -> bool:
