@@ -450,56 +450,42 @@ def test_compile_fullgraph_through_the_custom_ops():
     _compiled_matches_eager(model, x, ye)
 
 
-def test_half_precision_channels_last_instance_norm_runs_on_a_float32_copy():
-    # torch's channels-last group-norm backward in bfloat16 took 8x torch.nn's instance norm;
-    # with a backward to run, numba normalizes a float32 copy and casts back
-    x = (torch.randn(16, 8, 96, 96) * 3 + 2).bfloat16()
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()  # 1.2 Mi elements
-    w = torch.rand(8).bfloat16().requires_grad_()
-    b = torch.randn(8).bfloat16().requires_grad_()
-    dy = torch.randn_like(x)
-    with ops.trace_backends() as ran:
-        y = F.instance_norm(x, weight=w, bias=b)
-        with torch.no_grad():
-            F.instance_norm(x, weight=w, bias=b)  # no backward: torch's forward is fast
-    assert ran == ["numba", "native"]
-    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
-    got = torch.autograd.grad(y, (x, w, b), dy)
-    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
-    ref = oracle.instance(xd, wd, bd)
-    want = torch.autograd.grad(ref, (xd, wd, bd), dy.double())
-    xt, wt, bt = (t.detach().clone().requires_grad_() for t in (x, w, b))
-    base = torch.nn.functional.instance_norm(xt, weight=wt, bias=bt)
-    base_g = torch.autograd.grad(base, (xt, wt, bt), dy)
-    oracle.close_to_torch(y, ref, base, torch.bfloat16)
-    for g, r, t, what in zip(got, want, base_g, ("dx", "dweight", "dbias"), strict=True):
-        assert g.dtype == torch.bfloat16
-        oracle.close_to_torch(g, r, t, torch.bfloat16, what)
+# torch's channels-last group-norm backward in bfloat16 took 8x torch.nn's instance norm, and
+# GroupNorm(32, 64)'s 176 ms at (32, 64, 56, 56), 15x numba's float32 kernels: with a backward to
+# run and from the float32 route's size (instance norm 1 Mi, group norm 4 Mi elements), numba
+# normalizes a float32 copy and casts back
+HALF_CASES = {
+    "instance": ((16, 8, 96, 96), lambda x, w, b: F.instance_norm(x, weight=w, bias=b),
+                 lambda x, w, b: oracle.instance(x, w, b),
+                 lambda x, w, b: torch.nn.functional.instance_norm(x, weight=w, bias=b)),
+    "group": ((16, 64, 64, 64), lambda x, w, b: F.group_norm(x, 8, weight=w, bias=b),
+              lambda x, w, b: oracle.group(x, 8, w, b),
+              lambda x, w, b: torch.nn.functional.group_norm(x, 8, weight=w, bias=b)),
+}
 
 
-def test_half_precision_channels_last_group_norm_runs_on_a_float32_copy():
-    # torch's channels-last group-norm backward in bfloat16 took 176 ms at (32, 64, 56, 56),
-    # 15x numba's float32 kernels: from 4 Mi elements, with a backward to run, numba normalizes
-    # a float32 copy and casts back
-    x = (torch.randn(16, 64, 64, 64) * 3 + 2).bfloat16()
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()  # 4 Mi elements
-    w = torch.rand(64).bfloat16().requires_grad_()
-    b = torch.randn(64).bfloat16().requires_grad_()
+@pytest.mark.parametrize("kind", list(HALF_CASES))
+def test_half_precision_channels_last_norms_run_on_a_float32_copy(kind):
+    shape, norm, ref_norm, base_norm = HALF_CASES[kind]
+    x = (torch.randn(shape) * 3 + 2).bfloat16()
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.rand(shape[1]).bfloat16().requires_grad_()
+    b = torch.randn(shape[1]).bfloat16().requires_grad_()
     dy = torch.randn_like(x)
+    small = x.detach()[:, :, : shape[2] // 2].contiguous(memory_format=torch.channels_last)
     with ops.trace_backends() as ran:
-        y = F.group_norm(x, 8, weight=w, bias=b)
+        y = norm(x, w, b)
         with torch.no_grad():
-            F.group_norm(x, 8, weight=w, bias=b)  # no backward: torch's forward
-        F.group_norm(x[:, :, :32].contiguous(memory_format=torch.channels_last), 8, weight=w,
-                     bias=b)  # below 4 Mi: torch's
+            norm(x, w, b)  # no backward: torch's forward is fast
+        norm(small.requires_grad_(), w, b)  # below the size: torch's
     assert ran == ["numba", "native", "native"]
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
     got = torch.autograd.grad(y, (x, w, b), dy)
     xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
-    ref = oracle.group(xd, 8, wd, bd)
+    ref = ref_norm(xd, wd, bd)
     want = torch.autograd.grad(ref, (xd, wd, bd), dy.double())
     xt, wt, bt = (t.detach().clone().requires_grad_() for t in (x, w, b))
-    base = torch.nn.functional.group_norm(xt, 8, weight=wt, bias=bt)
+    base = base_norm(xt, wt, bt)
     base_g = torch.autograd.grad(base, (xt, wt, bt), dy)
     oracle.close_to_torch(y, ref, base, torch.bfloat16)
     for g, r, t, what in zip(got, want, base_g, ("dx", "dweight", "dbias"), strict=True):
