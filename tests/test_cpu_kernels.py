@@ -340,21 +340,29 @@ def test_which_calls_it_takes_by_default():
         F.group_norm(cl.requires_grad_(), 4)  # ... with a backward too
         F.group_norm(cl.detach()[:, :, :64].contiguous(memory_format=torch.channels_last)
                      .requires_grad_(), 4)  # ... but not below 4 Mi elements
+        F.batch_norm(cl, None, None, training=True)  # channels last, 16 channels: whole
+        # 32-byte vectors, from Numba.MIN_NUMEL_BATCH_CL (4 Mi)
         F.batch_norm(big.contiguous(memory_format=torch.channels_last), None, None,
-                     training=True)  # channels last, 16 channels: whole 32-byte vectors
-        F.batch_norm(big[:, :, :16].contiguous(memory_format=torch.channels_last), None, None,
-                     training=True)  # ... but not below Numba.MIN_NUMEL_OTHER (1 Mi)
+                     training=True)  # ... but not below it
         F.batch_norm(torch.randn(16, 12, 80, 80).contiguous(memory_format=torch.channels_last),
                      None, None, training=True)  # 12 channels: not whole vectors, torch's
+        F.batch_norm(torch.randn(2, 128, 128, 128).contiguous(memory_format=torch.channels_last),
+                     None, None, training=True)  # 128 channels: more than 384 bytes, torch's
+        F.batch_norm(torch.randn(128, 64, 7, 7), None, None, training=True)  # lines of 49
+        F.batch_norm(torch.randn(128, 64, 14, 14), None, None, training=True)  # 196: numba
+        F.instance_norm(torch.randn(32, 64, 14, 14))  # instance norm's lines of 196: torch's
+        F.instance_norm(torch.randn(16, 64, 16, 16))  # ... of 256: numba
+        F.rms_norm(torch.randn(10486, 100), (100,))  # 1 Mi, rows of 400 bytes: torch's
     assert ran == ["numba", "numba", "native", "numba", "numba", "native", "native", "native",
                    "numba", "native", "native", "numba", "numba", "native", "numba", "native",
-                   "native"]
+                   "native", "native", "native", "numba", "native", "numba", "native"]
 
 
 def test_which_layer_norms_it_takes_by_default():
-    """float32 rows from 1 Mi elements, with or without a backward, at 1 and 2 threads;
-    torch's kernel below 1 Mi, in float64, and for layer norm not read as rows."""
-    x = torch.randn(1024, 1024)
+    """float32 rows of whole 32-byte vectors from 4 Mi elements, with or without a backward, at
+    1 and 2 threads; torch's kernel below 4 Mi, for rows of 100 floats, in float64, and for
+    layer norm not read as rows."""
+    x = torch.randn(4096, 1024)
     before = torch.get_num_threads()
     try:
         with ops.trace_backends() as ran:
@@ -362,12 +370,13 @@ def test_which_layer_norms_it_takes_by_default():
                 torch.set_num_threads(n)
                 F.layer_norm(x, (1024,))  # a forward alone
                 F.layer_norm(x.clone().requires_grad_(), (1024,))  # with a backward
-            F.layer_norm(x[:, :1023].contiguous(), (1023,))  # below 1 Mi
+            F.layer_norm(x[:, :1016].contiguous(), (1016,))  # below 4 Mi
+            F.layer_norm(torch.randn(41944, 100), (100,))  # rows of 400 bytes
             F.layer_norm(x.double().requires_grad_(), (1024,))  # float64
-            F.layer_norm(x.reshape(16, 64, 32, 32).requires_grad_(), (64,), channel_axis=1)
+            F.layer_norm(x.reshape(64, 64, 32, 32).requires_grad_(), (64,), channel_axis=1)
     finally:
         torch.set_num_threads(before)
-    assert ran == ["numba", "numba", "numba", "numba", "native", "native", "native"]
+    assert ran == ["numba", "numba", "numba", "numba", "native", "native", "native", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():

@@ -230,30 +230,34 @@ class Numba(Backend):
     hands_on = frozenset({RUNNING, ADAIN, EMPTY, LAYOUT, "masks are not fused",
                           "numba has no kernels for this dtype (float32 and float64 only)",
                           _PW_DTYPE, _PW_ACT, _PW_RESIDUAL, _FUNCTORCH})
-    # Chosen by default only where the bench measured it faster than torch's kernel: layer norm
-    # only in the rows reading and from MIN_NUMEL_OTHER elements (other layouts and smaller
-    # inputs not measured; (8192, 1024): forward+backward 0.55-0.91x torch.nn's time at 1 and 2
-    # threads, forward 0.74-0.97x at 1 thread and 0.90-0.92x at 2 on the quiet machine,
-    # 0.68-1.06x at 2 under load); not group norm with the channel outermost (torch's fused
-    # forward kernel is as fast: 2 passes, as ours), nor small inputs, where the Python around a
-    # call is what counts (~0.13 ms forward, ~0.4 ms forward+backward at (2, 64, 8, 8) against
-    # torch.nn's ~0.05 / ~0.2; it was ~0.3 / ~0.6 ms): batch and instance norm from MIN_NUMEL
-    # elements (numba/torch at 256 Ki, 1 thread: 0.53-0.59, channels-last instance 0.31-0.35;
-    # at 64 Ki 0.78-1.01), RMS norm from MIN_NUMEL_RMS (512 Ki: 0.59-0.93; 256 Ki forward
-    # 1.02), both also faster at 2 threads there (the table is in docs/ARCHITECTURE.md, "Where
-    # it is the default"; the lab's models, at most 64 x 32 x 64 = 128 Ki elements a norm, stay
-    # on torch's kernels and never import numba); batch norm with the channel innermost only
-    # when the channels fill whole 32-byte vectors (the streamed output pass; measured at
-    # C = 64, (32, 64, 56, 56): 0.6-0.9x torch's forward, 0.55-0.8x forward+backward, 1 and 2
-    # threads) and from MIN_NUMEL_OTHER elements (not measured below); group norm with the
-    # channel innermost from MIN_NUMEL_GROUP_CL elements (G=8, (32, 64, 32, 32),
-    # forward+backward: 1.17x; 1.08-1.47x at 256 Ki-1 Mi; G=32, (32, 64, 56, 56): forward
-    # 0.75-0.97x, forward+backward 0.2x). DyT/Derf and the half-precision instance-norm copy
-    # keep MIN_NUMEL_OTHER (not re-measured).
+    # Chosen by default only where it was measured faster than torch's kernel (``_slower_here``
+    # says why not; the tables are in docs/ARCHITECTURE.md, "Where it is the default"): not
+    # small inputs, where the Python around a call is what counts (~0.13 ms forward, ~0.4 ms
+    # forward+backward at (2, 64, 8, 8) against torch.nn's ~0.05 / ~0.2): batch and instance
+    # norm from MIN_NUMEL elements (numba/torch at 256 Ki, 1 thread: 0.53-0.59, channels-last
+    # instance 0.31-0.35; at 64 Ki 0.78-1.01), RMS norm from MIN_NUMEL_RMS (512 Ki: 0.59-0.93;
+    # 256 Ki forward 1.02); layer norm read as rows from MIN_NUMEL_LAYER (at 1 Mi rows of 384
+    # and 768 floats measured 1.08-1.25, of 4096 at 2 threads 1.54 forward+backward; at 4 Mi
+    # 0.81-1.01), rows of whole 32-byte vectors only (rows of 100 floats: 1.1-2.5); not group
+    # norm with the channel outermost (torch's fused forward is as fast); channels first, lines
+    # of at least MIN_LINE_BATCH / MIN_LINE_INSTANCE positions (shorter lines: up to 5x
+    # slower); batch norm with the channel innermost when the channels fill whole 32-byte
+    # vectors of at most MAX_BATCH_CL_ROW_BYTES (C = 32, 64, 96 float32: 0.6-0.97 from 4 Mi;
+    # C = 128 and 256 1.02-1.30 forward+backward at 2 threads) from MIN_NUMEL_BATCH_CL (C = 64
+    # at 1 Mi: 1.07-1.27 forward+backward at 2 threads; at 2 Mi 0.9-1.07); group norm with
+    # the channel innermost from MIN_NUMEL_GROUP_CL (G=8, (32, 64, 32, 32), forward+backward:
+    # 1.17x; G=32 at 4 Mi: 0.1-0.42 for C = 64 and 128, 0.5-1.17 for C = 256). The lab's
+    # models, at most 64 x 32 x 64 = 128 Ki elements a norm, stay on torch's kernels and never
+    # import numba. DyT/Derf and the half-precision instance-norm copy keep MIN_NUMEL_OTHER.
     MIN_NUMEL = 1 << 18
     MIN_NUMEL_RMS = 1 << 19
     MIN_NUMEL_OTHER = 1 << 20
     MIN_NUMEL_GROUP_CL = 1 << 22
+    MIN_NUMEL_LAYER = 1 << 22
+    MIN_NUMEL_BATCH_CL = 1 << 22
+    MAX_BATCH_CL_ROW_BYTES = 384
+    MIN_LINE_BATCH = 192
+    MIN_LINE_INSTANCE = 256
 
     def accepts(self, call):
         p, x = call.plan, call.x
@@ -280,23 +284,59 @@ class Numba(Backend):
             # with torch's bit for bit (surgery's probes, the zoo's whole-model checks), and a
             # different summation order compounds through train-mode batch statistics
             return "float64 runs torch's kernels unless numba is asked for by name"
-        if not call.explicit and (x.numel() < self.MIN_NUMEL
-                                  or (p.kind == "layer" and (not _rows(p.kernel)
-                                                             or x.numel() < self.MIN_NUMEL_OTHER))
-                                  or (p.kind == "rms" and x.numel() < self.MIN_NUMEL_RMS)
-                                  or (p.kind == "group" and p.kernel.affine[4] == 0)
-                                  or (p.kind == "group" and x.numel() < self.MIN_NUMEL_GROUP_CL)
-                                  or (p.kind == "batch" and p.kernel.family == spec.COLUMN
-                                      and (x.numel() < self.MIN_NUMEL_OTHER
-                                           or (p.kernel.dims[2] * p.kernel.dims[3]
-                                               * x.element_size()) % 32))):
-            return ("torch's kernel is as fast here or numba was not measured faster (layer "
-                    "norm not read as rows or below 1M elements, group norm channels first, "
-                    "group norm channels last below 4M elements, batch norm channels last with "
-                    "channels not in whole 32-byte vectors or below 1M elements, or an input "
-                    "below Numba.MIN_NUMEL elements, Numba.MIN_NUMEL_RMS for rms norm)")
+        if not call.explicit:
+            slower = self._slower_here(p, x)
+            if slower is not None:
+                return slower
         if not cpu_op.available():  # last: the first time, this imports numba
             return "numba is not installed"
+        return None
+
+    def _slower_here(self, p, x):
+        """Why torch's kernel is the default for this float32 call (None: numba's is): the
+        shapes where numba was not measured faster (docs/ARCHITECTURE.md, "Where it is the
+        default"). Line and row lengths count, not only the size: each line's or row's
+        unaligned head and tail run scalar, so short or unaligned ones cost more than the
+        bandwidth saved (numba/torch.nn at 2 Mi elements, 1 and 2 threads, forward and
+        forward+backward: batch norm channels first with 7x7 positions 1.7-2.7, 10x10
+        0.9-1.26, 14x14 0.5-0.9; instance norm 7x7 1.9-5.1, 14x14 0.46-1.33, 16x16
+        0.29-0.79; layer norm rows of 100 floats 1.8-2.5 at 4 Mi)."""
+        n, k = x.numel(), p.kernel
+        if n < self.MIN_NUMEL:
+            return f"an input below Numba.MIN_NUMEL ({self.MIN_NUMEL}) elements"
+        if p.kind in ("layer", "rms"):
+            if not _rows(k):
+                return "layer/rms norm not read as rows (not measured)"
+            if (k.dims[3] * x.element_size()) % 32:
+                return ("rows that are not whole 32-byte vectors (measured slower: each row's "
+                        "unaligned head and tail run scalar)")
+            if p.kind == "layer" and n < self.MIN_NUMEL_LAYER:
+                return f"layer norm below Numba.MIN_NUMEL_LAYER ({self.MIN_NUMEL_LAYER}) elements"
+            if p.kind == "rms" and n < self.MIN_NUMEL_RMS:
+                return f"rms norm below Numba.MIN_NUMEL_RMS ({self.MIN_NUMEL_RMS}) elements"
+            return None
+        if p.kind == "group":
+            if k.affine[4] == 0:
+                return "group norm channels first (torch's fused forward is as fast)"
+            if n < self.MIN_NUMEL_GROUP_CL:
+                return (f"group norm channels last below Numba.MIN_NUMEL_GROUP_CL "
+                        f"({self.MIN_NUMEL_GROUP_CL}) elements")
+            return None
+        if k.family == spec.COLUMN:  # batch norm with the channel innermost
+            row = k.dims[2] * x.element_size()
+            if p.kind == "batch" and (row % 32 or row > self.MAX_BATCH_CL_ROW_BYTES):
+                return ("batch norm channels last with channels not in whole 32-byte vectors "
+                        f"or more than {self.MAX_BATCH_CL_ROW_BYTES} bytes of them (C = 128 "
+                        "and 256 measured slower at 2 threads)")
+            if p.kind == "batch" and n < self.MIN_NUMEL_BATCH_CL:
+                return (f"batch norm channels last below Numba.MIN_NUMEL_BATCH_CL "
+                        f"({self.MIN_NUMEL_BATCH_CL}) elements")
+            return None
+        line = k.dims[3]  # batch and instance norm with the positions innermost: one line each
+        least = self.MIN_LINE_BATCH if p.kind == "batch" else self.MIN_LINE_INSTANCE
+        if line < least:
+            return (f"{p.kind} norm channels first with lines (positions per channel) shorter "
+                    f"than {least} elements (measured slower: per-line costs)")
         return None
 
     def _accepts_pointwise(self, call):
