@@ -240,7 +240,7 @@ class Numba(Backend):
     # and 768 floats measured 1.08-1.25, of 4096 at 2 threads 1.54 forward+backward; at 4 Mi
     # 0.81-1.01), rows of whole 32-byte vectors only (rows of 100 floats: 1.1-2.5); not group
     # norm with the channel outermost (torch's fused forward is as fast); channels first, lines
-    # of at least MIN_LINE_BATCH / MIN_LINE_INSTANCE positions (shorter lines: up to 5x
+    # of at least MIN_LINE_BATCH / MIN_LINE_INSTANCE positions (shorter lines: up to 1.5x
     # slower); batch norm with the channel innermost when the channels fill whole 32-byte
     # vectors of at most MAX_BATCH_CL_ROW_BYTES (C = 32, 64, 96 float32: 0.6-0.97 from 4 Mi;
     # C = 128 and 256 1.02-1.30 forward+backward at 2 threads) from MIN_NUMEL_BATCH_CL (C = 64
@@ -257,7 +257,7 @@ class Numba(Backend):
     MIN_NUMEL_BATCH_CL = 1 << 22
     MAX_BATCH_CL_ROW_BYTES = 384
     MIN_LINE_BATCH = 192
-    MIN_LINE_INSTANCE = 256
+    MIN_LINE_INSTANCE = 100
 
     def accepts(self, call):
         p, x = call.plan, call.x
@@ -295,12 +295,13 @@ class Numba(Backend):
     def _slower_here(self, p, x):
         """Why torch's kernel is the default for this float32 call (None: numba's is): the
         shapes where numba was not measured faster (docs/ARCHITECTURE.md, "Where it is the
-        default"). Line and row lengths count, not only the size: each line's or row's
-        unaligned head and tail run scalar, so short or unaligned ones cost more than the
-        bandwidth saved (numba/torch.nn at 2 Mi elements, 1 and 2 threads, forward and
-        forward+backward: batch norm channels first with 7x7 positions 1.7-2.7, 10x10
-        0.9-1.26, 14x14 0.5-0.9; instance norm 7x7 1.9-5.1, 14x14 0.46-1.33, 16x16
-        0.29-0.79; layer norm rows of 100 floats 1.8-2.5 at 4 Mi)."""
+        default"). Line and row lengths count, not only the size: per line and per row costs
+        (batch norm merges each line's statistics; unaligned heads and tails run scalar)
+        outweigh the bandwidth saved on short ones (numba/torch.nn at 2 Mi elements, 1
+        thread, forward / forward+backward: batch norm channels first with 7x7 positions
+        1.05-1.31 / 1.28-1.53, 10x10 0.54-0.67 / 1.05-1.18, 14x14 0.31-0.78 / 0.70-0.90;
+        instance norm 7x7 0.91-0.96 / 1.25-1.47, 10x10 0.54-0.56 / 0.79-0.83; layer norm rows
+        of 100 floats 1.8-2.5 at 4 Mi)."""
         n, k = x.numel(), p.kernel
         if n < self.MIN_NUMEL:
             return f"an input below Numba.MIN_NUMEL ({self.MIN_NUMEL}) elements"
