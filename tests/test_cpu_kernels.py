@@ -47,13 +47,16 @@ CASES = [
     ("layer-one-row", "layer", (1, 1), {"ns": (1,)}),
     ("rms-1023", "rms", (7, 1023), {"ns": (1023,)}),
     ("rms-prime-rows", "rms", (13, 3), {"ns": (3,)}),
-    # the rows' streamed output: several blocks of rows (one fence per ~16 Ki elements) and a
-    # partial last one, rows of odd length (each row's head at another alignment), rows
-    # shorter than one vector, a row longer than a block
+    # the rows' output: several blocks of rows (one fence per ~16 Ki elements) and a partial
+    # last one, rows of odd length (plain stores: not whole cache lines), rows shorter than
+    # one vector, a row longer than a block
     ("rms-blocks-1023", "rms", (40, 1023), {"ns": (1023,)}),
     ("layer-blocks-1021", "layer", (37, 1021), {"ns": (1021,)}),
     ("rms-rows-of-5", "rms", (4099, 5), {"ns": (5,)}),
     ("layer-long-row", "layer", (3, 16411), {"ns": (16411,)}),
+    # rows of whole cache lines, at least 256 long: the only rows streamed (others plain)
+    ("layer-blocks-1024", "layer", (37, 1024), {"ns": (1024,)}),
+    ("rms-blocks-512", "rms", (67, 512), {"ns": (512,)}),
 ]
 
 
@@ -352,16 +355,17 @@ def test_which_calls_it_takes_by_default():
         F.batch_norm(torch.randn(128, 64, 14, 14), None, None, training=True)  # 196: numba
         F.instance_norm(torch.randn(96, 64, 9, 9))  # instance norm's lines of 81: torch's
         F.instance_norm(torch.randn(48, 64, 10, 10))  # ... of 100: numba
-        F.rms_norm(torch.randn(10486, 100), (100,))  # 1 Mi, rows of 400 bytes: torch's
+        F.rms_norm(torch.randn(10486, 100), (100,))  # 1 Mi, rows of 400 bytes: numba
+        F.rms_norm(torch.randn(21846, 48), (48,))  # rows of 48, below Numba.MIN_ROW: torch's
     assert ran == ["numba", "numba", "native", "numba", "numba", "native", "native", "native",
                    "numba", "native", "native", "numba", "numba", "native", "numba", "native",
-                   "native", "native", "native", "numba", "native", "numba", "native"]
+                   "native", "native", "native", "numba", "native", "numba", "numba", "native"]
 
 
 def test_which_layer_norms_it_takes_by_default():
-    """float32 rows of whole 32-byte vectors from 4 Mi elements, with or without a backward, at
-    1 and 2 threads; torch's kernel below 4 Mi, for rows of 100 floats, in float64, and for
-    layer norm not read as rows."""
+    """float32 rows of at least 64 elements from 4 Mi elements, with or without a backward, at
+    1 and 2 threads; torch's kernel below 4 Mi, for rows of 32, in float64, and for layer norm
+    not read as rows."""
     x = torch.randn(4096, 1024)
     before = torch.get_num_threads()
     try:
@@ -371,7 +375,7 @@ def test_which_layer_norms_it_takes_by_default():
                 F.layer_norm(x, (1024,))  # a forward alone
                 F.layer_norm(x.clone().requires_grad_(), (1024,))  # with a backward
             F.layer_norm(x[:, :1016].contiguous(), (1016,))  # below 4 Mi
-            F.layer_norm(torch.randn(41944, 100), (100,))  # rows of 400 bytes
+            F.layer_norm(torch.randn(131072, 32), (32,))  # rows of 32
             F.layer_norm(x.double().requires_grad_(), (1024,))  # float64
             F.layer_norm(x.reshape(64, 64, 32, 32).requires_grad_(), (64,), channel_axis=1)
     finally:

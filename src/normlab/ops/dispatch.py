@@ -238,7 +238,7 @@ class Numba(Backend):
     # instance 0.31-0.35; at 64 Ki 0.78-1.01), RMS norm from MIN_NUMEL_RMS (512 Ki: 0.59-0.93;
     # 256 Ki forward 1.02); layer norm read as rows from MIN_NUMEL_LAYER (at 1 Mi rows of 384
     # and 768 floats measured 1.08-1.25, of 4096 at 2 threads 1.54 forward+backward; at 4 Mi
-    # 0.81-1.01), rows of whole 32-byte vectors only (rows of 100 floats: 1.1-2.5); not group
+    # 0.81-1.01), rows of at least MIN_ROW elements (layer norm rows of 24: 0.99-1.30); not group
     # norm with the channel outermost (torch's fused forward is as fast); channels first, lines
     # of at least MIN_LINE_BATCH / MIN_LINE_INSTANCE positions (shorter lines: up to 1.5x
     # slower); batch norm with the channel innermost when the channels fill whole 32-byte
@@ -257,6 +257,7 @@ class Numba(Backend):
     MIN_NUMEL_BATCH_CL = 1 << 22
     MAX_BATCH_CL_ROW_BYTES = 384
     MIN_LINE_BATCH = 192
+    MIN_ROW = 64
     MIN_LINE_INSTANCE = 100
 
     def accepts(self, call):
@@ -301,16 +302,16 @@ class Numba(Backend):
         thread, forward / forward+backward: batch norm channels first with 7x7 positions
         1.05-1.31 / 1.28-1.53, 10x10 0.54-0.67 / 1.05-1.18, 14x14 0.31-0.78 / 0.70-0.90;
         instance norm 7x7 0.91-0.96 / 1.25-1.47, 10x10 0.54-0.56 / 0.79-0.83; layer norm rows
-        of 100 floats 1.8-2.5 at 4 Mi)."""
+        of 24 floats 0.99-1.30, of 32 0.81-1.05 at 4 Mi, of 64 0.83-1.00)."""
         n, k = x.numel(), p.kernel
         if n < self.MIN_NUMEL:
             return f"an input below Numba.MIN_NUMEL ({self.MIN_NUMEL}) elements"
         if p.kind in ("layer", "rms"):
             if not _rows(k):
                 return "layer/rms norm not read as rows (not measured)"
-            if (k.dims[3] * x.element_size()) % 32:
-                return ("rows that are not whole 32-byte vectors (measured slower: each row's "
-                        "unaligned head and tail run scalar)")
+            if k.dims[3] < self.MIN_ROW:
+                return (f"rows shorter than Numba.MIN_ROW ({self.MIN_ROW}) elements (measured "
+                        "slower: per-row costs)")
             if p.kind == "layer" and n < self.MIN_NUMEL_LAYER:
                 return f"layer norm below Numba.MIN_NUMEL_LAYER ({self.MIN_NUMEL_LAYER}) elements"
             if p.kind == "rms" and n < self.MIN_NUMEL_RMS:

@@ -327,6 +327,14 @@ def _dx_line(dx, dy, x, a, c1, c2, m):
 # ---- rows: layer and rms norm, x (R, L), w and b (L,) (ones / zeros when absent) ----
 
 _ROWS_BLOCK = 1 << 14  # elements of y written between two fences (64 KiB of float32)
+
+
+@njit(inline="always")
+def _streams_rows(y):
+    """Whether the rows of the 2-D ``y`` are streamed: rows of whole 64-byte cache lines (a
+    streamed row ending inside one leaves a write-combining buffer partial, see
+    ``_SHORT_LINE``) and at least ``_SHORT_LINE`` long."""
+    return y.shape[1] >= _SHORT_LINE and (y.shape[1] * y.itemsize) % 64 == 0
 _SHIFT_N = 16  # a row's first values whose mean is the shift of its one-pass sums
 
 
@@ -338,6 +346,7 @@ def rows_fwd(x, w, b, centered, eps, zero, y, mean, rstd, var):
     cost more than the streaming saved)."""
     R, L = x.shape
     rb = max(1, _ROWS_BLOCK // L)
+    stream = _streams_rows(y)
     for t in prange((R + rb - 1) // rb):
         for i in range(t * rb, min(R, (t + 1) * rb)):
             if centered:
@@ -368,6 +377,10 @@ def rows_fwd(x, w, b, centered, eps, zero, y, mean, rstd, var):
             var[i] = q / L
             rstd[i] = 1.0 / np.sqrt(q / L + eps)
             ri = rstd[i]
+            if not stream:  # rows not in whole cache lines: plain stores (``_SHORT_LINE``)
+                for j in range(L):
+                    y[i, j] = (x[i, j] - mi) * ri * w[j] + b[j]
+                continue
             # y[i], the aligned body streamed; written out here: the same loop in an inlined
             # helper (as _affine_line) measured as slow as plain stores, for a reason not found
             h = _head(y[i])
@@ -423,6 +436,7 @@ def rows_bwd(dy, x, w, mean, rstd, centered, zero, nth, dx, dwp, dbp):
     R, L = x.shape
     rb = max(1, min(_BLOCK, _ROWS_BLOCK // L))  # rows: at most _BLOCK terms in a float32 sum
     nblk = (R + rb - 1) // rb
+    stream = _streams_rows(dx)
     for t in prange(nth):
         aw = np.empty(L, x.dtype)
         ab = np.empty(L, x.dtype)
@@ -438,6 +452,10 @@ def rows_bwd(dy, x, w, mean, rstd, centered, zero, nth, dx, dwp, dbp):
                 cs[0] = ri * (s1 / L) if centered else 0.0
                 cs[1] = ri * ri * (s2 / L)
                 c1, c2 = cs[0], cs[1]
+                if not stream:  # rows not in whole cache lines: plain stores
+                    for j in range(L):
+                        _wdx(dx, dy, x, w, aw, ab, i, j, ri, c1, c2, mi)
+                    continue
                 h = _head(dx[i])
                 for j in range(h):
                     _wdx(dx, dy, x, w, aw, ab, i, j, ri, c1, c2, mi)
