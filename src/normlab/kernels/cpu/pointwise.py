@@ -13,25 +13,30 @@ libm calls, which keep a loop from vectorizing), so both are written here branch
 evaluates its pieces for every element and selects, so the loops vectorize (8 float32 lanes on
 AVX2). The coefficients were fitted for this module (least squares in float64, weighted by the
 relative error -- for erf's upper piece by erf's absolute error -- on Chebyshev-spaced points,
-reweighted towards minimax); ``tests/test_cpu_kernels.py`` measures the float32 result over
-every bfloat16 value and a dense float32 sweep of [-12, 12]: tanh within 0.93 / 1.33 float32
-ulps, erf 0.99 / 1.23:
+reweighted towards minimax: ``benchmarks/fit_pointwise.py`` refits them);
+``tests/test_cpu_kernels.py`` measures the float32 result over every bfloat16 value and a dense
+float32 sweep of [-12, 12]: tanh within 0.93 / 1.33 float32 ulps, erf 0.99 / 1.23:
 
 * ``exp(r)`` for ``|r| <= ln 2 / 2``: ``1 + r P(r)``, P of degree 5 (fit: 2.2e-9 relative),
   evaluated in Estrin's order (shorter dependency chains than Horner's, the same accuracy
-  here); ``exp(v) = 2^n exp(v - n ln 2)``: ``n = round(v / ln 2)`` by adding ``1.5 * 2^23 + 127``
-  (the sum's low mantissa bits then hold ``n + 127``, shifted into the exponent field they are
-  ``2^n``: no round or convert instructions). One float32 constant for ln 2: its error times
+  here; for tanh, measured 4% faster than Horner's); for erf's upper piece and erf's derivative
+  P of degree 4 (fit: 9.2e-8 relative, Horner's order): ``1 - exp(h)`` scales exp's error by
+  ``erfc <= 0.16``, so it costs erf under 0.2 ulps. ``exp(v) = 2^n exp(v - n ln 2)``:
+  ``n = round(v / ln 2)`` by adding ``1.5 * 2^23 + 127`` (the sum's low mantissa bits then
+  hold ``n + 127``, shifted into the exponent field they are ``2^n``: no round or convert
+  instructions). One float32 constant for ln 2: its error times
   ``n`` stays below half an ulp for tanh's and erf's arguments; the derivative of erf, whose
   argument goes lower, only needs the gradients' tolerance.
-* ``tanh(x)``: ``|x| < 0.625``: ``x + x^3 P(x^2)``, P of degree 5 (fit: 6e-10 relative);
+* ``tanh(x)``: ``|x| < 0.625``: ``x + x^3 P(x^2)``, P of degree 4 (fit: 4.4e-9 relative; the
+  piece's worst 0.67 ulps, tanh's worst 1.33 is the other piece's, just above 0.625);
   else ``1 - 2 / (exp(2|x|) + 1)`` with ``|x|`` clamped to 10 (tanh is 1 in float32 from 9.01),
   the sign put back by OR-ing in x's sign bit; NaN passes through. (A single odd rational
   ``x P(x^2) / Q(x^2)`` on [0, 9], fitted to 1.3e-9, measured 3-6 float32 ulps: P, Q and the
   quotient each round near 1, and near tanh = 1 nothing is small enough to absorb it.)
 * ``erf(x)``: ``|x| < 1``: ``x Q(x^2)``, Q of degree 6 (fit: 1.2e-9 relative); else
-  ``1 - exp(G(|x| - 1) - x^2)``, G of degree 6 fitted on [1, 4] to ``log(erfc(x)) + x^2``
-  (erf's absolute error 1.0e-9; erf is 1 in float32 from 3.92, ``|x|`` clamped to 4; centred
+  ``1 - exp(G(|x| - 1) - x^2)``, G of degree 5 fitted on [1, 4] to ``log(erfc(x)) + x^2``
+  (erf's absolute error 1.6e-8, a quarter ulp near erf(1); this piece's worst 1.09 ulps, erf's
+  worst 1.23 is the lower piece's; erf is 1 in float32 from 3.92, ``|x|`` clamped to 4; centred
   at 1, where erfc is largest, so G's rounding is smallest there -- centred at 2.5 it read
   1.96 ulps); no division (the previous form's ``t = 1 / (1 + |x|/2)`` is gone). Q's constant
   term is split in two float32s (``a * c_hi + a * (c_lo + ...)``) so the leading product is
@@ -191,20 +196,22 @@ _CONST_TABLE = (
     ("E1", 1.0000000360921264), ("E2", 0.4999999535099423), ("E3", 0.16666420945132124),
     ("E4", 0.04166772432091816), ("E5", 0.008374763974937777), ("E6", 0.001385929107743003),
     ("EXP_LO", -87.0),
-    # tanh(x) = x + x^3 P(x^2) on |x| < 0.625 (fit: 6e-10 relative)
+    # tanh(x) = x + x^3 P(x^2) on |x| < 0.625 (fit: 4.4e-9 relative)
     ("TANH_CUT", 0.625), ("TANH_CLAMP", 10.0),
-    ("TP0", -0.3333333316557298), ("TP1", 0.1333330279939945), ("TP2", -0.053959109627172486),
-    ("TP3", 0.021767864736986803), ("TP4", -0.00834090297969001), ("TP5", 0.002289659704658456),
+    ("TP0", -0.33333281942774534), ("TP1", 0.13331442214838113), ("TP2", -0.053739716265600715),
+    ("TP3", 0.020639090618031618), ("TP4", -0.005704990370651697),
     # erf(x) = x Q(x^2) on |x| < 1 (fit: 1.2e-9 relative), Q(0) = 2/sqrt(pi) = EQ0_HI + EQ0_LO
     ("ERF_CUT", 1.0), ("ERF_CLAMP", 4.0),
     ("EQ0_HI", float(np.float32(1.1283791656893205))),
     ("EQ0_LO", 1.1283791656893205 - float(np.float32(1.1283791656893205))),
     ("EQ1", -0.3761262556739591), ("EQ2", 0.112835822479671), ("EQ3", -0.02685369109884783),
     ("EQ4", 0.005188098887977069), ("EQ5", -0.0008008189311902308), ("EQ6", 7.847259092570724e-05),
-    # log(erfc(x)) = G(x - 1) - x^2 on [1, 4], G of degree 6 (fit: erf's absolute error 1.0e-9)
-    ("G0", -0.8496055164803811), ("G1", -0.6389668159503497), ("G2", 0.15688166384031876),
-    ("G3", -0.04150068944736353), ("G4", 0.009890894132096033), ("G5", -0.0018261649829429364),
-    ("G6", 0.00018557450034237635),
+    # log(erfc(x)) = G(x - 1) - x^2 on [1, 4], G of degree 5 (fit: erf's absolute error 1.6e-8)
+    ("G0", -0.8496056083976803), ("G1", -0.6389585300170774), ("G2", 0.15677303027863768),
+    ("G3", -0.04102591913281643), ("G4", 0.009026014262419637), ("G5", -0.0011504241205670049),
+    # exp(r) = 1 + r P(r) on |r| <= ln2/2, P of degree 4 (fit: 9.2e-8 relative): erf, erf'
+    ("X1", 0.9999997071784247), ("X2", 0.4999914952027602), ("X3", 0.1666763622781776),
+    ("X4", 0.04189793029273391), ("X5", 0.008290312650390302),
     ("TWO_OVER_SQRTPI", 2.0 / math.sqrt(math.pi)),
 )
 CONSTS = np.array([v for _, v in _CONST_TABLE], dtype=np.float32)
@@ -212,8 +219,8 @@ CONSTS.setflags(write=False)
 _unpack = _unpacker(len(CONSTS))
 # the index of each constant in ``CONSTS`` (compile-time integers in the kernels)
 (ONE, TWO, MAGIC, LOG2E, TWO_LOG2E, LN2, E1, E2, E3, E4, E5, E6, EXP_LO, TANH_CUT, TANH_CLAMP,
- TP0, TP1, TP2, TP3, TP4, TP5, ERF_CUT, ERF_CLAMP, EQ0_HI, EQ0_LO, EQ1, EQ2, EQ3, EQ4, EQ5, EQ6,
- G0, G1, G2, G3, G4, G5, G6, TWO_OVER_SQRTPI) = range(len(_CONST_TABLE))
+ TP0, TP1, TP2, TP3, TP4, ERF_CUT, ERF_CLAMP, EQ0_HI, EQ0_LO, EQ1, EQ2, EQ3, EQ4, EQ5, EQ6,
+ G0, G1, G2, G3, G4, G5, X1, X2, X3, X4, X5, TWO_OVER_SQRTPI) = range(len(_CONST_TABLE))
 assert all(globals()[n] == i for i, (n, _) in enumerate(_CONST_TABLE))  # names in order
 _ZERO = F(0.0)
 
@@ -227,19 +234,31 @@ def _exp_r(r, k):
 
 
 @njit(**_APPROX)
+def _exp_r4(r, k):
+    """exp(r) for |r| <= ln2/2, to 9.2e-8: 1 + r P(r), P of degree 4."""
+    p = k[X5]
+    p = p * r + k[X4]
+    p = p * r + k[X3]
+    p = p * r + k[X2]
+    p = p * r + k[X1]
+    return k[ONE] + r * p
+
+
+@njit(**_APPROX)
 def _exp(v, k):
-    """exp(v), float32, for v in about [-87, 88] (the caller clamps): 2^n exp(v - n ln2)."""
+    """exp(v) to about 1e-7 relative, float32, for v in about [-87, 88] (the caller clamps):
+    2^n exp(v - n ln2), the degree-4 P (the derivative of erf only needs the gradients'
+    tolerance)."""
     m = v * k[LOG2E] + k[MAGIC]
     n = m - k[MAGIC]
-    return _exp_r(v - n * k[LN2], k) * _pow2_bits(m)
+    return _exp_r4(v - n * k[LN2], k) * _pow2_bits(m)
 
 
 @njit(**_APPROX)
 def _tanh(x, k):
     a = abs(x)
     s = a * a
-    p = k[TP5]
-    p = p * s + k[TP4]
+    p = k[TP4]
     p = p * s + k[TP3]
     p = p * s + k[TP2]
     p = p * s + k[TP1]
@@ -269,13 +288,16 @@ def _erf(x, k):
     small = a * k[EQ0_HI] + a * (q * s + k[EQ0_LO])
     c = k[ERF_CLAMP] if a > k[ERF_CLAMP] else a  # NaN stays NaN
     u = c - k[ONE]
-    u2 = u * u
-    g = ((k[G0] + k[G1] * u) + u2 * (k[G2] + k[G3] * u)) + (u2 * u2) * (
-        (k[G4] + k[G5] * u) + u2 * k[G6])
+    g = k[G5]
+    g = g * u + k[G4]
+    g = g * u + k[G3]
+    g = g * u + k[G2]
+    g = g * u + k[G1]
+    g = g * u + k[G0]
     h = g - c * c  # log(erfc(c)), in [-17.9, -1.8]
     m = h * k[LOG2E] + k[MAGIC]
     n = m - k[MAGIC]
-    big = k[ONE] - _exp_r(h - n * k[LN2], k) * _pow2_bits(m)
+    big = k[ONE] - _exp_r4(h - n * k[LN2], k) * _pow2_bits(m)
     e = small if a < k[ERF_CUT] else big
     return _signed(e, x)
 
