@@ -66,10 +66,17 @@ def fit_tanh_small(deg, cut):
 
 
 def fit_erf_g(deg, lo=1.0, hi=4.0):
-    """log(erfc(x)) + x^2 = G(x - lo) on [lo, hi], weighted by erfc (erf's absolute error)."""
+    """log2(erfc(x)) = G(x - lo) on [lo, hi] (x^2 and 1 / ln2 included), weighted by erfc (erf's
+    absolute error)."""
     x = cheb(lo, hi)
     ec = np.array([math.erfc(v) for v in x])
-    return lawson(x - lo, np.log(ec) + x * x, ec, deg)
+    return lawson(x - lo, np.log2(ec), ec * math.log(2.0), deg)
+
+
+def fit_exp2(deg):
+    """2^f = 1 + f P(f) on [-1/2, 1/2], relative error."""
+    f = cheb(-0.5, 0.5)
+    return lawson(f, np.expm1(f * math.log(2.0)) / f, np.abs(f) / np.exp2(f), deg)
 
 
 if __name__ == "__main__":
@@ -80,6 +87,10 @@ if __name__ == "__main__":
     for deg in (4, 5):
         c, err = fit_tanh_small(deg, 0.625)
         print(f"tanh small P degree {deg}: relative error {err:.2e}")
+        print("  ", ", ".join(repr(float(v)) for v in c))
+    for deg in (4, 5):
+        c, err = fit_exp2(deg)
+        print(f"exp2 P degree {deg}: relative error {err:.2e}")
         print("  ", ", ".join(repr(float(v)) for v in c))
     for deg in (5, 6):
         c, err = fit_erf_g(deg)
