@@ -17,14 +17,14 @@ reweighted towards minimax: ``benchmarks/fit_pointwise.py`` refits them);
 ``tests/test_cpu_kernels.py`` measures the float32 result over every bfloat16 value and a dense
 float32 sweep of [-12, 12]: tanh within 0.93 / 1.33 float32 ulps, erf 0.99 / 1.23:
 
-* ``exp(r)`` for ``|r| <= ln 2 / 2``: ``1 + r P(r)``, P of degree 5 (fit: 2.2e-9 relative),
-  evaluated in Estrin's order (shorter dependency chains than Horner's, the same accuracy
-  here; for tanh measured 4% faster than Horner's); ``exp(v) = 2^n exp(v - n ln 2)``:
+* ``exp(r)`` (tanh) for ``|r| <= ln 2 / 2``: ``1 + r P(r)``, P of degree 5 (fit: 2.2e-9
+  relative), evaluated in Estrin's order (shorter dependency chains than Horner's, the same
+  accuracy here; measured 4% faster than Horner's); ``exp(v) = 2^n exp(v - n ln 2)``:
   ``n = round(v / ln 2)`` by adding ``1.5 * 2^23 + 127`` (the sum's low mantissa bits then
   hold ``n + 127``, shifted into the exponent field they are ``2^n``: no round or convert
   instructions). One float32 constant for ln 2: its error times ``n`` stays below half an ulp
-  for tanh's arguments. For the derivative of erf (it only needs the gradients' tolerance) P
-  of degree 4 (fit: 9.2e-8 relative, Horner's order).
+  for tanh's arguments. ``2^v`` (erf, its derivative): the same with ``f = v - n`` exact and
+  ``2^f = 1 + f P(f)``, P of degree 4 (fit: 9.2e-8 relative, Horner's order).
 * ``tanh(x)``: ``|x| < 0.625``: ``x + x^3 P(x^2)``, P of degree 4 (fit: 4.4e-9 relative; the
   piece's worst 0.67 ulps, tanh's worst 1.33 is the other piece's, just above 0.625);
   else ``1 - 2 / (exp(2|x|) + 1)`` with ``|x|`` clamped to 10 (tanh is 1 in float32 from 9.01),
@@ -37,21 +37,20 @@ float32 sweep of [-12, 12]: tanh within 0.93 / 1.33 float32 ulps, erf 0.99 / 1.2
   near 0.2 with expm1 fitted to 2.4e-10, the roundings of ``E + 1`` and of the quotient add up;
   with a correction step as many instructions as the two pieces, and 4.8 ulps near 9.)
 * ``erf(x)``: ``|x| < 1``: ``x Q(x^2)``, Q of degree 6 (fit: 1.2e-9 relative); else
-  ``1 - 2^G(|x| - 1)``, G of degree 5 fitted on [1, 4] to ``log2(erfc(x))`` (erf's absolute
-  error 1.6e-8, a quarter ulp near erf(1); ``x^2`` and ``1 / ln 2`` are in G, so
-  ``2^G = 2^n 2^f`` with ``n = round(G)`` by the same addition and ``f = G - n`` exact, no ln 2
-  constant; ``2^f = 1 + f P(f)`` on ``|f| <= 1/2``, P of degree 4, fit 9.2e-8 relative: erfc
-  <= 0.16 scales it). This piece's worst 1.08 ulps, erf's worst 1.23 is the lower piece's;
-  erf is 1 in float32 from 3.92, ``|x|`` clamped to 4; centred at 1, where erfc is largest, so
-  G's rounding is smallest there -- centred at 2.5 it read 1.96 ulps; no division (the
-  previous form's ``t = 1 / (1 + |x|/2)`` is gone). Q's constant term is split in two float32s
-  (``a * c_hi + a * (c_lo + ...)``) so the leading product is rounded once (without it erf
-  read 2.4 ulps).
+  ``1 - 2^G(|x| - 1)``, G of degree 5 fitted on [1, 4] to ``log2(erfc(x))`` (erf's absolute error
+  1.6e-8, a quarter ulp near erf(1); ``x^2`` and ``1 / ln 2`` are in G, so ``2^G`` needs no ln 2
+  constant; 2^v's 9.2e-8 is scaled by erfc <= 0.16). This piece's worst 1.08 ulps, erf's worst
+  1.23 is the lower piece's; erf is 1 in float32 from 3.92, ``|x|`` clamped to 4; centred at 1,
+  where erfc is largest, so G's rounding is smallest there -- centred at 2.5 it read 1.96 ulps;
+  no division (the previous form's ``t = 1 / (1 + |x|/2)`` is gone). Q's constant term is split
+  in two float32s (``a * c_hi + a * (c_lo + ...)``) so the leading product is rounded once
+  (without it erf read 2.4 ulps).
 
 The polynomials' degrees are the lowest that keep these bounds (measured per piece; the
 2026-12-03 round lowered tanh's lower piece from 5 to 4 and erf's G from 6 to 5 and its exp
-from 5 to 4: Derf forward from 60 to 50 instructions per 8 elements, DyT 50 to 44 with the
-shift dropped for DyT, below).
+from 5 to 4: the Derf forward's loop from 60 to 49 instructions per 8 elements, DyT's from 50
+to 44 with the shift dropped for DyT, below). erf's pieces are selected by the sign of
+``|x| - 1`` (``_if_negative``: a blend reads the sign bit, no compare).
 
 **Constants from an array.** The approximations read their constants from ``CONSTS``, a
 float32 array every kernel takes as its last argument (``kc``), not as literals: numba's code
@@ -170,6 +169,17 @@ def _signed(typingctx, t, x, a):
 
 
 
+@intrinsic
+def _if_negative(typingctx, c, t, f):
+    """``t`` where ``c``'s sign bit is set, else ``f``: a select on the sign bit, which AVX's
+    blend reads directly (no compare instruction; ``t if c < 0 else f`` compares, since -0.0
+    is not below 0)."""
+    def codegen(context, builder, sig, args):
+        neg = builder.icmp_signed("<", builder.bitcast(args[0], _I32), ir.Constant(_I32, 0))
+        return builder.select(neg, args[1], args[2])
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 def _unpacker(n):
     """An intrinsic: a float32 array's first ``n`` elements as a tuple of scalars (loaded once,
     before the loop, where loads from the array in the loop would need run-time alias checks
@@ -202,25 +212,22 @@ _LOG2E, _LN2 = 1.0 / math.log(2.0), math.log(2.0)
 # argument one (measured: 15-20% of the tanh kernel's time)
 _CONST_TABLE = (
     ("ONE", 1.0), ("TWO", 2.0),
-    # 1.5 * 2^23 + 127: v * log2e + MAGIC rounds v / ln2 to an integer n held, plus 127, in the
-    # low bits of the float32 (so 2^n is those bits shifted into the exponent field)
+    # 1.5 * 2^23 + 127: v + MAGIC rounds v to an integer n held, plus 127, in the low bits of
+    # the float32 (so 2^n is those bits shifted into the exponent field)
     ("MAGIC", 1.5 * 2.0 ** 23 + 127.0),
-    ("LOG2E", _LOG2E), ("TWO_LOG2E", 2.0 * _LOG2E), ("LN2", _LN2),
-    # exp(r) = 1 + r P(r) on |r| <= ln2/2, P of degree 5 (fit: 2.2e-9 relative)
-    ("E1", 1.0000000360921264), ("E2", 0.4999999535099423), ("E3", 0.16666420945132124),
-    ("E4", 0.04166772432091816), ("E5", 0.008374763974937777), ("E6", 0.001385929107743003),
-    # tanh's exp(2h) = 1 + h P'(h), P'(h) = 2 P(2h), for |h| <= ln2/4: E1..E6 times 2, 4, .., 64
-    # (exact in float32: the same roundings as exp(r) at r = 2h, without computing 2c)
+    # tanh's exp(2h) = 1 + h P(h) for |h| <= ln2/4, P of degree 5: exp(r) = 1 + r E(r) on
+    # |r| <= ln2/2 (fit: 2.2e-9 relative) with E's coefficients times 2, 4, .., 64 (exact in
+    # float32: the same roundings as exp(r) at r = 2h, without computing 2c)
+    ("TWO_LOG2E", 2.0 * _LOG2E), ("HALF_LN2", _LN2 / 2),
     ("T1", 2 * 1.0000000360921264), ("T2", 4 * 0.4999999535099423),
     ("T3", 8 * 0.16666420945132124), ("T4", 16 * 0.04166772432091816),
-    ("T5", 32 * 0.008374763974937777), ("T6", 64 * 0.001385929107743003), ("HALF_LN2", _LN2 / 2),
-    ("EXP_LO", -87.0),
+    ("T5", 32 * 0.008374763974937777), ("T6", 64 * 0.001385929107743003),
     # tanh(x) = x + x^3 P(x^2) on |x| < 0.625 (fit: 4.4e-9 relative)
     ("TANH_CUT", 0.625), ("TANH_CLAMP", 10.0),
     ("TP0", -0.33333281942774534), ("TP1", 0.13331442214838113), ("TP2", -0.053739716265600715),
     ("TP3", 0.020639090618031618), ("TP4", -0.005704990370651697),
     # erf(x) = x Q(x^2) on |x| < 1 (fit: 1.2e-9 relative), Q(0) = 2/sqrt(pi) = EQ0_HI + EQ0_LO
-    ("ERF_CUT", 1.0), ("ERF_CLAMP", 4.0),
+    ("ERF_CLAMP", 4.0),  # the pieces meet at 1: the sign of |x| - 1 selects
     ("EQ0_HI", float(np.float32(1.1283791656893205))),
     ("EQ0_LO", 1.1283791656893205 - float(np.float32(1.1283791656893205))),
     ("EQ1", -0.3761262556739591), ("EQ2", 0.112835822479671), ("EQ3", -0.02685369109884783),
@@ -228,54 +235,37 @@ _CONST_TABLE = (
     # log2(erfc(x)) = G(x - 1) on [1, 4], G of degree 5 (fit: erf's absolute error 1.6e-8)
     ("G0", -2.6684168388357463), ("G1", -3.8072123843672694), ("G2", -1.216519367560803),
     ("G3", -0.059187890080908245), ("G4", 0.013021786015465109), ("G5", -0.001659711173687281),
-    # 2^f = 1 + f P(f) on |f| <= 1/2, P of degree 4 (fit: 9.2e-8 relative): erf's upper piece
+    # 2^f = 1 + f P(f) on |f| <= 1/2, P of degree 4 (fit: 9.2e-8 relative): erf, erf'
     ("Y1", 0.6931469775914955), ("Y2", 0.24022242080363457), ("Y3", 0.05550733754247175),
     ("Y4", 0.009671512869549648), ("Y5", 0.0013264723893084904),
-    # exp(r) = 1 + r P(r) on |r| <= ln2/2, P of degree 4 (fit: 9.2e-8 relative): erf'
-    ("X1", 0.9999997071784247), ("X2", 0.4999914952027602), ("X3", 0.1666763622781776),
-    ("X4", 0.04189793029273391), ("X5", 0.008290312650390302),
+    ("NEG_LOG2E", -_LOG2E), ("EXP2_LO", -126.0),
     ("TWO_OVER_SQRTPI", 2.0 / math.sqrt(math.pi)),
 )
 CONSTS = np.array([v for _, v in _CONST_TABLE], dtype=np.float32)
 CONSTS.setflags(write=False)
 _unpack = _unpacker(len(CONSTS))
 # the index of each constant in ``CONSTS`` (compile-time integers in the kernels)
-(ONE, TWO, MAGIC, LOG2E, TWO_LOG2E, LN2, E1, E2, E3, E4, E5, E6, T1, T2, T3, T4, T5, T6,
- HALF_LN2, EXP_LO, TANH_CUT, TANH_CLAMP,
- TP0, TP1, TP2, TP3, TP4, ERF_CUT, ERF_CLAMP, EQ0_HI, EQ0_LO, EQ1, EQ2, EQ3, EQ4, EQ5, EQ6,
- G0, G1, G2, G3, G4, G5, Y1, Y2, Y3, Y4, Y5, X1, X2, X3, X4, X5,
- TWO_OVER_SQRTPI) = range(len(_CONST_TABLE))
+(ONE, TWO, MAGIC, TWO_LOG2E, HALF_LN2, T1, T2, T3, T4, T5, T6, TANH_CUT, TANH_CLAMP,
+ TP0, TP1, TP2, TP3, TP4, ERF_CLAMP, EQ0_HI, EQ0_LO, EQ1, EQ2, EQ3, EQ4, EQ5, EQ6,
+ G0, G1, G2, G3, G4, G5, Y1, Y2, Y3, Y4, Y5,
+ NEG_LOG2E, EXP2_LO, TWO_OVER_SQRTPI) = range(len(_CONST_TABLE))
 assert all(globals()[n] == i for i, (n, _) in enumerate(_CONST_TABLE))  # names in order
 _ZERO = F(0.0)
 
 
 @njit(**_APPROX)
-def _exp_r(r, k):
-    """exp(r) for |r| <= ln2/2: 1 + r P(r)."""
-    r2 = r * r
-    p = (k[E1] + k[E2] * r) + r2 * ((k[E3] + k[E4] * r) + r2 * (k[E5] + k[E6] * r))
-    return k[ONE] + r * p
-
-
-@njit(**_APPROX)
-def _exp_r4(r, k):
-    """exp(r) for |r| <= ln2/2, to 9.2e-8: 1 + r P(r), P of degree 4."""
-    p = k[X5]
-    p = p * r + k[X4]
-    p = p * r + k[X3]
-    p = p * r + k[X2]
-    p = p * r + k[X1]
-    return k[ONE] + r * p
-
-
-@njit(**_APPROX)
-def _exp(v, k):
-    """exp(v) to about 1e-7 relative, float32, for v in about [-87, 88] (the caller clamps):
-    2^n exp(v - n ln2), the degree-4 P (the derivative of erf only needs the gradients'
-    tolerance)."""
-    m = v * k[LOG2E] + k[MAGIC]
+def _exp2(v, k):
+    """2^v to 9.2e-8 relative for v in [-126, 0]: ``2^n (1 + f P(f))``, ``n = round(v)`` (by
+    adding MAGIC), ``f = v - n`` exact, P of degree 4."""
+    m = v + k[MAGIC]
     n = m - k[MAGIC]
-    return _exp_r4(v - n * k[LN2], k) * _pow2_bits(m)
+    f = v - n
+    p = k[Y5]
+    p = p * f + k[Y4]
+    p = p * f + k[Y3]
+    p = p * f + k[Y2]
+    p = p * f + k[Y1]
+    return (f * p + k[ONE]) * _pow2_bits(m)
 
 
 @njit(**_APPROX)
@@ -294,7 +284,7 @@ def _tanh(x, k):
     h = c - n * k[HALF_LN2]  # exactly half of 2c - n ln2 (float32 ln2 / 2 is exact)
     h2 = h * h
     p = (k[T1] + k[T2] * h) + h2 * ((k[T3] + k[T4] * h) + h2 * (k[T5] + k[T6] * h))
-    e = k[ONE] + h * p  # exp(2h) as _exp_r(2h): the same roundings, one addition fewer
+    e = k[ONE] + h * p  # exp(2h)
     big = k[ONE] - k[TWO] / (e * _pow2_bits(m) + k[ONE])
     t = small if a < k[TANH_CUT] else big
     return _signed(t, x, a)
@@ -321,16 +311,8 @@ def _erf(x, k):
     g = g * u + k[G2]
     g = g * u + k[G1]
     h = g * u + k[G0]  # log2(erfc(c)), in [-25.8, -2.7]
-    m = h + k[MAGIC]  # n = round(h), erfc = 2^n 2^(h - n)
-    n = m - k[MAGIC]
-    f = h - n  # exact
-    p = k[Y5]
-    p = p * f + k[Y4]
-    p = p * f + k[Y3]
-    p = p * f + k[Y2]
-    p = p * f + k[Y1]
-    big = k[ONE] - (f * p + k[ONE]) * _pow2_bits(m)
-    e = small if a < k[ERF_CUT] else big
+    big = k[ONE] - _exp2(h, k)  # erfc = 2^h
+    e = _if_negative(u, small, big)  # u = c - 1 < 0: |x| < 1 (NaN: either piece is NaN)
     return _signed(e, x, a)
 
 
@@ -342,15 +324,17 @@ def _dtanh(u, t, k):
 
 @njit(**_APPROX)
 def _derf(u, t, k):
-    """d erf(u) / du = 2/sqrt(pi) exp(-u^2); -u^2 is raised to -87 (exp(-87) = 1.6e-38, where
-    the true value is below 1.1e-38: no select for the underflow); NaN in, NaN out (the clamp
-    keeps a NaN, and a NaN times exp's scale, whatever its bits, is NaN)."""
-    v = -(u * u)
-    lo = k[EXP_LO]
+    """d erf(u) / du = 2/sqrt(pi) 2^(-u^2 / ln2) (``_exp2``: erf's upper piece's constants, to
+    9.2e-8 relative, and ``u^2 / ln2`` rounded twice: the gradients' tolerance, no more);
+    ``-u^2 / ln2`` is raised to -126 (2^-126 = 1.2e-38, where the true value is below 1.3e-38:
+    no select for the underflow); NaN in, NaN out (the clamp keeps a NaN, and a NaN times
+    exp's scale, whatever its bits, is NaN)."""
+    v = (u * u) * k[NEG_LOG2E]  # exp(-u^2) = 2^v
+    lo = k[EXP2_LO]
     # every load here is unconditional: a load inside a branch of a conditional expression
     # cannot be made a select (numba's arrays are not known to be dereferenceable), and that
     # branch keeps the loop from vectorizing
-    return k[TWO_OVER_SQRTPI] * _exp(lo if v < lo else v, k)
+    return k[TWO_OVER_SQRTPI] * _exp2(lo if v < lo else v, k)
 
 
 @njit(**_JIT_SERIAL)
