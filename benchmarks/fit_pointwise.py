@@ -3,11 +3,12 @@ coefficients): weighted least squares on Chebyshev-spaced points, reweighted tow
 (Lawson's iteration), printing the coefficients as the constants table holds them and the
 fitted error. Run: ``python benchmarks/fit_pointwise.py``.
 
-In use: exp's P of degree 5 (tanh) and 4 (erf's upper piece, erf's derivative), tanh's lower
-piece's P of degree 4, erf's G of degree 5. Also printed: the other degrees, for the choice,
-and ``expm1(2r) / 2 = r + r^2 Q(r)`` for a one-formula ``tanh = E / (E + 1)`` (tried: 2.07
-float32 ulps near 0.2 even with Q to 2.4e-10, the rounding of ``E + 1`` and of the quotient
-add up where nothing absorbs them; not used).
+In use: 2^f's P of degree 4 (erf's upper piece, erf's derivative), tanh's lower piece's P of
+degree 4, erf's G of degree 5 (log2(erfc)). tanh's exp (degree 5) keeps the previous round's
+coefficients (fit 2.2e-9; this script's ``fit_exp(5)`` reads 2.0e-9). Also printed: the other
+degrees, for the choice, and ``expm1(2r) / 2 = r + r^2 Q(r)`` for a one-formula
+``tanh = E / (E + 1)`` (tried: 2.07 float32 ulps near 0.2 even with Q to 2.4e-10, the
+roundings of ``E + 1`` and of the quotient add up where nothing absorbs them; not used).
 """
 
 from __future__ import annotations
