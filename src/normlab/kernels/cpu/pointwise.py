@@ -13,29 +13,44 @@ libm calls, which keep a loop from vectorizing), so both are written here branch
 evaluates its pieces for every element and selects, so the loops vectorize (8 float32 lanes on
 AVX2). The coefficients were fitted for this module (least squares in float64, weighted by the
 relative error -- for erf's upper piece by erf's absolute error -- on Chebyshev-spaced points,
-reweighted towards minimax); ``tests/test_cpu_kernels.py`` measures the float32 result over
-every bfloat16 value and a dense float32 sweep of [-12, 12]: tanh within 0.93 / 1.33 float32
-ulps, erf 0.99 / 1.23:
+reweighted towards minimax: ``benchmarks/fit_pointwise.py`` refits them);
+``tests/test_cpu_kernels.py`` measures the float32 result over every bfloat16 value and a dense
+float32 sweep of [-12, 12]: tanh within 0.93 / 1.33 float32 ulps, erf 0.99 / 1.23:
 
-* ``exp(r)`` for ``|r| <= ln 2 / 2``: ``1 + r P(r)``, P of degree 5 (fit: 2.2e-9 relative),
-  evaluated in Estrin's order (shorter dependency chains than Horner's, the same accuracy
-  here); ``exp(v) = 2^n exp(v - n ln 2)``: ``n = round(v / ln 2)`` by adding ``1.5 * 2^23 + 127``
-  (the sum's low mantissa bits then hold ``n + 127``, shifted into the exponent field they are
-  ``2^n``: no round or convert instructions). One float32 constant for ln 2: its error times
-  ``n`` stays below half an ulp for tanh's and erf's arguments; the derivative of erf, whose
-  argument goes lower, only needs the gradients' tolerance.
-* ``tanh(x)``: ``|x| < 0.625``: ``x + x^3 P(x^2)``, P of degree 5 (fit: 6e-10 relative);
+* ``exp(r)`` (tanh) for ``|r| <= ln 2 / 2``: ``1 + r P(r)``, P of degree 5 (fit: 2.2e-9
+  relative), evaluated in Estrin's order (shorter dependency chains than Horner's, the same
+  accuracy here; measured 4% faster than Horner's); ``exp(v) = 2^n exp(v - n ln 2)``:
+  ``n = round(v / ln 2)`` by adding ``1.5 * 2^23 + 127`` (the sum's low mantissa bits then
+  hold ``n + 127``, shifted into the exponent field they are ``2^n``: no round or convert
+  instructions). One float32 constant for ln 2: its error times ``n`` stays below half an ulp
+  for tanh's arguments. ``2^v`` (erf, its derivative): the same with ``f = v - n`` exact and
+  ``2^f = 1 + f P(f)``, P of degree 4 (fit: 9.2e-8 relative, Horner's order).
+* ``tanh(x)``: ``|x| < 0.625``: ``x + x^3 P(x^2)``, P of degree 4 (fit: 4.4e-9 relative; the
+  piece's worst 0.67 ulps, tanh's worst 1.33 is the other piece's, just above 0.625);
   else ``1 - 2 / (exp(2|x|) + 1)`` with ``|x|`` clamped to 10 (tanh is 1 in float32 from 9.01),
-  the sign put back by OR-ing in x's sign bit; NaN passes through. (A single odd rational
+  ``exp(2c) = 2^n exp(2h)`` with ``h = c - n ln2/2`` and exp's coefficients times powers of 2
+  (the same roundings as ``exp(r)`` at ``r = 2h``, one addition fewer); the sign put back by
+  OR-ing in x's sign bit (``x ^ |x|``); NaN passes through. (A single odd rational
   ``x P(x^2) / Q(x^2)`` on [0, 9], fitted to 1.3e-9, measured 3-6 float32 ulps: P, Q and the
-  quotient each round near 1, and near tanh = 1 nothing is small enough to absorb it.)
+  quotient each round near 1, and near tanh = 1 nothing is small enough to absorb it. Also
+  tried: ``E / (E + 1)`` with ``E = expm1(2|x|) / 2`` for every x, no second piece: 2.07 ulps
+  near 0.2 with expm1 fitted to 2.4e-10, the roundings of ``E + 1`` and of the quotient add up;
+  with a correction step as many instructions as the two pieces, and 4.8 ulps near 9.)
 * ``erf(x)``: ``|x| < 1``: ``x Q(x^2)``, Q of degree 6 (fit: 1.2e-9 relative); else
-  ``1 - exp(G(|x| - 1) - x^2)``, G of degree 6 fitted on [1, 4] to ``log(erfc(x)) + x^2``
-  (erf's absolute error 1.0e-9; erf is 1 in float32 from 3.92, ``|x|`` clamped to 4; centred
-  at 1, where erfc is largest, so G's rounding is smallest there -- centred at 2.5 it read
-  1.96 ulps); no division (the previous form's ``t = 1 / (1 + |x|/2)`` is gone). Q's constant
-  term is split in two float32s (``a * c_hi + a * (c_lo + ...)``) so the leading product is
-  rounded once (without it erf read 2.4 ulps).
+  ``1 - 2^G(|x| - 1)``, G of degree 5 fitted on [1, 4] to ``log2(erfc(x))`` (erf's absolute error
+  1.6e-8, a quarter ulp near erf(1); ``x^2`` and ``1 / ln 2`` are in G, so ``2^G`` needs no ln 2
+  constant; 2^v's 9.2e-8 is scaled by erfc <= 0.16). This piece's worst 1.08 ulps, erf's worst
+  1.23 is the lower piece's; erf is 1 in float32 from 3.92, ``|x|`` clamped to 4; centred at 1,
+  where erfc is largest, so G's rounding is smallest there -- centred at 2.5 it read 1.96 ulps;
+  no division (the previous form's ``t = 1 / (1 + |x|/2)`` is gone). Q's constant term is split
+  in two float32s (``a * c_hi + a * (c_lo + ...)``) so the leading product is rounded once
+  (without it erf read 2.4 ulps).
+
+The polynomials' degrees are the lowest that keep these bounds (measured per piece; the
+2026-12-03 round lowered tanh's lower piece from 5 to 4 and erf's G from 6 to 5 and its exp
+from 5 to 4: the Derf forward's loop from 60 to 49 instructions per 8 elements, DyT's from 50
+to 44 with the shift dropped for DyT, below). erf's pieces are selected by the sign of
+``|x| - 1`` (``_if_negative``: a blend reads the sign bit, no compare).
 
 **Constants from an array.** The approximations read their constants from ``CONSTS``, a
 float32 array every kernel takes as its last argument (``kc``), not as literals: numba's code
@@ -61,7 +76,9 @@ caller adds the blocks.
 
 Every kernel also exists as a serial twin (:data:`SERIAL`, as in ``normlab.kernels.cpu.norm``)
 for calls on one thread, and per kind (``_dyt``/``_derf`` suffixes: the squash is chosen when
-the kernel is compiled, not per element).
+the kernel is compiled, not per element; so is the squash's argument, ``a * x`` for DyT and
+``a * x + s`` for Derf: the shift DyT does not have held a register, and without it the DyT
+forward's loop went from 49 to 44 instructions per 8 elements, 4% faster).
 """
 
 from __future__ import annotations
@@ -140,15 +157,27 @@ def _pow2_bits(typingctx, m):
 
 
 @intrinsic
-def _signed(typingctx, t, x):
-    """``t`` (sign bit clear) with the sign bit of ``x``: copysign in two instructions (LLVM's
-    clears t's sign first: three)."""
+def _signed(typingctx, t, x, a):
+    """``t`` (sign bit clear) with the sign bit of ``x``, ``a = |x|``: ``t | (x ^ a)`` (x ^ a is
+    x's sign bit alone), two instructions and no mask constant (and-ing x with a sign mask
+    re-broadcast the mask in every iteration of the loop: one instruction more)."""
     def codegen(context, builder, sig, args):
         tb = builder.bitcast(args[0], _I32)
-        sign = builder.and_(builder.bitcast(args[1], _I32), ir.Constant(_I32, -(2 ** 31)))
+        sign = builder.xor(builder.bitcast(args[1], _I32), builder.bitcast(args[2], _I32))
         return builder.bitcast(builder.or_(tb, sign), ir.FloatType())
-    return types.float32(types.float32, types.float32), codegen
+    return types.float32(types.float32, types.float32, types.float32), codegen
 
+
+
+@intrinsic
+def _if_negative(typingctx, c, t, f):
+    """``t`` where ``c``'s sign bit is set, else ``f``: a select on the sign bit, which AVX's
+    blend reads directly (no compare instruction; ``t if c < 0 else f`` compares, since -0.0
+    is not below 0)."""
+    def codegen(context, builder, sig, args):
+        neg = builder.icmp_signed("<", builder.bitcast(args[0], _I32), ir.Constant(_I32, 0))
+        return builder.select(neg, args[1], args[2])
+    return types.float32(types.float32, types.float32, types.float32), codegen
 
 
 def _unpacker(n):
@@ -183,63 +212,67 @@ _LOG2E, _LN2 = 1.0 / math.log(2.0), math.log(2.0)
 # argument one (measured: 15-20% of the tanh kernel's time)
 _CONST_TABLE = (
     ("ONE", 1.0), ("TWO", 2.0),
-    # 1.5 * 2^23 + 127: v * log2e + MAGIC rounds v / ln2 to an integer n held, plus 127, in the
-    # low bits of the float32 (so 2^n is those bits shifted into the exponent field)
+    # 1.5 * 2^23 + 127: v + MAGIC rounds v to an integer n held, plus 127, in the low bits of
+    # the float32 (so 2^n is those bits shifted into the exponent field)
     ("MAGIC", 1.5 * 2.0 ** 23 + 127.0),
-    ("LOG2E", _LOG2E), ("TWO_LOG2E", 2.0 * _LOG2E), ("LN2", _LN2),
-    # exp(r) = 1 + r P(r) on |r| <= ln2/2, P of degree 5 (fit: 2.2e-9 relative)
-    ("E1", 1.0000000360921264), ("E2", 0.4999999535099423), ("E3", 0.16666420945132124),
-    ("E4", 0.04166772432091816), ("E5", 0.008374763974937777), ("E6", 0.001385929107743003),
-    ("EXP_LO", -87.0),
-    # tanh(x) = x + x^3 P(x^2) on |x| < 0.625 (fit: 6e-10 relative)
+    # tanh's exp(2h) = 1 + h P(h) for |h| <= ln2/4, P of degree 5: exp(r) = 1 + r E(r) on
+    # |r| <= ln2/2 (fit: 2.2e-9 relative) with E's coefficients times 2, 4, .., 64 (exact in
+    # float32: the same roundings as exp(r) at r = 2h, without computing 2c)
+    ("TWO_LOG2E", 2.0 * _LOG2E), ("HALF_LN2", _LN2 / 2),
+    ("T1", 2 * 1.0000000360921264), ("T2", 4 * 0.4999999535099423),
+    ("T3", 8 * 0.16666420945132124), ("T4", 16 * 0.04166772432091816),
+    ("T5", 32 * 0.008374763974937777), ("T6", 64 * 0.001385929107743003),
+    # tanh(x) = x + x^3 P(x^2) on |x| < 0.625 (fit: 4.4e-9 relative)
     ("TANH_CUT", 0.625), ("TANH_CLAMP", 10.0),
-    ("TP0", -0.3333333316557298), ("TP1", 0.1333330279939945), ("TP2", -0.053959109627172486),
-    ("TP3", 0.021767864736986803), ("TP4", -0.00834090297969001), ("TP5", 0.002289659704658456),
+    ("TP0", -0.33333281942774534), ("TP1", 0.13331442214838113), ("TP2", -0.053739716265600715),
+    ("TP3", 0.020639090618031618), ("TP4", -0.005704990370651697),
     # erf(x) = x Q(x^2) on |x| < 1 (fit: 1.2e-9 relative), Q(0) = 2/sqrt(pi) = EQ0_HI + EQ0_LO
-    ("ERF_CUT", 1.0), ("ERF_CLAMP", 4.0),
+    ("ERF_CLAMP", 4.0),  # the pieces meet at 1: the sign of |x| - 1 selects
     ("EQ0_HI", float(np.float32(1.1283791656893205))),
     ("EQ0_LO", 1.1283791656893205 - float(np.float32(1.1283791656893205))),
     ("EQ1", -0.3761262556739591), ("EQ2", 0.112835822479671), ("EQ3", -0.02685369109884783),
     ("EQ4", 0.005188098887977069), ("EQ5", -0.0008008189311902308), ("EQ6", 7.847259092570724e-05),
-    # log(erfc(x)) = G(x - 1) - x^2 on [1, 4], G of degree 6 (fit: erf's absolute error 1.0e-9)
-    ("G0", -0.8496055164803811), ("G1", -0.6389668159503497), ("G2", 0.15688166384031876),
-    ("G3", -0.04150068944736353), ("G4", 0.009890894132096033), ("G5", -0.0018261649829429364),
-    ("G6", 0.00018557450034237635),
+    # log2(erfc(x)) = G(x - 1) on [1, 4], G of degree 5 (fit: erf's absolute error 1.6e-8)
+    ("G0", -2.6684168388357463), ("G1", -3.8072123843672694), ("G2", -1.216519367560803),
+    ("G3", -0.059187890080908245), ("G4", 0.013021786015465109), ("G5", -0.001659711173687281),
+    # 2^f = 1 + f P(f) on |f| <= 1/2, P of degree 4 (fit: 9.2e-8 relative): erf, erf'
+    ("Y1", 0.6931469775914955), ("Y2", 0.24022242080363457), ("Y3", 0.05550733754247175),
+    ("Y4", 0.009671512869549648), ("Y5", 0.0013264723893084904),
+    ("NEG_LOG2E", -_LOG2E), ("EXP2_LO", -126.0),
     ("TWO_OVER_SQRTPI", 2.0 / math.sqrt(math.pi)),
 )
 CONSTS = np.array([v for _, v in _CONST_TABLE], dtype=np.float32)
 CONSTS.setflags(write=False)
 _unpack = _unpacker(len(CONSTS))
 # the index of each constant in ``CONSTS`` (compile-time integers in the kernels)
-(ONE, TWO, MAGIC, LOG2E, TWO_LOG2E, LN2, E1, E2, E3, E4, E5, E6, EXP_LO, TANH_CUT, TANH_CLAMP,
- TP0, TP1, TP2, TP3, TP4, TP5, ERF_CUT, ERF_CLAMP, EQ0_HI, EQ0_LO, EQ1, EQ2, EQ3, EQ4, EQ5, EQ6,
- G0, G1, G2, G3, G4, G5, G6, TWO_OVER_SQRTPI) = range(len(_CONST_TABLE))
+(ONE, TWO, MAGIC, TWO_LOG2E, HALF_LN2, T1, T2, T3, T4, T5, T6, TANH_CUT, TANH_CLAMP,
+ TP0, TP1, TP2, TP3, TP4, ERF_CLAMP, EQ0_HI, EQ0_LO, EQ1, EQ2, EQ3, EQ4, EQ5, EQ6,
+ G0, G1, G2, G3, G4, G5, Y1, Y2, Y3, Y4, Y5,
+ NEG_LOG2E, EXP2_LO, TWO_OVER_SQRTPI) = range(len(_CONST_TABLE))
 assert all(globals()[n] == i for i, (n, _) in enumerate(_CONST_TABLE))  # names in order
 _ZERO = F(0.0)
 
 
 @njit(**_APPROX)
-def _exp_r(r, k):
-    """exp(r) for |r| <= ln2/2: 1 + r P(r)."""
-    r2 = r * r
-    p = (k[E1] + k[E2] * r) + r2 * ((k[E3] + k[E4] * r) + r2 * (k[E5] + k[E6] * r))
-    return k[ONE] + r * p
-
-
-@njit(**_APPROX)
-def _exp(v, k):
-    """exp(v), float32, for v in about [-87, 88] (the caller clamps): 2^n exp(v - n ln2)."""
-    m = v * k[LOG2E] + k[MAGIC]
+def _exp2(v, k):
+    """2^v to 9.2e-8 relative for v in [-126, 0]: ``2^n (1 + f P(f))``, ``n = round(v)`` (by
+    adding MAGIC), ``f = v - n`` exact, P of degree 4."""
+    m = v + k[MAGIC]
     n = m - k[MAGIC]
-    return _exp_r(v - n * k[LN2], k) * _pow2_bits(m)
+    f = v - n
+    p = k[Y5]
+    p = p * f + k[Y4]
+    p = p * f + k[Y3]
+    p = p * f + k[Y2]
+    p = p * f + k[Y1]
+    return (f * p + k[ONE]) * _pow2_bits(m)
 
 
 @njit(**_APPROX)
 def _tanh(x, k):
     a = abs(x)
     s = a * a
-    p = k[TP5]
-    p = p * s + k[TP4]
+    p = k[TP4]
     p = p * s + k[TP3]
     p = p * s + k[TP2]
     p = p * s + k[TP1]
@@ -248,10 +281,13 @@ def _tanh(x, k):
     c = k[TANH_CLAMP] if a > k[TANH_CLAMP] else a  # NaN stays NaN (and ends NaN)
     m = c * k[TWO_LOG2E] + k[MAGIC]  # n = round(2c / ln2), exp(2c) = 2^n exp(2c - n ln2)
     n = m - k[MAGIC]
-    e = _exp_r((c + c) - n * k[LN2], k)
+    h = c - n * k[HALF_LN2]  # exactly half of 2c - n ln2 (float32 ln2 / 2 is exact)
+    h2 = h * h
+    p = (k[T1] + k[T2] * h) + h2 * ((k[T3] + k[T4] * h) + h2 * (k[T5] + k[T6] * h))
+    e = k[ONE] + h * p  # exp(2h)
     big = k[ONE] - k[TWO] / (e * _pow2_bits(m) + k[ONE])
     t = small if a < k[TANH_CUT] else big
-    return _signed(t, x)
+    return _signed(t, x, a)
 
 
 @njit(**_APPROX)
@@ -269,15 +305,15 @@ def _erf(x, k):
     small = a * k[EQ0_HI] + a * (q * s + k[EQ0_LO])
     c = k[ERF_CLAMP] if a > k[ERF_CLAMP] else a  # NaN stays NaN
     u = c - k[ONE]
-    u2 = u * u
-    g = ((k[G0] + k[G1] * u) + u2 * (k[G2] + k[G3] * u)) + (u2 * u2) * (
-        (k[G4] + k[G5] * u) + u2 * k[G6])
-    h = g - c * c  # log(erfc(c)), in [-17.9, -1.8]
-    m = h * k[LOG2E] + k[MAGIC]
-    n = m - k[MAGIC]
-    big = k[ONE] - _exp_r(h - n * k[LN2], k) * _pow2_bits(m)
-    e = small if a < k[ERF_CUT] else big
-    return _signed(e, x)
+    g = k[G5]
+    g = g * u + k[G4]
+    g = g * u + k[G3]
+    g = g * u + k[G2]
+    g = g * u + k[G1]
+    h = g * u + k[G0]  # log2(erfc(c)), in [-25.8, -2.7]
+    big = k[ONE] - _exp2(h, k)  # erfc = 2^h
+    e = _if_negative(u, small, big)  # u = c - 1 < 0: |x| < 1 (NaN: either piece is NaN)
+    return _signed(e, x, a)
 
 
 @njit(**_APPROX)
@@ -288,15 +324,17 @@ def _dtanh(u, t, k):
 
 @njit(**_APPROX)
 def _derf(u, t, k):
-    """d erf(u) / du = 2/sqrt(pi) exp(-u^2) (0 where exp underflows float32)."""
-    v = -(u * u)
-    lo = k[EXP_LO]
-    e = k[TWO_OVER_SQRTPI] * _exp(v if v > lo else lo, k)  # NaN -> lo: a finite exp argument
-    # every load above is unconditional: a load inside a branch of a conditional expression
+    """d erf(u) / du = 2/sqrt(pi) 2^(-u^2 / ln2) (``_exp2``: erf's upper piece's constants, to
+    9.2e-8 relative, and ``u^2 / ln2`` rounded twice: the gradients' tolerance, no more);
+    ``-u^2 / ln2`` is raised to -126 (2^-126 = 1.2e-38, where the true value is below 1.3e-38:
+    no select for the underflow); NaN in, NaN out (the clamp keeps a NaN, and a NaN times
+    exp's scale, whatever its bits, is NaN)."""
+    v = (u * u) * k[NEG_LOG2E]  # exp(-u^2) = 2^v
+    lo = k[EXP2_LO]
+    # every load here is unconditional: a load inside a branch of a conditional expression
     # cannot be made a select (numba's arrays are not known to be dereferenceable), and that
     # branch keeps the loop from vectorizing
-    d = _ZERO if v < lo else e
-    return d if v == v else v  # NaN in, NaN out
+    return k[TWO_OVER_SQRTPI] * _exp2(lo if v < lo else v, k)
 
 
 @njit(**_JIT_SERIAL)
@@ -321,17 +359,35 @@ def _dsq(u, t, k):
     raise NotImplementedError
 
 
+def _arg(x, a, s):  # the squash's argument, bound per kind too
+    raise NotImplementedError
+
+
+@njit(**_APPROX)
+def _scaled(x, a, s):
+    """DyT's ``a * x`` (it has no shift: adding ``s = 0`` cost a register in the loop, and with
+    it spills)."""
+    return x * a
+
+
+@njit(**_APPROX)
+def _shifted(x, a, s):
+    """Derf's ``a * x + s``."""
+    return x * a + s
+
+
 def _hoist(kc):
     raise NotImplementedError
 
 
 def rows_fwd(x, w, b, r, has_r, a, s, oz, y, kc):
     """x, r, y (R, P) (``r``: the residual, or any array of x's shape when ``has_r`` is False);
-    w, b (P,) float32; a, s float32 scalars; ``oz``: 0 in y's element type; ``kc``: ``CONSTS``."""
+    w, b (P,) float32; a, s float32 scalars (DyT ignores s); ``oz``: 0 in y's element type;
+    ``kc``: ``CONSTS``."""
     R, P = x.shape
     for i in prange(R):
         for j in range(P):
-            t = _sq(_widen(x[i, j]) * a + s, kc)
+            t = _sq(_arg(_widen(x[i, j]), a, s), kc)
             z = w[j] * t + b[j]
             rv = _widen(r[i, j])
             z = z + rv if has_r else z
@@ -348,7 +404,7 @@ def lines_fwd(x, w, b, r, has_r, a, s, oz, y, kc):
         wu = w[u % P]
         bu = b[u % P]
         for j in range(L):
-            t = _sq(_widen(x[u, j]) * a + s, kc)
+            t = _sq(_arg(_widen(x[u, j]), a, s), kc)
             z = wu * t + bu
             rv = _widen(r[u, j])
             z = z + rv if has_r else z
@@ -379,7 +435,7 @@ def rows_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums, kc):
                 s3 = _ZERO
                 for j in range(P):
                     xv = _widen(x[i, j])
-                    u = xv * a + s
+                    u = _arg(xv, a, s)
                     t = _sq(u, kh)
                     dz = _widen(dy[i, j])
                     if _RELU:
@@ -416,7 +472,7 @@ def lines_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums, kc):
         s3 = _ZERO
         for j in range(L):
             xv = _widen(x[u, j])
-            v = xv * a + s
+            v = _arg(xv, a, s)
             t = _sq(v, kc)
             dz = _widen(dy[u, j])
             if _RELU:
@@ -440,7 +496,7 @@ def lines_bwd(dy, x, w, b, r, has_r, a, s, oz, dx, dr, sums, kc):
 # ---- per kind, parallel and serial ----
 
 _SOURCES = ("rows_fwd", "lines_fwd", "rows_bwd", "lines_bwd")
-_SQUASH = {"dyt": (_tanh, _dtanh), "derf": (_erf, _derf)}
+_SQUASH = {"dyt": (_tanh, _dtanh, _scaled), "derf": (_erf, _derf, _shifted)}
 # how ``rows_bwd`` reads the constants: from the array (DyT: vectorizes, and measured faster
 # than a tuple), or as a tuple of scalars loaded before the loop (Derf: its loop does not
 # vectorize with the loads from the array, see ``_unpacker``)
@@ -448,12 +504,12 @@ _HOIST = {"dyt": _same, "derf": _unpack}
 
 
 def _bind(kernel, kind, relu, serial):
-    """``kernel``'s Python function with ``_sq``/``_dsq`` bound to ``kind``'s and ``_RELU`` to
-    ``relu``, compiled under its own name (``<name>_<kind>[_relu][_serial]``: numba's disk
-    cache is named after the function)."""
+    """``kernel``'s Python function with ``_sq``/``_dsq``/``_arg`` bound to ``kind``'s and
+    ``_RELU`` to ``relu``, compiled under its own name (``<name>_<kind>[_relu][_serial]``:
+    numba's disk cache is named after the function)."""
     f = kernel
     g = dict(f.__globals__)
-    g["_sq"], g["_dsq"] = _SQUASH[kind]
+    g["_sq"], g["_dsq"], g["_arg"] = _SQUASH[kind]
     g["_RELU"] = relu
     g["_hoist"] = _HOIST[kind]
     name = f"{f.__name__}_{kind}" + ("_relu" if relu else "") + ("_serial" if serial else "")
