@@ -695,7 +695,7 @@ def test_pointwise_rounds_bfloat16_to_nearest_even():
 
 
 def test_pointwise_which_calls_it_takes_and_hands_on():
-    """By default: bfloat16 and float32 DyT/Derf from 1 Mi elements; not below, not float64.
+    """By default: bfloat16 and float32 DyT/Derf from 256 Ki elements; not below, not float64.
     Asked for by name it hands on (to native) a dtype, an activation, a residual in another
     layout, an input it does not read in place, and an empty input."""
     big = torch.randn(1024, 1024)
@@ -703,9 +703,10 @@ def test_pointwise_which_calls_it_takes_and_hands_on():
     with ops.trace_backends() as ran:
         F.dynamic_tanh(big.bfloat16(), (1024,), a, None, None)
         F.derf(big, (1024,), a, s, None, None)
-        F.dynamic_tanh(big[:512], (1024,), a, None, None)  # below 1 Mi
+        F.dynamic_tanh(big[:256], (1024,), a, None, None)  # 256 Ki
+        F.dynamic_tanh(big[:255], (1024,), a, None, None)  # below
         F.dynamic_tanh(big.double(), (1024,), a.double(), None, None)  # float64
-    assert ran == ["numba", "numba", "native", "native"]
+    assert ran == ["numba", "numba", "numba", "native", "native"]
     x = torch.randn(4, 6, 5)
     with ops.trace_backends() as ran:
         outs = [

@@ -30,7 +30,7 @@ both then return no statistics).
 
 The pointwise kinds (``spec.POINTWISE``: DyT, Derf; ``Plan.stats == "none"``) go through the
 same list: ``triton`` (the elementwise kernels, ``triton_op.triton_pointwise``), ``numba``
-(CPU, bfloat16/float32, from ``Numba.MIN_NUMEL_OTHER`` elements: ``cpu_pointwise``), ``native``
+(CPU, bfloat16/float32, from ``Numba.MIN_NUMEL`` elements: ``cpu_pointwise``), ``native``
 (``ops/pointwise.py``: composed torch ops, the backward recomputing tanh from x) and
 ``reference`` (``reference.pointwise_forward`` with autograd); ``masked`` and ``hybrid``
 decline them by their own rules (no mask; not instance norm). They return no statistics.
@@ -248,7 +248,8 @@ class Numba(Backend):
     # the channel innermost from MIN_NUMEL_GROUP_CL (G=8, (32, 64, 32, 32), forward+backward:
     # 1.17x; G=32 at 4 Mi: 0.1-0.42 for C = 64 and 128, 0.5-1.17 for C = 256). The lab's
     # models, at most 64 x 32 x 64 = 128 Ki elements a norm, stay on torch's kernels and never
-    # import numba. DyT/Derf and the half-precision instance-norm copy keep MIN_NUMEL_OTHER.
+    # import numba. DyT/Derf from MIN_NUMEL too (``_accepts_pointwise``); the half-precision
+    # instance-norm copy keeps MIN_NUMEL_OTHER.
     MIN_NUMEL = 1 << 18
     MIN_NUMEL_RMS = 1 << 19
     MIN_NUMEL_OTHER = 1 << 20
@@ -343,7 +344,7 @@ class Numba(Backend):
 
     def _accepts_pointwise(self, call):
         """DyT and Derf (``cpu_pointwise``): bfloat16 and float32, no activation or ReLU, a
-        residual read like x; by default from MIN_NUMEL_OTHER elements (module doc)."""
+        residual read like x; by default from MIN_NUMEL elements (module doc)."""
         p, x, r = call.plan, call.x, call.residual
         if x.dtype not in cpu_pointwise.DTYPES:
             return _PW_DTYPE
@@ -356,8 +357,11 @@ class Numba(Backend):
             return EMPTY
         if p.kernel is None:
             return LAYOUT
-        if not call.explicit and x.numel() < self.MIN_NUMEL_OTHER:
-            return "torch's ops are as fast on an input below 1M elements"
+        if not call.explicit and x.numel() < self.MIN_NUMEL:
+            # numba/torch composition at 256 Ki, 1 thread: 0.26-0.66 (float32), 0.41-0.82
+            # (bfloat16), where the native Function read 1.03-1.58; at 64 Ki forward+backward
+            # 0.88-1.30: the Python around the call
+            return f"an input below Numba.MIN_NUMEL ({self.MIN_NUMEL}) elements"
 
         if not cpu_op.available():
             return "numba is not installed"
