@@ -180,10 +180,10 @@ from normlab.lab.study import plan_study
 from normlab.lab.train import train_run
 from normlab.ops import trace_backends
 from normlab.ops.dispatch import Numba
-# the digits CNN's activations are below the size where the dispatcher picks numba by itself
-# (Numba.MIN_NUMEL): lowered here so the run takes the numba kernels, as a run on a user's
-# larger model does
-Numba.MIN_NUMEL = 0
+# the digits CNN's activations are below the size (Numba.MIN_NUMEL) and the line length
+# (8x8 positions: Numba.MIN_LINE_BATCH / MIN_LINE_INSTANCE) where the dispatcher picks numba by
+# itself: lowered here so the run takes the numba kernels, as a run on a user's larger model does
+Numba.MIN_NUMEL = Numba.MIN_LINE_BATCH = Numba.MIN_LINE_INSTANCE = 0
 _, plans, _ = plan_study("quick", only=["batch-size-one"], seeds=1)
 cnn = next(c for c in plans["batch-size-one"] if c["data"] == "digits")  # the CNN on the digits
 rows = []
