@@ -31,6 +31,10 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
   place, masked layer/rms norm; for ``"numba"`` also any mask and dtypes other than float32 and
   float64), which run on the next backend that accepts them.
   ``normlab.ops.trace_backends()`` shows which backend ran.
+* ``_shortcut`` (batch, instance, group, layer and RMS norm; private, for the modules): a list
+  to which the function that reruns the call is appended when torch's kernel ran it with
+  nothing around it (``normlab.ops.dispatch.Native.direct``; the modules keep it and re-check
+  it before each use: ``normlab.nn._shortcut``).
 
 Bad input raises ``TypeError`` (not a tensor, a tensor of the wrong dtype, an argument of the
 wrong Python type such as ``channel_axis=1.0``) or ``ValueError`` (a value out of range, a

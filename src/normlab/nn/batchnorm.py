@@ -4,7 +4,8 @@ Beyond torch.nn, every module takes keyword-only ``channel_axis`` (1, or -1 for 
 inputs), ``activation`` (None, "relu", "gelu", "silu") and ``backend`` (None or a name of
 ``normlab.ops.BACKENDS``: "triton", "masked", "numba", "hybrid", "native", "reference"; see
 ``normlab.functional``), and ``forward(input, residual=None)`` computes
-``act(norm(input) + residual)``.
+``act(norm(input) + residual)``. A call that ran on torch's kernel with nothing around it leaves
+the module a shortcut for the next such call (``normlab.nn._shortcut``).
 """
 
 from __future__ import annotations

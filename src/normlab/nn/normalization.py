@@ -1,4 +1,7 @@
-"""Layer, group, RMS and adaptive instance norm modules (torch.nn's names and arguments)."""
+"""Layer, group, RMS and adaptive instance norm modules (torch.nn's names and arguments).
+
+Layer, group and RMS norm keep a shortcut to torch's kernel as batch norm does
+(``normlab.nn._shortcut``)."""
 
 from __future__ import annotations
 
