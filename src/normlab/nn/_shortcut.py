@@ -48,7 +48,8 @@ def _make(run, module, x):
     if not all(n in p for n in params) or not all(n in b for n in buffers):
         return None
     tensors = tuple(map(p.get, params)) + tuple(map(b.get, buffers))
-    ids = tuple(map(id, tensors))  # the objects are kept alive below: their ids stay theirs
+    # the objects are kept alive below (``present``): their ids stay theirs
+    ids_p, ids_b = tuple(map(id, tensors[:len(params)])), tuple(map(id, tensors[len(params):]))
     present = tuple(t for t in tensors if t is not None)
     metas = tuple(map(_META, present))
     # the affine parameters and the input decide whether autograd records the call
@@ -64,8 +65,8 @@ def _make(run, module, x):
         # for a missing name is never taken for a kept tensor)
         if (type(x) is _Tensor and x.dtype is dtype and x.shape == shape
                 and x.stride() == stride and x.device == device
-                and (tuple(map(id, map(module._parameters.get, params)))
-                     + tuple(map(id, map(module._buffers.get, buffers)))) == ids
+                and tuple(map(id, map(module._parameters.get, params))) == ids_p
+                and (not buffers or tuple(map(id, map(module._buffers.get, buffers))) == ids_b)
                 and tuple(map(_META, present)) == metas
                 and (is_grad_enabled() and (affine_grad or x.requires_grad)) is records
                 and not functorch() and not tracing()):
