@@ -2,11 +2,12 @@
 
 Where the dispatcher runs a module's call on torch's own kernel with nothing around it (no
 residual, activation or mask: ``ops.dispatch.Native.direct``), the module keeps the function
-that reruns that call, and the next call with the same input layout and the same module state
-runs it directly: the batch counted, torch's function called, the backend recorded, as the
-full path does (same outputs bit for bit, same running statistics and batch count, same
-``trace_backends()``), without the validation, plan and dispatch around it (~4 us instead of
-~20-25 at (2, 64, 8, 8)).
+that reruns that call (made on the second call in a row with one input layout, so that inputs
+whose shape changes every call do not pay for making one each time), and the next calls with
+that input layout and the same module state run it directly: the batch counted, torch's
+function called, the backend recorded, as the full path does (same outputs bit for bit, same
+running statistics and batch count, same ``trace_backends()``), without the validation, plan
+and dispatch around it.
 
 Before each use it re-checks everything the full path's validation and backend choice read,
 and any difference sends the call through the full path (which validates, raises for bad
@@ -80,7 +81,8 @@ class Shortcuts:
     """Mixed into the modules that keep a shortcut (before ``nn.Module``). Their forward:
     ``_shortcut(self, input)`` when set and the call has no residual or mask and is not being
     compiled (None: not taken), else ``_full(input)``, which runs ``_forward(input, None,
-    None, kept)`` and keeps the shortcut it leaves. ``_shortcut_params``/``_shortcut_buffers``:
+    None, kept)`` and keeps the shortcut it leaves (from the second call in a row with one
+    input layout). ``_shortcut_params``/``_shortcut_buffers``:
     the names of the tensors the forward reads. The shortcut is dropped when an attribute
     changes, on ``_apply`` and when pickled."""
 
@@ -89,10 +91,20 @@ class Shortcuts:
     _shortcut_buffers: tuple[str, ...] = ()
 
     def _full(self, input):
+        # a shortcut is made on the second call in a row with the same input layout, so that
+        # inputs whose shape changes every call (sequences of varying length) do not pay for
+        # making one each time (~10 us); the kept one stays until another is made
+        d = self.__dict__
+        if type(input) is not _Tensor:
+            return self._forward(input, None, None)
+        layout = (input.shape, input.stride(), input.dtype, input.device)
+        if d.get("_shortcut_layout") != layout:
+            d["_shortcut_layout"] = layout
+            return self._forward(input, None, None)
         kept = []
         y = self._forward(input, None, None, kept)
         if kept:
-            self.__dict__["_shortcut"] = _make(kept[0], self, input)
+            d["_shortcut"] = _make(kept[0], self, input)
         return y
 
     def __setattr__(self, name, value):
@@ -112,4 +124,5 @@ class Shortcuts:
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_shortcut", None)
+        state.pop("_shortcut_layout", None)
         return state
