@@ -31,6 +31,10 @@ Every function takes, keyword-only, what torch.nn.functional lacks:
   place, masked layer/rms norm; for ``"numba"`` also any mask and dtypes other than float32 and
   float64), which run on the next backend that accepts them.
   ``normlab.ops.trace_backends()`` shows which backend ran.
+* ``_shortcut`` (batch, instance, group, layer and RMS norm; private, for the modules): a list
+  to which the function that reruns the call is appended when torch's kernel ran it with
+  nothing around it (``normlab.ops.dispatch.Native.direct``; the modules keep it and re-check
+  it before each use: ``normlab.nn._shortcut``).
 
 Bad input raises ``TypeError`` (not a tensor, a tensor of the wrong dtype, an argument of the
 wrong Python type such as ``channel_axis=1.0``) or ``ValueError`` (a value out of range, a
@@ -408,7 +412,7 @@ def _check_block(input, normalized_shape, channel_axis) -> None:
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, residual=None, activation=None,
-               backend=None, mask=None, num_batches_tracked=None):
+               backend=None, mask=None, num_batches_tracked=None, _shortcut=None):
     """Batch norm: statistics per channel over the batch and all positions.
 
     In training the batch statistics are used and ``running_mean``/``running_var`` (if given)
@@ -444,7 +448,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return ops.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
                           momentum, float(eps), channel_axis=channel_axis, residual=residual,
                           activation=activation, backend=backend, mask=mask,
-                          num_batches_tracked=num_batches_tracked)
+                          num_batches_tracked=num_batches_tracked, shortcut=_shortcut)
 
 
 def validate_renorm_limits(r_max, d_max) -> tuple[float, float]:
@@ -540,7 +544,7 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, tr
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1,
                   residual=None, activation=None, backend=None, mask=None,
-                  num_batches_tracked=None):
+                  num_batches_tracked=None, _shortcut=None):
     """Instance norm: statistics per sample and channel over all positions.
 
     With ``use_input_stats`` the sample's statistics are used and the running statistics (if
@@ -564,11 +568,11 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                              bool(use_input_stats), momentum, float(eps),
                              channel_axis=channel_axis, residual=residual,
                              activation=activation, backend=backend, mask=mask,
-                             num_batches_tracked=num_batches_tracked)
+                             num_batches_tracked=num_batches_tracked, shortcut=_shortcut)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1,
-               residual=None, activation=None, backend=None, mask=None):
+               residual=None, activation=None, backend=None, mask=None, _shortcut=None):
     """Group norm: statistics per sample over ``C / num_groups`` consecutive channels and all
     positions; per-channel affine."""
     _check_common(input, eps, channel_axis, residual, activation, backend, 2, "group_norm")
@@ -580,11 +584,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     _check_mask(mask, input, channel_axis)
     return ops.group_norm(input, int(num_groups), weight, bias, float(eps),
                           channel_axis=channel_axis, residual=residual, activation=activation,
-                          backend=backend, mask=mask)
+                          backend=backend, mask=mask, shortcut=_shortcut)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, channel_axis=-1,
-               residual=None, activation=None, backend=None, mask=None):
+               residual=None, activation=None, backend=None, mask=None, _shortcut=None):
     """Layer norm: statistics per sample over the ``normalized_shape`` block (the trailing dims
     with ``channel_axis=-1``, the dims from axis 1 with ``channel_axis=1``); per-element
     affine."""
@@ -596,11 +600,11 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, cha
     _check_mask(mask, input, channel_axis)
     return ops.layer_norm(input, normalized_shape, weight, bias, float(eps),
                           channel_axis=channel_axis, residual=residual, activation=activation,
-                          backend=backend, mask=mask)
+                          backend=backend, mask=mask, shortcut=_shortcut)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, channel_axis=-1, residual=None,
-             activation=None, backend=None, mask=None):
+             activation=None, backend=None, mask=None, _shortcut=None):
     """RMS norm: ``x / sqrt(mean(x^2) + eps) * weight`` over the ``normalized_shape`` block.
     ``eps=None`` means ``torch.finfo(input.dtype).eps``, as torch.nn.RMSNorm."""
     _check_common(input, eps, channel_axis, residual, activation, backend, 1, "rms_norm")
@@ -610,7 +614,8 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, channel_axis=-1,
     _check_mask(mask, input, channel_axis)
     eps = torch.finfo(input.dtype).eps if eps is None else float(eps)
     return ops.rms_norm(input, normalized_shape, weight, eps, channel_axis=channel_axis,
-                        residual=residual, activation=activation, backend=backend, mask=mask)
+                        residual=residual, activation=activation, backend=backend, mask=mask,
+                        shortcut=_shortcut)
 
 
 def _scalar_param(value, name: str, input):

@@ -4,7 +4,8 @@ Beyond torch.nn, every module takes keyword-only ``channel_axis`` (1, or -1 for 
 inputs), ``activation`` (None, "relu", "gelu", "silu") and ``backend`` (None or a name of
 ``normlab.ops.BACKENDS``: "triton", "masked", "numba", "hybrid", "native", "reference"; see
 ``normlab.functional``), and ``forward(input, residual=None)`` computes
-``act(norm(input) + residual)``.
+``act(norm(input) + residual)``. A call that ran on torch's kernel with nothing around it leaves
+the module a shortcut for the next such call (``normlab.nn._shortcut``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from torch import nn
 
 from normlab import functional as F
 from normlab.nn._script import NotScriptable
+from normlab.nn._shortcut import Shortcuts
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm",
            "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
-class _NormBase(NotScriptable, nn.Module):
+class _NormBase(Shortcuts, NotScriptable, nn.Module):
     """State shared by batch and instance norm: affine parameters and running statistics.
 
     ``bias=False`` (with ``affine=True``) keeps the scale and registers ``bias`` as None, as
@@ -27,6 +29,7 @@ class _NormBase(NotScriptable, nn.Module):
     """
 
     _version = 2  # version 2 added num_batches_tracked, as in torch.nn
+    _shortcut_buffers = ("running_mean", "running_var", "num_batches_tracked")
     _default_affine = True
     _default_track = True
 
@@ -159,6 +162,16 @@ class BatchNorm(_NormBase):
     def forward(self, input, residual=None, mask=None):
         """``mask``: bool, the input's shape without the channel axis, True at real positions
         (see ``normlab.functional``)."""
+        if residual is None and mask is None and not torch.compiler.is_compiling():
+            use = self._shortcut  # (normlab.nn._shortcut)
+            if use is not None:
+                y = use(self, input)
+                if y is not None:
+                    return y
+            return self._full(input)
+        return self._forward(input, residual, mask)
+
+    def _forward(self, input, residual, mask, shortcut=None):
         check_batch_input(self, input)
         counter = self._counter()
         w, b, rm, rv = self._state()
@@ -169,7 +182,7 @@ class BatchNorm(_NormBase):
             input, rm, rv, w, b, bn_training,
             self._momentum(counter), self.eps, channel_axis=self.channel_axis,
             residual=residual, activation=self.activation, backend=self.backend, mask=mask,
-            num_batches_tracked=counter)
+            num_batches_tracked=counter, _shortcut=shortcut)
 
 
 class BatchNorm1d(BatchNorm):
@@ -214,6 +227,16 @@ class InstanceNorm(_NormBase):
     def forward(self, input, residual=None, mask=None):
         """``mask``: bool, the input's shape without the channel axis, True at real positions
         (see ``normlab.functional``)."""
+        if residual is None and mask is None and not torch.compiler.is_compiling():
+            use = self._shortcut  # (normlab.nn._shortcut)
+            if use is not None:
+                y = use(self, input)
+                if y is not None:
+                    return y
+            return self._full(input)
+        return self._forward(input, residual, mask)
+
+    def _forward(self, input, residual, mask, shortcut=None):
         name = type(self).__name__
         if self._batched_dim is not None:
             F.check_input_dim(input, (self._batched_dim - 1, self._batched_dim), name)
@@ -228,7 +251,7 @@ class InstanceNorm(_NormBase):
             input, rm, rv, w, b,
             self.training or not self.track_running_stats, self._momentum(counter), self.eps,
             channel_axis=self.channel_axis, residual=residual, activation=self.activation,
-            backend=self.backend, mask=mask, num_batches_tracked=counter)
+            backend=self.backend, mask=mask, num_batches_tracked=counter, _shortcut=shortcut)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -1,4 +1,7 @@
-"""Layer, group, RMS and adaptive instance norm modules (torch.nn's names and arguments)."""
+"""Layer, group, RMS and adaptive instance norm modules (torch.nn's names and arguments).
+
+Layer, group and RMS norm keep a shortcut to torch's kernel as batch norm does
+(``normlab.nn._shortcut``)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from torch import nn
 
 from normlab import functional as F
 from normlab.nn._script import NotScriptable
+from normlab.nn._shortcut import Shortcuts
 
 __all__ = ["AdaptiveInstanceNorm", "GroupNorm", "LayerNorm", "RMSNorm"]
 
@@ -22,7 +26,7 @@ def _extras(module, default_axis: int) -> str:
     return s
 
 
-class LayerNorm(NotScriptable, nn.Module):
+class LayerNorm(Shortcuts, NotScriptable, nn.Module):
     """Layer norm over the ``normalized_shape`` block of each sample; per-element affine.
 
     ``channel_axis=-1`` (default, torch.nn's convention): the block is the trailing dims.
@@ -58,9 +62,20 @@ class LayerNorm(NotScriptable, nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, input, residual=None, mask=None):
+        if residual is None and mask is None and not torch.compiler.is_compiling():
+            use = self._shortcut  # (normlab.nn._shortcut)
+            if use is not None:
+                y = use(self, input)
+                if y is not None:
+                    return y
+            return self._full(input)
+        return self._forward(input, residual, mask)
+
+    def _forward(self, input, residual, mask, shortcut=None):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                             channel_axis=self.channel_axis, residual=residual,
-                            activation=self.activation, backend=self.backend, mask=mask)
+                            activation=self.activation, backend=self.backend, mask=mask,
+                            _shortcut=shortcut)
 
     def extra_repr(self) -> str:
         s = (f"{self.normalized_shape}, eps={self.eps}, "
@@ -70,10 +85,12 @@ class LayerNorm(NotScriptable, nn.Module):
         return s + _extras(self, -1)
 
 
-class RMSNorm(NotScriptable, nn.Module):
+class RMSNorm(Shortcuts, NotScriptable, nn.Module):
     """RMS norm (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * weight`` over the
     ``normalized_shape`` block; ``eps=None`` uses ``torch.finfo(input.dtype).eps`` as
     torch.nn.RMSNorm. ``channel_axis`` as in :class:`LayerNorm`."""
+
+    _shortcut_params = ("weight",)
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None,
                  dtype=None, *, channel_axis=-1, activation=None, backend=None):
@@ -95,16 +112,27 @@ class RMSNorm(NotScriptable, nn.Module):
             nn.init.ones_(self.weight)
 
     def forward(self, input, residual=None, mask=None):
+        if residual is None and mask is None and not torch.compiler.is_compiling():
+            use = self._shortcut  # (normlab.nn._shortcut)
+            if use is not None:
+                y = use(self, input)
+                if y is not None:
+                    return y
+            return self._full(input)
+        return self._forward(input, residual, mask)
+
+    def _forward(self, input, residual, mask, shortcut=None):
         return F.rms_norm(input, self.normalized_shape, self.weight, self.eps,
                           channel_axis=self.channel_axis, residual=residual,
-                          activation=self.activation, backend=self.backend, mask=mask)
+                          activation=self.activation, backend=self.backend, mask=mask,
+                          _shortcut=shortcut)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine}" + _extras(self, -1))
 
 
-class GroupNorm(NotScriptable, nn.Module):
+class GroupNorm(Shortcuts, NotScriptable, nn.Module):
     """Group norm (Wu & He 2018): statistics per sample over ``num_channels / num_groups``
     consecutive channels and all positions; per-channel affine. ``num_groups`` must divide
     ``num_channels`` (checked here, at construction)."""
@@ -138,10 +166,21 @@ class GroupNorm(NotScriptable, nn.Module):
                 nn.init.zeros_(self.bias)
 
     def forward(self, input, residual=None, mask=None):
+        if residual is None and mask is None and not torch.compiler.is_compiling():
+            use = self._shortcut  # (normlab.nn._shortcut)
+            if use is not None:
+                y = use(self, input)
+                if y is not None:
+                    return y
+            return self._full(input)
+        return self._forward(input, residual, mask)
+
+    def _forward(self, input, residual, mask, shortcut=None):
         F.check_num_features(input, self.num_channels, self.channel_axis, "GroupNorm")
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                             channel_axis=self.channel_axis, residual=residual,
-                            activation=self.activation, backend=self.backend, mask=mask)
+                            activation=self.activation, backend=self.backend, mask=mask,
+                            _shortcut=shortcut)
 
     def extra_repr(self) -> str:
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "

@@ -43,6 +43,7 @@ import functools
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as _F
 
 from normlab import spec
 from normlab.ops import cpu_op, cpu_pointwise, native, triton_op
@@ -497,6 +498,90 @@ class Native(Backend):
             return y, stats
         return native.epilogue(y, call.residual, call.activation), stats
 
+    def direct(self, call):
+        """``run(x) -> y``: what ``normalize`` does for ``call`` (count the batch, run torch's
+        kernel, record this backend), for another input of the same shape, strides, dtype,
+        device and autograd need, every other argument the same objects in the same state; or
+        None where more happens around the kernel (a residual, an activation, statistics to
+        compute, AdaIN, the pointwise kinds, an empty input) or the call is not plain eager
+        (``torch.compile``, a torch.func transform, ``torch.jit.trace``). The modules keep it
+        as their shortcut (``normlab.nn._shortcut``), re-checking all of that before each use.
+        Where ``native``'s wrapper would pass the arguments through unchanged, torch's function
+        is called directly: the same kernel with the same arguments."""
+        p, x, ax = call.plan, call.x, call.channel_axis
+        if (call.residual is not None or call.activation is not None or call.mask is not None
+                or x.numel() == 0 or torch.compiler.is_compiling()
+                or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state()):
+            return None
+        w, b, eps, r = call.weight, call.bias, call.eps, call.running
+        plain = not native._needs_upcast(x) and not native._mixed(w, b)  # no float32 copies
+        if p.stats == "running" or p.kind == "batch":
+            return _direct_batch_norm(call, plain)
+        if p.kind in ("instance", "group"):
+            if r is not None and r.mean is not None:  # instance norm's statistics to update
+                return None
+            groups = x.shape[ax] if p.kind == "instance" else call.extra
+            if plain and (ax == 1 or x.dim() <= 2):
+                return _recorded(_F.group_norm, groups, w, b, eps)
+            return _recorded(native.group_norm, groups, w, b, eps, ax)
+        if p.kind == "layer":
+            if ax == -1 and not native._mixed(w, b):
+                return _recorded(_F.layer_norm, call.extra, w, b, eps)
+            return _recorded(native.layer_norm, call.extra, w, b, eps, ax)
+        if p.kind == "rms":
+            if ax == -1 and (w is None or w.dtype == x.dtype):
+                return _recorded(_F.rms_norm, call.extra, w, eps)
+            return _recorded(native.rms_norm, call.extra, w, eps, ax)
+        return None
+
+
+def _recorded(fn, *args):
+    """``run(x)``: ``fn(x, *args)``, recorded as ``native`` (``Native.direct``)."""
+    def run(x):
+        y = fn(x, *args)
+        _last[0] = "native"
+        if _traces:
+            _record("native")
+        return y
+    return run
+
+
+def _direct_batch_norm(call, plain):
+    """``Native.direct`` for batch norm, and for instance norm with running statistics (eval):
+    the batch counted as ``count_batch`` does (its numpy path inlined)."""
+    x, ax, w, b, eps, r = call.x, call.channel_axis, call.weight, call.bias, call.eps, call.running
+    training = call.plan.stats != "running"
+    rm, rv = (None, None) if r is None else (r.mean, r.var)
+    plain = plain and not native._mixed(w, b, rm, rv) and (ax == 1 or x.dim() <= 2)
+    kernel = _F.batch_norm if plain else functools.partial(native.batch_norm, channel_axis=ax)
+    nbt = None if r is None else r.num_batches_tracked
+    if not training or rm is None or nbt is None:
+        # nothing counted: normalize's factor (0.0, or the momentum) for every call
+        return _recorded(kernel, rm, rv, w, b, training, call.factor, eps)
+    momentum = r.momentum
+    if not (type(nbt) is torch.Tensor and nbt.is_cpu and nbt.dtype == torch.int64):
+        def count():
+            return count_batch(r, True)
+    else:
+        def count():
+            if nbt.is_inference():  # add_ raises on one outside inference mode, as it should
+                return count_batch(r, True)
+            a = nbt.numpy()  # count_batch's path, not under compile or torch.func (checked)
+            a[()] = n = a[()] + 1
+            _increment_version((nbt,))
+            return momentum if momentum is not None else 1.0 / float(n)
+
+    def run(x):
+        y = kernel(x, rm, rv, w, b, True, count(), eps)
+        _last[0] = "native"
+        if _traces:
+            _record("native")
+        return y
+    return run
+
+
+_increment_version = torch._C._increment_version
+
 
 class Reference(Backend):
     """The readable math (``reference/``) with the closed-form backward; takes every call
@@ -535,6 +620,7 @@ BACKEND_LIST: tuple[Backend, ...] = (Triton(), Masked(), Numba(), Hybrid(), Nati
                                      Reference())
 BACKENDS: tuple[str, ...] = tuple(b.name for b in BACKEND_LIST)
 _BY_NAME = {b.name: i for i, b in enumerate(BACKEND_LIST)}
+_NATIVE = BACKEND_LIST[_BY_NAME["native"]]
 
 
 _CHOICES: dict = {}  # select()'s key (plan, is_cuda, ...) -> the backend it chose
@@ -708,13 +794,15 @@ def update_running(running_mean, running_var, mean, var, count, rows, channels, 
 def normalize(plan: spec.Plan, x: torch.Tensor, weight=None, bias=None, *, eps: float,
               residual=None, activation=None, mask=None, running: Running | None = None,
               channel_axis: int = 1, extra=None, backend: str | None = None, alpha=None,
-              shift=None):
+              shift=None, shortcut: list | None = None):
     """Normalize ``x`` as ``plan`` says -> ``(y, stats)``; ``stats = (mean, var, count)`` in
     ``plan.stats_shape`` (var biased, count None without a mask), or None where the backend
     does not compute them (torch's kernels, the pointwise kinds) or updated the running
     statistics itself (numba's batch norm, channels first). With ``running`` and training
     statistics the running statistics (and ``num_batches_tracked``) are updated here.
-    ``alpha``/``shift``: the pointwise kinds' one-element tensors (``eps`` unused there)."""
+    ``alpha``/``shift``: the pointwise kinds' one-element tensors (``eps`` unused there).
+    ``shortcut``: a list to which, when ``native`` ran the call and ``Native.direct`` has a
+    function for it, that function is appended (the modules' shortcut, ``normlab.nn``)."""
     training = plan.stats != "running"
     moving = training and running is not None and running.mean is not None
     if moving and x.numel() == 0:  # an empty batch leaves the running statistics unchanged
@@ -729,6 +817,10 @@ def normalize(plan: spec.Plan, x: torch.Tensor, weight=None, bias=None, *, eps: 
         out = b.run(call)
     if not torch.compiler.is_compiling():
         _record(b.name)
+    if shortcut is not None and b is _NATIVE:
+        run = b.direct(call)
+        if run is not None:
+            shortcut.append(run)
     y, stats = out
     if moving and stats is not None:
         mean, var, count = stats

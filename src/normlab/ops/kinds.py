@@ -39,7 +39,7 @@ def _plan(kind, x, channel_axis, running=False, groups=None, ndim=None):
 
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, *,
                channel_axis=1, residual=None, activation=None, backend=None, mask=None,
-               num_batches_tracked=None):
+               num_batches_tracked=None, shortcut=None):
     """``num_batches_tracked`` (with the running statistics, in training): incremented when
     this batch moves them; ``momentum=None`` then means the cumulative average."""
     plan = _plan("batch", x, channel_axis, running=not training)
@@ -47,43 +47,43 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
                else Running(running_mean, running_var, momentum, num_batches_tracked))
     return normalize(plan, x, weight, bias, eps=eps, residual=residual, activation=activation,
                      mask=mask, running=running, channel_axis=channel_axis,
-                     backend=backend)[0]
+                     backend=backend, shortcut=shortcut)[0]
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, *,
                   channel_axis=1, residual=None, activation=None, backend=None, mask=None,
-                  num_batches_tracked=None):
+                  num_batches_tracked=None, shortcut=None):
     """``num_batches_tracked`` as in :func:`batch_norm`."""
     plan = _plan("instance", x, channel_axis, running=not use_input_stats)
     running = (None if running_mean is None
                else Running(running_mean, running_var, momentum, num_batches_tracked))
     return normalize(plan, x, weight, bias, eps=eps, residual=residual, activation=activation,
                      mask=mask, running=running, channel_axis=channel_axis,
-                     backend=backend)[0]
+                     backend=backend, shortcut=shortcut)[0]
 
 
 def group_norm(x, num_groups, weight, bias, eps, *, channel_axis=1, residual=None,
-               activation=None, backend=None, mask=None):
+               activation=None, backend=None, mask=None, shortcut=None):
     plan = _plan("group", x, channel_axis, groups=num_groups)
     return normalize(plan, x, weight, bias, eps=eps, residual=residual, activation=activation,
                      mask=mask, channel_axis=channel_axis, extra=num_groups,
-                     backend=backend)[0]
+                     backend=backend, shortcut=shortcut)[0]
 
 
 def layer_norm(x, normalized_shape, weight, bias, eps, *, channel_axis=-1, residual=None,
-               activation=None, backend=None, mask=None):
+               activation=None, backend=None, mask=None, shortcut=None):
     plan = _plan("layer", x, channel_axis, ndim=len(normalized_shape))
     return normalize(plan, x, weight, bias, eps=eps, residual=residual, activation=activation,
                      mask=mask, channel_axis=channel_axis, extra=normalized_shape,
-                     backend=backend)[0]
+                     backend=backend, shortcut=shortcut)[0]
 
 
 def rms_norm(x, normalized_shape, weight, eps, *, channel_axis=-1, residual=None,
-             activation=None, backend=None, mask=None):
+             activation=None, backend=None, mask=None, shortcut=None):
     plan = _plan("rms", x, channel_axis, ndim=len(normalized_shape))
     return normalize(plan, x, weight, None, eps=eps, residual=residual, activation=activation,
                      mask=mask, channel_axis=channel_axis, extra=normalized_shape,
-                     backend=backend)[0]
+                     backend=backend, shortcut=shortcut)[0]
 
 
 def dynamic_tanh(x, normalized_shape, alpha, weight, bias, *, channel_axis=-1, residual=None,
