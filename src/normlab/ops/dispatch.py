@@ -218,7 +218,15 @@ _PW_RESIDUAL = "a residual not in x's dtype, shape and strides (numba reads it l
 # torch.func's grad/jvp/vjp gave a crash (the custom ops' autograd Function has no
 # setup_context) or, jvp, silently wrong tangents (no forward-mode rule); vmap ran them one
 # sample at a time: torch's kernels have rules for every transform
-_FUNCTORCH = "numba's custom ops have no torch.func (functorch) rules"
+_FUNCTORCH = "numba's custom ops have no torch.func (functorch) or forward-mode AD rules"
+_fwad = torch.autograd.forward_ad
+
+
+def _no_function_rules() -> bool:
+    """Whether a torch.func transform or forward-mode AD (a ``dual_level``) is active: numba's
+    custom ops and ``hybrid``'s autograd Function have no rules for them (forward-mode AD
+    raised NotImplementedError in both; torch.func raised in ``hybrid``), torch's kernels do."""
+    return torch._C._are_functorch_transforms_active() or _fwad._current_level >= 0
 
 
 class Numba(Backend):
@@ -266,7 +274,7 @@ class Numba(Backend):
         p, x = call.plan, call.x
         if x.device.type != "cpu":
             return "the input is not on the CPU"
-        if torch._C._are_functorch_transforms_active():
+        if _no_function_rules():
             return _FUNCTORCH
         if p.stats == "none":
             return self._accepts_pointwise(call)
@@ -428,11 +436,15 @@ def _closed_form_backward_is_faster(x, channel_axis) -> bool:
     return x.dim() > 2 and x.stride(channel_axis) == 1 and x.shape[channel_axis] > 1
 
 
+_FUNCTORCH_HYBRID = "its autograd Function has no torch.func or forward-mode AD rules"
+
+
 class Hybrid(Backend):
     """Instance norm whose channel is innermost in memory: torch's group-norm kernel forward
     (which returns mean and rstd too) and the closed-form backward (``reference_op``)."""
 
     name = "hybrid"
+    hands_on = frozenset({_FUNCTORCH_HYBRID})
 
     def accepts(self, call):
         p = call.plan
@@ -443,6 +455,8 @@ class Hybrid(Backend):
         if call.x.dtype not in (torch.float32, torch.float64) and not call.explicit:
             # measured: the closed form in bfloat16 costs 1.8x torch's forward+backward
             return "half precision: torch's kernels are faster there"
+        if _no_function_rules():
+            return _FUNCTORCH_HYBRID
         return None
 
     def run(self, call):
@@ -521,7 +535,9 @@ class Native(Backend):
             if r is not None and r.mean is not None:  # instance norm's statistics to update
                 return None
             groups = x.shape[ax] if p.kind == "instance" else call.extra
-            if plain and (ax == 1 or x.dim() <= 2):
+            if plain and (ax == 1 or x.dim() <= 2) and x.is_contiguous():
+                # (not contiguous: native's wrapper, which makes forward-mode AD's input
+                # contiguous: native._forward_rule_safe)
                 return _recorded(_F.group_norm, groups, w, b, eps)
             return _recorded(native.group_norm, groups, w, b, eps, ax)
         if p.kind == "layer":
@@ -633,7 +649,7 @@ def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     named, whether a backward will run, the activation and the residual's dtype and
     strides (and ``torch.compile`` and torch.func transforms, whose calls are not cached), so
     the choice is cached on those."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling() or _no_function_rules():
         return _select(call, backend, start)  # not cached
     r = call.residual
     key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),
