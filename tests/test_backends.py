@@ -150,8 +150,10 @@ def test_forward_mode_ad_and_torch_func_run_on_torchs_kernels():
     NotImplementedError in numba's custom ops (no jvp), by default from 256 Ki elements; and
     instance norm with the channel innermost in memory, whose default at any size is the
     ``hybrid`` backend (an autograd Function with no setup_context or jvp), raised under
-    forward-mode AD and under every torch.func transform, where torch.nn's instance norm works.
-    Such calls run torch's kernels, even one first seen (and its choice cached) outside."""
+    forward-mode AD and under every torch.func transform, where torch.nn's instance norm works;
+    so did DyT/Derf's autograd Function (``native``) at any size. Such calls run torch's
+    kernels (DyT/Derf: the reference's torch ops), even one first seen (and its choice cached)
+    outside."""
     fwad = torch.autograd.forward_ad
     torch.manual_seed(0)
     x = torch.randn(4, 6, 5, 7).to(memory_format=torch.channels_last)
@@ -188,3 +190,19 @@ def test_forward_mode_ad_and_torch_func_run_on_torchs_kernels():
         got = fwad.unpack_dual(m(fwad.make_dual(x, t))).tangent
         want = fwad.unpack_dual(ref(fwad.make_dual(x.contiguous(), t.contiguous()))).tangent
     torch.testing.assert_close(got, want)
+    # DyT / Derf (their Function raised under both): against the same formula in torch ops
+    x, t = cases[0][2], cases[0][3]
+    for m, fn in ((nl.DynamicTanh(7), torch.tanh), (nl.Derf(7, shift_init=0.3), torch.erf)):
+        with torch.no_grad():
+            m.weight.uniform_(0.5, 1.5)
+
+        def ref(x, m=m, fn=fn):
+            return fn(m.alpha * x + getattr(m, "shift", 0.0)) * m.weight + m.bias
+        with fwad.dual_level():
+            got = fwad.unpack_dual(m(fwad.make_dual(x, t))).tangent
+            want = fwad.unpack_dual(ref(fwad.make_dual(x, t))).tangent
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(torch.func.jvp(m, (x,), (t,))[1],
+                                   torch.func.jvp(ref, (x,), (t,))[1])
+        got, want = (torch.func.grad(lambda x, f=f: f(x).sin().sum())(x) for f in (m, ref))
+        torch.testing.assert_close(got, want)

@@ -468,15 +468,23 @@ class Hybrid(Backend):
         return native.epilogue(y, call.residual, call.activation), (mean, var, None)
 
 
+# DyT/Derf's autograd Function (ops/pointwise.py) has neither setup_context nor jvp: under a
+# torch.func transform or forward-mode AD it raised; the reference's torch ops have every rule
+_PW_FUNCTION = "DyT/Derf's autograd Function has no torch.func or forward-mode AD rules"
+
+
 class Native(Backend):
     """torch's own kernels, through views (``native.py``); the fastest correct path on CPU."""
 
     name = "native"
+    hands_on = frozenset({_PW_FUNCTION})
 
     def accepts(self, call):
         if call.mask is not None:
             return "torch has no masked normalization kernel (use backend=None, 'masked' or " \
                    "'reference')"
+        if call.plan.stats == "none" and _no_function_rules():
+            return _PW_FUNCTION
         return None
 
     def run(self, call):
