@@ -177,10 +177,16 @@ class Triton(Backend):
 MASKED_KINDS = ("batch", "instance", "group")
 
 
+# masked's and hybrid's autograd Functions have no setup_context or jvp: under a torch.func
+# transform or forward-mode AD (``_no_function_rules``) they raised; the next backend has rules
+_NO_RULES = "its autograd Function has no torch.func or forward-mode AD rules"
+
+
 class Masked(Backend):
     """``ops/masked.py``: masked batch/instance/group norm in the fewest eager passes (CPU)."""
 
     name = "masked"
+    hands_on = frozenset({_NO_RULES})
 
     def accepts(self, call):
         p = call.plan
@@ -194,6 +200,8 @@ class Masked(Backend):
             return "no positions to mask (a 2-D input)"
         if torch.compiler.is_compiling():
             return "under torch.compile (its finiteness check is data-dependent)"
+        if _no_function_rules():  # (it raised there; the reference's masked math has them)
+            return _NO_RULES
         return None
 
     def run(self, call):
@@ -436,15 +444,12 @@ def _closed_form_backward_is_faster(x, channel_axis) -> bool:
     return x.dim() > 2 and x.stride(channel_axis) == 1 and x.shape[channel_axis] > 1
 
 
-_FUNCTORCH_HYBRID = "its autograd Function has no torch.func or forward-mode AD rules"
-
-
 class Hybrid(Backend):
     """Instance norm whose channel is innermost in memory: torch's group-norm kernel forward
     (which returns mean and rstd too) and the closed-form backward (``reference_op``)."""
 
     name = "hybrid"
-    hands_on = frozenset({_FUNCTORCH_HYBRID})
+    hands_on = frozenset({_NO_RULES})
 
     def accepts(self, call):
         p = call.plan
@@ -456,7 +461,7 @@ class Hybrid(Backend):
             # measured: the closed form in bfloat16 costs 1.8x torch's forward+backward
             return "half precision: torch's kernels are faster there"
         if _no_function_rules():
-            return _FUNCTORCH_HYBRID
+            return _NO_RULES
         return None
 
     def run(self, call):
