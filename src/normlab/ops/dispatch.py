@@ -531,14 +531,15 @@ class Native(Backend):
         device and autograd need, every other argument the same objects in the same state; or
         None where more happens around the kernel (a residual, an activation, statistics to
         compute, AdaIN, the pointwise kinds, an empty input) or the call is not plain eager
-        (``torch.compile``, a torch.func transform, ``torch.jit.trace``). The modules keep it
-        as their shortcut (``normlab.nn._shortcut``), re-checking all of that before each use.
+        (``torch.compile``, a torch.func transform or forward-mode AD, whose choice holds only
+        there, ``torch.jit.trace``). The modules keep it as their shortcut
+        (``normlab.nn._shortcut``), re-checking all of that before each use.
         Where ``native``'s wrapper would pass the arguments through unchanged, torch's function
         is called directly: the same kernel with the same arguments."""
         p, x, ax = call.plan, call.x, call.channel_axis
         if (call.residual is not None or call.activation is not None or call.mask is not None
                 or x.numel() == 0 or torch.compiler.is_compiling()
-                or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state()):
+                or _no_function_rules() or torch._C._get_tracing_state()):
             return None
         w, b, eps, r = call.weight, call.bias, call.eps, call.running
         plain = not native._needs_upcast(x) and not native._mixed(w, b)  # no float32 copies
