@@ -4,6 +4,8 @@ name that cannot run a call says so."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -140,4 +142,67 @@ def test_numba_hands_torch_func_transforms_to_torchs_kernels():
             return lambda p, x: torch.func.functional_call(module, p, (x,)).sin().sum()
         got = torch.func.grad(loss(m), argnums=(0, 1))(params, x)
         want = torch.func.grad(loss(ref), argnums=(0, 1))(params, x)
+        torch.testing.assert_close(got, want)
+
+
+def test_forward_mode_ad_and_torch_func_run_on_torchs_kernels():
+    """Forward-mode AD (``torch.autograd.forward_ad``, not a torch.func transform) raised
+    NotImplementedError in numba's custom ops (no jvp), by default from 256 Ki elements; and
+    instance norm with the channel innermost in memory, whose default at any size is the
+    ``hybrid`` backend (an autograd Function with no setup_context or jvp), raised under
+    forward-mode AD and under every torch.func transform, where torch.nn's instance norm works;
+    so did DyT/Derf's autograd Function (``native``) at any size. Such calls run torch's
+    kernels (DyT/Derf: the reference's torch ops), even one first seen (and its choice cached)
+    outside."""
+    fwad = torch.autograd.forward_ad
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 5, 7).to(memory_format=torch.channels_last)
+    t = torch.randn_like(x)
+    rows, rows_t = torch.randn(64, 96), torch.randn(64, 96)
+    cases = [(nl.InstanceNorm2d(6, affine=True), torch.nn.InstanceNorm2d(6, affine=True), x, t)]
+    if importlib.util.find_spec("numba") is not None:
+        cases += [(nl.RMSNorm(96, backend="numba"), torch.nn.RMSNorm(96), rows, rows_t),
+                  (nl.BatchNorm1d(96, track_running_stats=False, backend="numba"),
+                   torch.nn.BatchNorm1d(96, track_running_stats=False), rows, rows_t)]
+    for m, ref, x, t in cases:
+        with torch.no_grad():
+            m.weight.uniform_(0.5, 1.5)
+        ref.load_state_dict(m.state_dict())
+        with ops.trace_backends() as ran:
+            m(x)  # outside: hybrid / numba, and the choice cached
+        assert ran[0] in ("hybrid", "numba")
+        for _ in range(2):
+            with fwad.dual_level(), ops.trace_backends() as ran:
+                got = fwad.unpack_dual(m(fwad.make_dual(x, t))).tangent
+            assert ran == ["native"]
+            with fwad.dual_level():
+                want = fwad.unpack_dual(ref(fwad.make_dual(x, t))).tangent
+            torch.testing.assert_close(got, want)
+        torch.testing.assert_close(torch.func.jvp(m, (x,), (t,))[1],
+                                   torch.func.jvp(ref, (x,), (t,))[1])
+        got, want = (torch.func.grad(lambda x, f=f: f(x).sin().sum())(x) for f in (m, ref))
+        torch.testing.assert_close(got, want)
+    # group norm on that layout: torch's kernel, by a shortcut made outside (torch.nn.GroupNorm
+    # itself raises there: compared on a contiguous copy)
+    m, ref, x, t = nl.GroupNorm(2, 6), torch.nn.GroupNorm(2, 6), cases[0][2], cases[0][3]
+    m(x), m(x)
+    with fwad.dual_level():
+        got = fwad.unpack_dual(m(fwad.make_dual(x, t))).tangent
+        want = fwad.unpack_dual(ref(fwad.make_dual(x.contiguous(), t.contiguous()))).tangent
+    torch.testing.assert_close(got, want)
+    # DyT / Derf (their Function raised under both): against the same formula in torch ops
+    x, t = cases[0][2], cases[0][3]
+    for m, fn in ((nl.DynamicTanh(7), torch.tanh), (nl.Derf(7, shift_init=0.3), torch.erf)):
+        with torch.no_grad():
+            m.weight.uniform_(0.5, 1.5)
+
+        def ref(x, m=m, fn=fn):
+            return fn(m.alpha * x + getattr(m, "shift", 0.0)) * m.weight + m.bias
+        with fwad.dual_level():
+            got = fwad.unpack_dual(m(fwad.make_dual(x, t))).tangent
+            want = fwad.unpack_dual(ref(fwad.make_dual(x, t))).tangent
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(torch.func.jvp(m, (x,), (t,))[1],
+                                   torch.func.jvp(ref, (x,), (t,))[1])
+        got, want = (torch.func.grad(lambda x, f=f: f(x).sin().sum())(x) for f in (m, ref))
         torch.testing.assert_close(got, want)

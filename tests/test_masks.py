@@ -312,3 +312,33 @@ def test_refused_masked_batch_leaves_the_count():
     with pytest.raises(ValueError, match="with 1 real position"):
         m(x, mask=mask)
     assert m.num_batches_tracked.item() == 0
+
+
+def test_masked_norms_under_torch_func_and_forward_mode_ad():
+    """The masked backend's autograd Function has no setup_context or jvp: batch and instance
+    norm with a mask raised under torch.func.grad/jvp and forward-mode AD. They run the
+    reference's masked math there; compared with that math by name (``backend="reference"``,
+    plain autograd) outside any transform."""
+    fwad = torch.autograd.forward_ad
+    torch.manual_seed(0)
+    x, t = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    # (no running statistics: torch.func refuses their in-place update, as for torch.nn's)
+    for make in (lambda b: nl.BatchNorm1d(8, channel_axis=-1, track_running_stats=False,
+                                          backend=b),
+                 lambda b: nl.InstanceNorm1d(8, channel_axis=-1, affine=True, backend=b)):
+        m, ref = make(None), make("reference")
+        with normlab.ops.trace_backends() as ran:
+            m(x, mask=mask)
+        assert ran == ["masked"]  # outside: masked, and the choice cached
+        with fwad.dual_level(), normlab.ops.trace_backends() as ran:
+            got = fwad.unpack_dual(m(fwad.make_dual(x, t), mask=mask)).tangent
+        assert ran == ["reference"]
+        want = torch.autograd.functional.jvp(lambda x, ref=ref: ref(x, mask=mask), (x,), (t,))[1]
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(torch.func.jvp(lambda x, m=m: m(x, mask=mask), (x,), (t,))[1],
+                                   want)
+        got = torch.func.grad(lambda x, m=m: m(x, mask=mask).sin().sum())(x)
+        xr = x.clone().requires_grad_(True)
+        ref(xr, mask=mask).sin().sum().backward()
+        torch.testing.assert_close(got, xr.grad)

@@ -279,3 +279,20 @@ def test_torch_func_sees_the_parameters_it_is_given():
         m, {"weight": w, "bias": torch.zeros(4)}, (x,)).square().sum())(w)
     want = 2 * w * torch.nn.functional.layer_norm(x, (4,)).square().sum(0)
     torch.testing.assert_close(g, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_shortcut_made_under_forward_mode_ad_is_not_kept_after_it():
+    """Inside a forward-mode AD ``dual_level`` the dispatcher hands numba's and hybrid's calls
+    to torch's kernels (their Functions have no jvp); a shortcut made there ran torch's kernel
+    after the dual level too, where the full path runs hybrid (channels-last instance norm:
+    normlab's closed-form backward, torch's is slow for that layout) or numba."""
+    fwad = torch.autograd.forward_ad
+    x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    m = nl.InstanceNorm2d(3, affine=True)
+    with ops.trace_backends() as ran:
+        m(x)
+        with fwad.dual_level():
+            for _ in range(3):
+                m(fwad.make_dual(x, torch.randn_like(x)))
+        m(x), m(x)
+    assert ran == ["hybrid", "native", "native", "native", "hybrid", "hybrid"]

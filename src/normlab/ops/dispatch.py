@@ -177,10 +177,16 @@ class Triton(Backend):
 MASKED_KINDS = ("batch", "instance", "group")
 
 
+# masked's and hybrid's autograd Functions have no setup_context or jvp: under a torch.func
+# transform or forward-mode AD (``_no_function_rules``) they raised; the next backend has rules
+_NO_RULES = "its autograd Function has no torch.func or forward-mode AD rules"
+
+
 class Masked(Backend):
     """``ops/masked.py``: masked batch/instance/group norm in the fewest eager passes (CPU)."""
 
     name = "masked"
+    hands_on = frozenset({_NO_RULES})
 
     def accepts(self, call):
         p = call.plan
@@ -194,6 +200,8 @@ class Masked(Backend):
             return "no positions to mask (a 2-D input)"
         if torch.compiler.is_compiling():
             return "under torch.compile (its finiteness check is data-dependent)"
+        if _no_function_rules():  # (it raised there; the reference's masked math has them)
+            return _NO_RULES
         return None
 
     def run(self, call):
@@ -218,7 +226,15 @@ _PW_RESIDUAL = "a residual not in x's dtype, shape and strides (numba reads it l
 # torch.func's grad/jvp/vjp gave a crash (the custom ops' autograd Function has no
 # setup_context) or, jvp, silently wrong tangents (no forward-mode rule); vmap ran them one
 # sample at a time: torch's kernels have rules for every transform
-_FUNCTORCH = "numba's custom ops have no torch.func (functorch) rules"
+_FUNCTORCH = "numba's custom ops have no torch.func (functorch) or forward-mode AD rules"
+_fwad = torch.autograd.forward_ad
+
+
+def _no_function_rules() -> bool:
+    """Whether a torch.func transform or forward-mode AD (a ``dual_level``) is active: numba's
+    custom ops and ``hybrid``'s autograd Function have no rules for them (forward-mode AD
+    raised NotImplementedError in both; torch.func raised in ``hybrid``), torch's kernels do."""
+    return torch._C._are_functorch_transforms_active() or _fwad._current_level >= 0
 
 
 class Numba(Backend):
@@ -266,7 +282,7 @@ class Numba(Backend):
         p, x = call.plan, call.x
         if x.device.type != "cpu":
             return "the input is not on the CPU"
-        if torch._C._are_functorch_transforms_active():
+        if _no_function_rules():
             return _FUNCTORCH
         if p.stats == "none":
             return self._accepts_pointwise(call)
@@ -433,6 +449,7 @@ class Hybrid(Backend):
     (which returns mean and rstd too) and the closed-form backward (``reference_op``)."""
 
     name = "hybrid"
+    hands_on = frozenset({_NO_RULES})
 
     def accepts(self, call):
         p = call.plan
@@ -443,6 +460,8 @@ class Hybrid(Backend):
         if call.x.dtype not in (torch.float32, torch.float64) and not call.explicit:
             # measured: the closed form in bfloat16 costs 1.8x torch's forward+backward
             return "half precision: torch's kernels are faster there"
+        if _no_function_rules():
+            return _NO_RULES
         return None
 
     def run(self, call):
@@ -454,15 +473,23 @@ class Hybrid(Backend):
         return native.epilogue(y, call.residual, call.activation), (mean, var, None)
 
 
+# DyT/Derf's autograd Function (ops/pointwise.py) has neither setup_context nor jvp: under a
+# torch.func transform or forward-mode AD it raised; the reference's torch ops have every rule
+_PW_FUNCTION = "DyT/Derf's autograd Function has no torch.func or forward-mode AD rules"
+
+
 class Native(Backend):
     """torch's own kernels, through views (``native.py``); the fastest correct path on CPU."""
 
     name = "native"
+    hands_on = frozenset({_PW_FUNCTION})
 
     def accepts(self, call):
         if call.mask is not None:
             return "torch has no masked normalization kernel (use backend=None, 'masked' or " \
                    "'reference')"
+        if call.plan.stats == "none" and _no_function_rules():
+            return _PW_FUNCTION
         return None
 
     def run(self, call):
@@ -504,14 +531,15 @@ class Native(Backend):
         device and autograd need, every other argument the same objects in the same state; or
         None where more happens around the kernel (a residual, an activation, statistics to
         compute, AdaIN, the pointwise kinds, an empty input) or the call is not plain eager
-        (``torch.compile``, a torch.func transform, ``torch.jit.trace``). The modules keep it
-        as their shortcut (``normlab.nn._shortcut``), re-checking all of that before each use.
+        (``torch.compile``, a torch.func transform or forward-mode AD, whose choice holds only
+        there, ``torch.jit.trace``). The modules keep it as their shortcut
+        (``normlab.nn._shortcut``), re-checking all of that before each use.
         Where ``native``'s wrapper would pass the arguments through unchanged, torch's function
         is called directly: the same kernel with the same arguments."""
         p, x, ax = call.plan, call.x, call.channel_axis
         if (call.residual is not None or call.activation is not None or call.mask is not None
                 or x.numel() == 0 or torch.compiler.is_compiling()
-                or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state()):
+                or _no_function_rules() or torch._C._get_tracing_state()):
             return None
         w, b, eps, r = call.weight, call.bias, call.eps, call.running
         plain = not native._needs_upcast(x) and not native._mixed(w, b)  # no float32 copies
@@ -521,7 +549,9 @@ class Native(Backend):
             if r is not None and r.mean is not None:  # instance norm's statistics to update
                 return None
             groups = x.shape[ax] if p.kind == "instance" else call.extra
-            if plain and (ax == 1 or x.dim() <= 2):
+            if plain and (ax == 1 or x.dim() <= 2) and x.is_contiguous():
+                # (not contiguous: native's wrapper, which makes forward-mode AD's input
+                # contiguous: native._forward_rule_safe)
                 return _recorded(_F.group_norm, groups, w, b, eps)
             return _recorded(native.group_norm, groups, w, b, eps, ax)
         if p.kind == "layer":
@@ -633,7 +663,7 @@ def select(call: Call, backend: str | None, start: int = 0) -> Backend:
     named, whether a backward will run, the activation and the residual's dtype and
     strides (and ``torch.compile`` and torch.func transforms, whose calls are not cached), so
     the choice is cached on those."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling() or _no_function_rules():
         return _select(call, backend, start)  # not cached
     r = call.residual
     key = (call.plan, call.x.is_cuda, call.mask is None, backend, start, _needs_grad(call),

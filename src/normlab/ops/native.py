@@ -83,16 +83,28 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, factor, eps
     return y if x_in is x else y.to(x.dtype)
 
 
+def _forward_rule_safe(x: torch.Tensor) -> torch.Tensor:
+    """``x``, contiguous under forward-mode AD or a torch.func transform: torch's forward-mode
+    rule for group norm views its input as (N, G, -1), which raises on a channels-last one
+    (torch.nn.GroupNorm raises there too; torch.nn.InstanceNorm, which normlab runs as group
+    norm, does not)."""
+    if x.is_contiguous() or (torch.autograd.forward_ad._current_level < 0
+                             and not torch._C._are_functorch_transforms_active()):
+        return x
+    return x.contiguous()
+
+
 def group_norm(x, num_groups, weight, bias, eps, channel_axis):
     xin = x
     if _needs_upcast(x) or _mixed(weight, bias):
         xin = x.float() if _needs_upcast(x) else x
         weight, bias = _float(weight), _float(bias)
     if channel_axis == -1 and x.dim() > 2:
-        y = F.group_norm(_channels_last_image(xin), num_groups, weight, bias, eps)
+        y = F.group_norm(_forward_rule_safe(_channels_last_image(xin)), num_groups, weight,
+                         bias, eps)
         y = _from_channels_last_image(y, x.shape)
     else:
-        y = F.group_norm(xin, num_groups, weight, bias, eps)
+        y = F.group_norm(_forward_rule_safe(xin), num_groups, weight, bias, eps)
     return y if xin is x else y.to(x.dtype)
 
 
