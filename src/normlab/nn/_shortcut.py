@@ -78,17 +78,29 @@ def _make(run, module, x):
 
 
 class Shortcuts:
-    """Mixed into the modules that keep a shortcut (before ``nn.Module``). Their forward:
-    ``_shortcut(self, input)`` when set and the call has no residual or mask and is not being
-    compiled (None: not taken), else ``_full(input)``, which runs ``_forward(input, None,
-    None, kept)`` and keeps the shortcut it leaves (from the second call in a row with one
-    input layout). ``_shortcut_params``/``_shortcut_buffers``:
+    """Mixed into the modules that keep a shortcut (before ``nn.Module``). Their forward is
+    ``_call``: ``_shortcut(self, input)`` when set and the call has no residual or mask and is
+    not being compiled (None: not taken), else ``_full(input)``, which runs ``_forward(input,
+    None, None, kept)`` and keeps the shortcut it leaves (from the second call in a row with
+    one input layout). ``_shortcut_params``/``_shortcut_buffers``:
     the names of the tensors the forward reads. The shortcut is dropped when an attribute
     changes, on ``_apply`` and when pickled."""
 
     _shortcut = None
     _shortcut_params: tuple[str, ...] = ("weight", "bias")
     _shortcut_buffers: tuple[str, ...] = ()
+
+    def _call(self, input, residual, mask):
+        """The modules' forward: the shortcut when kept and it takes the call, else the full
+        path (``_full``, or ``_forward`` with a residual or mask or under torch.compile)."""
+        if residual is None and mask is None and not torch.compiler.is_compiling():
+            use = self._shortcut
+            if use is not None:
+                y = use(self, input)
+                if y is not None:
+                    return y
+            return self._full(input)
+        return self._forward(input, residual, mask)
 
     def _full(self, input):
         # a shortcut is made on the second call in a row with the same input layout, so that

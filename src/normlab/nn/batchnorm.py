@@ -162,14 +162,7 @@ class BatchNorm(_NormBase):
     def forward(self, input, residual=None, mask=None):
         """``mask``: bool, the input's shape without the channel axis, True at real positions
         (see ``normlab.functional``)."""
-        if residual is None and mask is None and not torch.compiler.is_compiling():
-            use = self._shortcut  # (normlab.nn._shortcut)
-            if use is not None:
-                y = use(self, input)
-                if y is not None:
-                    return y
-            return self._full(input)
-        return self._forward(input, residual, mask)
+        return self._call(input, residual, mask)
 
     def _forward(self, input, residual, mask, shortcut=None):
         check_batch_input(self, input)
@@ -227,14 +220,7 @@ class InstanceNorm(_NormBase):
     def forward(self, input, residual=None, mask=None):
         """``mask``: bool, the input's shape without the channel axis, True at real positions
         (see ``normlab.functional``)."""
-        if residual is None and mask is None and not torch.compiler.is_compiling():
-            use = self._shortcut  # (normlab.nn._shortcut)
-            if use is not None:
-                y = use(self, input)
-                if y is not None:
-                    return y
-            return self._full(input)
-        return self._forward(input, residual, mask)
+        return self._call(input, residual, mask)
 
     def _forward(self, input, residual, mask, shortcut=None):
         name = type(self).__name__

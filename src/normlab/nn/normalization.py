@@ -62,14 +62,7 @@ class LayerNorm(Shortcuts, NotScriptable, nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, input, residual=None, mask=None):
-        if residual is None and mask is None and not torch.compiler.is_compiling():
-            use = self._shortcut  # (normlab.nn._shortcut)
-            if use is not None:
-                y = use(self, input)
-                if y is not None:
-                    return y
-            return self._full(input)
-        return self._forward(input, residual, mask)
+        return self._call(input, residual, mask)
 
     def _forward(self, input, residual, mask, shortcut=None):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
@@ -112,14 +105,7 @@ class RMSNorm(Shortcuts, NotScriptable, nn.Module):
             nn.init.ones_(self.weight)
 
     def forward(self, input, residual=None, mask=None):
-        if residual is None and mask is None and not torch.compiler.is_compiling():
-            use = self._shortcut  # (normlab.nn._shortcut)
-            if use is not None:
-                y = use(self, input)
-                if y is not None:
-                    return y
-            return self._full(input)
-        return self._forward(input, residual, mask)
+        return self._call(input, residual, mask)
 
     def _forward(self, input, residual, mask, shortcut=None):
         return F.rms_norm(input, self.normalized_shape, self.weight, self.eps,
@@ -166,14 +152,7 @@ class GroupNorm(Shortcuts, NotScriptable, nn.Module):
                 nn.init.zeros_(self.bias)
 
     def forward(self, input, residual=None, mask=None):
-        if residual is None and mask is None and not torch.compiler.is_compiling():
-            use = self._shortcut  # (normlab.nn._shortcut)
-            if use is not None:
-                y = use(self, input)
-                if y is not None:
-                    return y
-            return self._full(input)
-        return self._forward(input, residual, mask)
+        return self._call(input, residual, mask)
 
     def _forward(self, input, residual, mask, shortcut=None):
         F.check_num_features(input, self.num_channels, self.channel_axis, "GroupNorm")
