@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -125,9 +126,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.reps < 2:
         ap.error(f"--reps: expected at least 2, got {a.reps}")
+    cores = os.cpu_count() or 1
     for n in a.threads:
-        if not 1 <= n <= torch.get_num_threads() * 64:
-            ap.error(f"--threads: expected positive thread counts, got {n}")
+        if not 1 <= n <= cores:
+            ap.error(f"--threads: expected thread counts in [1, {cores}] (the cores), got {n}")
+    if not Path(a.out).resolve().parent.is_dir():
+        ap.error(f"--out: expected a file in an existing folder, got {a.out!r}")
     torch.manual_seed(0)
     with open(a.out, "a") as out:
         for name in a.models:

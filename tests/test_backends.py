@@ -145,6 +145,15 @@ def test_numba_hands_torch_func_transforms_to_torchs_kernels():
         torch.testing.assert_close(got, want)
 
 
+def _same_jvp_and_grad(m, ref, x, t):
+    """torch.func's jvp (tangent ``t``) and grad of ``sin(f(x)).sum()`` agree for ``m`` and
+    ``ref``."""
+    torch.testing.assert_close(torch.func.jvp(m, (x,), (t,))[1],
+                               torch.func.jvp(ref, (x,), (t,))[1])
+    got, want = (torch.func.grad(lambda x, f=f: f(x).sin().sum())(x) for f in (m, ref))
+    torch.testing.assert_close(got, want)
+
+
 def test_forward_mode_ad_and_torch_func_run_on_torchs_kernels():
     """Forward-mode AD (``torch.autograd.forward_ad``, not a torch.func transform) raised
     NotImplementedError in numba's custom ops (no jvp), by default from 256 Ki elements; and
@@ -178,10 +187,7 @@ def test_forward_mode_ad_and_torch_func_run_on_torchs_kernels():
             with fwad.dual_level():
                 want = fwad.unpack_dual(ref(fwad.make_dual(x, t))).tangent
             torch.testing.assert_close(got, want)
-        torch.testing.assert_close(torch.func.jvp(m, (x,), (t,))[1],
-                                   torch.func.jvp(ref, (x,), (t,))[1])
-        got, want = (torch.func.grad(lambda x, f=f: f(x).sin().sum())(x) for f in (m, ref))
-        torch.testing.assert_close(got, want)
+        _same_jvp_and_grad(m, ref, x, t)
     # group norm on that layout: torch's kernel, by a shortcut made outside (torch.nn.GroupNorm
     # itself raises there: compared on a contiguous copy)
     m, ref, x, t = nl.GroupNorm(2, 6), torch.nn.GroupNorm(2, 6), cases[0][2], cases[0][3]
@@ -202,7 +208,4 @@ def test_forward_mode_ad_and_torch_func_run_on_torchs_kernels():
             got = fwad.unpack_dual(m(fwad.make_dual(x, t))).tangent
             want = fwad.unpack_dual(ref(fwad.make_dual(x, t))).tangent
         torch.testing.assert_close(got, want)
-        torch.testing.assert_close(torch.func.jvp(m, (x,), (t,))[1],
-                                   torch.func.jvp(ref, (x,), (t,))[1])
-        got, want = (torch.func.grad(lambda x, f=f: f(x).sin().sum())(x) for f in (m, ref))
-        torch.testing.assert_close(got, want)
+        _same_jvp_and_grad(m, ref, x, t)
