@@ -308,3 +308,25 @@ def _parametrized(make):
         parametrize.register_parametrization(m, "weight", _Doubled())
         parametrize.register_parametrization(m, "running_var", _Doubled())
         yield m
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64],
+                         ids=["bf16", "f16", "f32", "f64"])
+@pytest.mark.parametrize("backend", [None, "reference"])
+def test_rms_norm_default_eps_is_torchs(dtype, backend):
+    """``eps=None`` is the epsilon torch.nn.RMSNorm's kernel uses: the statistics dtype's
+    (float32's for half input; bfloat16's own, 0.0078, would swamp the mean square of small
+    activations). The input is scaled so that mean(x^2) is ten times that epsilon: the eps
+    moves the output by ~5%, so a wrong one (the input dtype's, or none) shows."""
+    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    torch.manual_seed(0)
+    x = (torch.randn(6, 64, dtype=torch.float64) * (10 * eps) ** 0.5).to(dtype)
+    ref = tnn.RMSNorm(64, eps=None, dtype=dtype)
+    ours = nl.RMSNorm(64, eps=None, dtype=dtype, backend=backend)
+    with torch.no_grad():
+        ref.weight.copy_(torch.rand(64) + 0.5)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    expected = ref(x)
+    oracle.close(ours(x), expected, dtype)
+    without = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True))
+    assert (expected.double() - without * ref.weight.double()).abs().max() > 0.02  # eps counts

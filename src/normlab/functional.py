@@ -68,7 +68,7 @@ from collections.abc import Sequence
 import torch
 
 from normlab import ops
-from normlab.reference import ACTIVATIONS
+from normlab.reference import ACTIVATIONS, stat_dtype
 
 __all__ = [
     "adaptive_instance_norm",
@@ -606,13 +606,16 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, cha
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, channel_axis=-1, residual=None,
              activation=None, backend=None, mask=None, _shortcut=None):
     """RMS norm: ``x / sqrt(mean(x^2) + eps) * weight`` over the ``normalized_shape`` block.
-    ``eps=None`` means ``torch.finfo(input.dtype).eps``, as torch.nn.RMSNorm."""
+    ``eps=None`` means the machine epsilon of the dtype the statistics are computed in, as
+    torch's kernel does: ``torch.finfo(input.dtype).eps`` for float32 and float64, float32's
+    for float16 and bfloat16 input (torch's documentation says the input's dtype; its kernel
+    uses float32's, and bfloat16's 0.0078 would swamp the mean square of small activations)."""
     _check_common(input, eps, channel_axis, residual, activation, backend, 1, "rms_norm")
     normalized_shape = normalize_shape(normalized_shape)
     _check_block(input, normalized_shape, channel_axis)
     _check_per_element(weight, "weight", normalized_shape, input, any_dtype=True)
     _check_mask(mask, input, channel_axis)
-    eps = torch.finfo(input.dtype).eps if eps is None else float(eps)
+    eps = torch.finfo(stat_dtype(input.dtype)).eps if eps is None else float(eps)
     return ops.rms_norm(input, normalized_shape, weight, eps, channel_axis=channel_axis,
                         residual=residual, activation=activation, backend=backend, mask=mask,
                         shortcut=_shortcut)

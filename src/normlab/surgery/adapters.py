@@ -267,7 +267,7 @@ _ENTRIES: list[tuple[str, Callable, str]] = [
     ("torch.nn.modules.normalization:LayerNorm", _layer(), "layer norm, trailing dims"),
     ("torch.nn.modules.normalization:GroupNorm", _group(), "group norm, channels at axis 1"),
     ("torch.nn.modules.normalization:RMSNorm", _rms(), "RMS norm, trailing dims, eps None = "
-     "finfo(dtype).eps"),
+     "finfo(statistics dtype).eps"),
     # timm.layers
     (f"{T}:LayerNorm", _layer(), "nn.LayerNorm (fast-norm flag off)"),
     (f"{T}:LayerNorm2d", _layer(1), "layer norm over C of (N, C, H, W) by permute"),
