@@ -57,6 +57,17 @@ CASES = [
     # rows of whole cache lines, at least 256 long: the only rows streamed (others plain)
     ("layer-blocks-1024", "layer", (37, 1024), {"ns": (1024,)}),
     ("rms-blocks-512", "rms", (67, 512), {"ns": (512,)}),
+    # over the channel of channels-first memory (timm's LayerNorm2d): columns with a weight per
+    # row; primes; one sample (on 2 threads its columns split in two units, the second
+    # shorter); more channels than a block of summed rows (64); one channel; one position;
+    # (N, C, L)
+    ("layer-channels-first-primes", "layer", (3, 5, 7, 11), {"ns": (5,), "channel_axis": 1}),
+    ("rms-channels-first-N1-C67", "rms", (1, 67, 9, 13), {"ns": (67,), "channel_axis": 1}),
+    ("layer-channels-first-N1-C130", "layer", (1, 130, 3, 37), {"ns": (130,),
+                                                                "channel_axis": 1}),
+    ("layer-channels-first-C1", "layer", (4, 1, 5, 3), {"ns": (1,), "channel_axis": 1}),
+    ("rms-channels-first-P1", "rms", (6, 9, 1, 1), {"ns": (9,), "channel_axis": 1}),
+    ("layer-channels-first-NCL", "layer", (2, 96, 37), {"ns": (96,), "channel_axis": 1}),
 ]
 
 
@@ -81,8 +92,8 @@ def _normlab(kind, x, w, b, opts, backend="numba"):
     if kind == "group":
         return F.group_norm(x, opts["groups"], w, b, backend=backend, **ax)
     if kind == "layer":
-        return F.layer_norm(x, opts["ns"], w, b, backend=backend)
-    return F.rms_norm(x, opts["ns"], w, 1e-6, backend=backend)
+        return F.layer_norm(x, opts["ns"], w, b, backend=backend, **ax)
+    return F.rms_norm(x, opts["ns"], w, 1e-6, backend=backend, **ax)
 
 
 def _oracle(kind, x, w, b, opts):
@@ -364,8 +375,8 @@ def test_which_calls_it_takes_by_default():
 
 def test_which_layer_norms_it_takes_by_default():
     """float32 rows of at least 64 elements from 4 Mi elements, with or without a backward, at
-    1 and 2 threads; torch's kernel below 4 Mi, for rows of 32, in float64, and for layer norm
-    not read as rows."""
+    1 and 2 threads; torch's kernel below 4 Mi, for rows of 32, in float64, strided; over the
+    channel of channels-first memory from MIN_NUMEL."""
     x = torch.randn(4096, 1024)
     before = torch.get_num_threads()
     try:
@@ -377,10 +388,17 @@ def test_which_layer_norms_it_takes_by_default():
             F.layer_norm(x[:, :1016].contiguous(), (1016,))  # below 4 Mi
             F.layer_norm(torch.randn(131072, 32), (32,))  # rows of 32
             F.layer_norm(x.double().requires_grad_(), (1024,))  # float64
+            F.layer_norm(x.reshape(64, 64, 32, 32)[:, :, ::2], (64,), channel_axis=1)  # strided
+            # over the channel of channels-first memory (no torch kernel): from MIN_NUMEL
             F.layer_norm(x.reshape(64, 64, 32, 32).requires_grad_(), (64,), channel_axis=1)
+            F.rms_norm(x[:256].reshape(16, 64, 16, 16), (64,), channel_axis=1)  # 256 Ki
+            F.rms_norm(x[:255].reshape(15, 68, 16, 16), (68,), channel_axis=1)  # below
+            F.layer_norm(x.reshape(64, 32, 32, 64).permute(0, 3, 1, 2), (64,),
+                         channel_axis=1)  # channels last in memory: torch's kernel in place
     finally:
         torch.set_num_threads(before)
-    assert ran == ["numba", "numba", "numba", "numba", "native", "native", "native", "native"]
+    assert ran == ["numba", "numba", "numba", "numba", "native", "native", "native", "native",
+                   "numba", "numba", "native", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():

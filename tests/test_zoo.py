@@ -83,6 +83,42 @@ def test_batch_norm_act_keeps_its_activation_and_state_dict_keys():
                                                  mode)()(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["LayerNorm2d", "RmsNorm2d"])
+def test_timm_channels_first_norms_take_the_numba_kernels_and_match_timm(name):
+    """timm's LayerNorm2d / RmsNorm2d (a norm over the channel of NCHW, by permutes) converted
+    by ``to_normlab`` run on the numba channels kernels by default at a ConvNeXt stem's size
+    (torch has no kernel for it), and match timm's own module in float64 (an implementation
+    not ours) in output, input gradient and parameter gradients, float32 tolerances."""
+    from normlab import ops
+    from normlab.ops import cpu_op
+    from tests import oracle
+
+    if not cpu_op.available():
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(0)
+    ref = getattr(timm.layers, name)(96)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+    ours = to_normlab(ref)
+    x = torch.randn(2, 96, 56, 56, generator=g) * 3 + 1  # 602 Ki elements
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    leaf = x.clone().requires_grad_()
+    with ops.trace_backends() as ran:
+        y = ours(leaf)
+    y.backward(dy.float())
+    assert ran == ["numba"] and y.stride() == x.stride()
+    ref64 = copy.deepcopy(ref).double()
+    leaf64 = x.double().requires_grad_()
+    ref64(leaf64).backward(dy)
+    oracle.close(y, ref64(x.double()), torch.float32)
+    oracle.close(leaf.grad, leaf64.grad, torch.float32)
+    n = x.numel() // 96  # terms in each parameter's gradient
+    for (pn, p), p64 in zip(ours.named_parameters(), ref64.parameters(), strict=True):
+        assert torch.isfinite(p.grad).all(), pn
+        oracle.close(p.grad, p64.grad, torch.float32, scale=n ** 0.5)
+
+
 def test_fold_keeps_the_activation_of_timm_norm_act_and_reports_densenet():
     for name, size in (("efficientnet_b0", 32), ("mobilenetv3_small_100", 32)):
         model, x = zoo.build(zoo.Entry("timm", name, name, size))

@@ -17,9 +17,11 @@ normlab time / baseline time, each pair measured back to back.
 A case may name its own baseline and add *context* providers timed in the same rotation
 (A B C, C B A, ...): DyT and Derf, which torch.nn lacks, are measured against the plain torch
 composition ``w * torch.tanh(a * x) + b`` (autograd's backward), with torch.nn's LayerNorm of
-the same shape beside them for context. In forward+backward mode each provider's row also
-carries ``saved_mb``: the bytes autograd keeps for the backward beyond the input and the
-parameters (measured with ``torch.autograd.graph.saved_tensors_hooks``).
+the same shape beside them for context; layer norm over the channel of NCHW (LayerNorm2d),
+which torch.nn lacks too, against timm's composition ``permute -> F.layer_norm -> permute``.
+In forward+backward mode each provider's row also carries ``saved_mb``: the bytes autograd
+keeps for the backward beyond the input and the parameters (measured with
+``torch.autograd.graph.saved_tensors_hooks``).
 """
 
 from __future__ import annotations
@@ -77,6 +79,23 @@ class TorchPointwise(torch.nn.Module):
         return w * torch.erf(self.alpha * x + self.shift) + b
 
 
+class TorchLayerNorm2d(torch.nn.Module):
+    """Layer norm over the channel of NCHW as timm's LayerNorm2d (ConvNeXt, SAM, ...) writes it
+    with torch ops: ``permute -> F.layer_norm -> permute back`` (torch.nn has no layer norm over
+    axis 1; its kernel copies the permuted input to contiguous, and the output is left in
+    channels-last strides): the baseline of normlab's ``LayerNorm(channel_axis=1)``."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(c))
+        self.bias = torch.nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        y = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape,
+                                           self.weight, self.bias, 1e-5)
+        return y.permute(0, 3, 1, 2)
+
+
 class Recomputing(torch.nn.Module):
     """normlab's native DyT/Derf Function in its memory-saving variant (``recompute=True``:
     only the inputs kept, tanh recomputed in backward), timed beside the default."""
@@ -119,6 +138,9 @@ CASES: tuple[Case, ...] = (
     Case("BatchNorm2d", "channels_last", IMG, IMG_Q,
          _pair(torch.nn.BatchNorm2d, nl.BatchNorm2d, 64)),
     Case("LayerNorm", "rows", ROWS, ROWS_Q, _pair(torch.nn.LayerNorm, nl.LayerNorm, 1024)),
+    Case("LayerNorm2d", "nchw", IMG, IMG_Q,
+         lambda: (TorchLayerNorm2d(64), nl.LayerNorm(64, channel_axis=1)),
+         "torch permute+layer_norm"),
     Case("GroupNorm32", "nchw", IMG, IMG_Q, _pair(torch.nn.GroupNorm, nl.GroupNorm, 32, 64)),
     Case("GroupNorm32", "channels_last", IMG, IMG_Q,
          _pair(torch.nn.GroupNorm, nl.GroupNorm, 32, 64)),

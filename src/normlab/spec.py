@@ -106,8 +106,9 @@ class Kernel:
     element at memory offset ``o`` uses weight ``(o // INNER) % PERIOD``. ``affine`` and
     ``mask`` are unused there (``(1, 0, 0, 0, 0)``, None)."""
 
-    family: str  # ROW (one program per group), COLUMN (D2 == 1, adjacent groups per program)
-    # or ELEMENT (pointwise kinds: no groups)
+    family: str  # ROW (one program per group), COLUMN (D2 == 1, adjacent groups per program;
+    # the weight per group, S1, except layer and rms norm over the channel of channels-first
+    # memory, whose weight is per row of the column, S0) or ELEMENT (pointwise kinds)
     dims: tuple[int, int, int, int]
     affine: tuple[int, int, int, int, int]
     mask: tuple[int, int, int, int] | None
@@ -226,10 +227,18 @@ def _kernel(kind, shape, strides, c, num_groups, k, channel_axis) -> Kernel | No
         return _element_kernel(shape, strides, tuple(range(first, first + k)))
     if kind in ("layer", "rms"):
         trailing = channel_axis == -1 or k == ndim - 1
-        if not (trailing and _dense(shape, strides, range(ndim))):
+        if not _dense(shape, strides, range(ndim)):
             return None
-        length = prod(shape[ndim - k:])
-        return Kernel(ROW, (prod(shape) // max(length, 1), 1, 1, length), (1, 0, 0, 0, 1), None)
+        if trailing:
+            length = prod(shape[ndim - k:])
+            return Kernel(ROW, (prod(shape) // max(length, 1), 1, 1, length), (1, 0, 0, 0, 1),
+                          None)
+        if k == 1:  # over the channel of channels-first memory (timm's LayerNorm2d): a group
+            # per (sample, position), the C rows of its column, row d0 its own weight (S0)
+            n, ch = shape[0], shape[1]
+            return Kernel(COLUMN, (n, ch, prod(shape) // max(n * ch, 1), 1), (1, 0, 1, 0, 0),
+                          None)
+        return None
     if kind == "adain":
         return None
     last = _channels_last_memory(shape, strides, c)

@@ -82,7 +82,8 @@ class RMSNorm(Shortcuts, NotScriptable, nn.Module):
     """RMS norm (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * weight`` over the
     ``normalized_shape`` block; ``eps=None`` uses the machine epsilon of the statistics' dtype
     as torch.nn.RMSNorm's kernel does (``torch.finfo(input.dtype).eps``; float32's for float16
-    and bfloat16 input, see ``normlab.functional.rms_norm``). ``channel_axis`` as in :class:`LayerNorm`."""
+    and bfloat16 input, see ``normlab.functional.rms_norm``). ``channel_axis`` as in
+    :class:`LayerNorm`."""
 
     _shortcut_params = ("weight",)
 

@@ -3,13 +3,15 @@ custom ops (with fake implementations, so ``torch.compile(fullgraph=True)`` trac
 them) and an autograd formula.
 
 The input's memory is read in place through ``spec.plan(..., strides=...).kernel``'s 4-D view
-``(NB, D0, D1, D2)`` (a group is one ``(b, d1)`` reduced over ``(d0, d2)``), in one of three
+``(NB, D0, D1, D2)`` (a group is one ``(b, d1)`` reduced over ``(d0, d2)``), in one of four
 shapes (``_shape``): *rows* (layer, rms: one group per row, fused), *lines* (channels first:
 each run of ``D2`` positions shares one weight; one fused unit per group, statistics merged
-in the kernel) and *columns* (channels innermost: one sample per unit when it fits in
+in the kernel), *columns* (channels innermost: one sample per unit when it fits in
 ``SAMPLE_BYTES``, otherwise chunks of ``TILE`` elements' rows whose per-column partial
 statistics the same kernel merges by Chan's formula between its statistics and output loops;
-one launch per forward and per backward). Eager calls on plain tensors go through
+one launch per forward and per backward) and *channels* (layer and rms norm over the channel
+of channels-first memory: the columns with a weight per row, ``_chan_block`` columns per
+unit). Eager calls on plain tensors go through
 ``_Eager`` (the same functions, without the custom op's dispatcher work), or no Function at
 all where autograd records nothing; there batch norm's running statistics move in the same
 launch (``_update_running``). The Python around a small call is most of its time (a warm
@@ -49,7 +51,7 @@ __all__ = ["available", "numba_norm"]
 _LOCK = threading.Lock()
 TILE = 1 << 14  # elements per chunk of rows in the column statistics (64 KiB of float32: in L2)
 SAMPLE_BYTES = 1 << 22  # a sample this small is normalized in one unit (it stays in cache)
-ROWS, LINES, COLUMNS = 0, 1, 2
+ROWS, LINES, COLUMNS, CHANNELS = 0, 1, 2, 3
 
 
 _AVAILABLE = importlib.util.find_spec("numba") is not None
@@ -100,7 +102,7 @@ def _update_running(running, mean, var, group_size):
 def _shape(dims, affine, family) -> int:
     """Which of the kernels' three readings of the memory a 4-D view takes."""
     if family == spec.COLUMN:
-        return COLUMNS
+        return CHANNELS if affine[2] != 0 else COLUMNS  # a weight per row (S0): the channels
     if affine[4] == 0:  # the D2 positions of a line share one weight: channels first
         return LINES
     if dims[1] == 1 and dims[2] == 1:  # layer and rms: one group per row
@@ -190,6 +192,17 @@ class _launch:  # noqa: N801 -- used as a function: ``with _launch(numba, k) as 
             _LOCK.release()
 
 
+def _chan_block(nb, w, nth) -> int:
+    """The channels' columns per unit: a whole sample (its C x positions in cache between the
+    statistics and the output; blocks of ~``TILE`` elements measured 1.2-1.6x slower), split
+    in ``ceil(nth / nb)`` blocks (of whole 32-byte vectors) when the samples are fewer than
+    the threads."""
+    if nb >= nth:
+        return w
+    per = -(-w // -(-nth // nb))
+    return max(8, -(-per // 8) * 8)
+
+
 def _fused_columns(x, dims) -> bool:
     """Whether a columns-shaped call normalizes one sample per unit (several samples, each
     small enough to stay in cache) rather than in chunks of rows merged afterwards."""
@@ -233,6 +246,13 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps, stats_shape=N
         with _launch(numba, k) as (kern, _):
             kern.rows_fwd(_np(x, (nb, d2)), w, b, centered, eps, _zero(sdt),
                           _np(y, (nb, d2)), mn, rn, vn)
+        return y, mean, rstd, var
+    if shape == CHANNELS:  # layer/rms norm over the channel of channels-first memory
+        (mean, rstd, var), (mn, rn, vn) = _stat_arrays(sdt, (nb, d1), stats_shape)
+        w, b = _param_np(weight, d0, 1.0, x.dtype), _param_np(bias, d0, 0.0, x.dtype)
+        with _launch(numba, k) as (kern, nth):
+            kern.chan_fwd(_np(x, (nb, d0, d1)), w, b, centered, eps, _chan_block(nb, d1, nth),
+                          _np(y, (nb, d0, d1)), mn, rn, vn)
         return y, mean, rstd, var
     idx, cw = _affine_index(dims, affine, shape)
     if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)
@@ -305,6 +325,15 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
             kern.rows_bwd(_np(dy, (nb, d2)), _np(x, (nb, d2)), w, _stat_np(mean, nb),
                           _stat_np(rstd, nb), centered, _zero(sdt), nth, _np(dx, (nb, d2)),
                           p[0], p[1])
+        return dx, p[0].sum(0), p[1].sum(0)
+    if shape == CHANNELS:
+        w = _param_np(weight, d0, 1.0, x.dtype)
+        with _launch(numba, k) as (kern, nth):
+            cb = _chan_block(nb, d1, nth)
+            p = np.empty((2, nb * -(-d1 // cb), d0))  # per unit: dweight, dbias
+            kern.chan_bwd(_np(dy, (nb, d0, d1)), _np(x, (nb, d0, d1)), w,
+                          _stat_np(mean, (nb, d1)), _stat_np(rstd, (nb, d1)), centered,
+                          _zero(sdt), cb, _np(dx, (nb, d0, d1)), p[0], p[1])
         return dx, p[0].sum(0), p[1].sum(0)
     idx, cw = _affine_index(dims, affine, shape)
     if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)

@@ -156,8 +156,8 @@ class Triton(Backend):
             return ADAIN
         if call.x.numel() == 0:
             return EMPTY
-        if p.kernel is None:
-            return LAYOUT
+        if p.kernel is None or _weight_per_row(p.kernel):  # the column kernels index the
+            return LAYOUT  # weight by the group
         if call.mask is not None and p.kernel.mask is None:
             return MASKED_BLOCK
         return None
@@ -255,7 +255,10 @@ class Numba(Backend):
     # instance 0.31-0.35; at 64 Ki 0.78-1.01), RMS norm from MIN_NUMEL_RMS (512 Ki: 0.59-0.93;
     # 256 Ki forward 1.02); layer norm read as rows from MIN_NUMEL_LAYER (at 1 Mi rows of 384
     # and 768 floats measured 1.08-1.25, of 4096 at 2 threads 1.54 forward+backward; at 4 Mi
-    # 0.81-1.01), rows of at least MIN_ROW elements (layer norm rows of 24: 0.99-1.30); not group
+    # 0.81-1.01), rows of at least MIN_ROW elements (layer norm rows of 24: 0.99-1.30); layer
+    # and RMS norm over the channel of channels-first memory from MIN_NUMEL (torch has no
+    # kernel: against its permute -> layer_norm -> permute composition, timm's LayerNorm2d,
+    # 0.41-0.54 forward, 0.24-0.32 forward+backward at ConvNeXt's shapes); not group
     # norm with the channel outermost (torch's fused forward is as fast); channels first, lines
     # of at least MIN_LINE_BATCH / MIN_LINE_INSTANCE positions (shorter lines: up to 1.5x
     # slower); batch norm with the channel innermost when the channels fill whole 32-byte
@@ -325,6 +328,8 @@ class Numba(Backend):
         if n < self.MIN_NUMEL:
             return f"an input below Numba.MIN_NUMEL ({self.MIN_NUMEL}) elements"
         if p.kind in ("layer", "rms"):
+            if _weight_per_row(k):  # torch has no kernel: a copy to channels-last and back
+                return None
             if not _rows(k):
                 return "layer/rms norm not read as rows (not measured)"
             if k.dims[3] < self.MIN_ROW:
@@ -422,6 +427,12 @@ def _upcast_pays(call: Call) -> bool:
     if p.kind == "group" and p.kernel.affine[4] != 0:  # the channel innermost
         return call.explicit or x.numel() >= Numba.MIN_NUMEL_GROUP_CL
     return False
+
+
+def _weight_per_row(kernel) -> bool:
+    """Whether a kernel view is the columns with a weight per row (layer and RMS norm over the
+    channel of channels-first memory: ``cpu_op``'s CHANNELS), not per column."""
+    return kernel.family == spec.COLUMN and kernel.affine[2] != 0
 
 
 def _rows(kernel) -> bool:

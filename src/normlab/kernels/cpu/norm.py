@@ -17,6 +17,10 @@ D2)``, a group being one ``(b, d1)`` reduced over ``(d0, d2)``):
 * **columns** (the channel innermost): ``(NB, R, W)``, per-column statistics in one pass
   (a sample per unit, or chunks of rows), merged in the kernel, then a per-column affine pass;
   the backward likewise.
+* **channels** (layer and RMS norm over the channel of channels-first memory, timm's
+  LayerNorm2d): ``(NB, R, W)`` with a group per column and a weight per row (``chan_fwd``,
+  ``chan_bwd``): the columns' statistics over a sample (or, with fewer samples than threads,
+  a block of its columns), then the output with the row's weight, the rows walked back.
 
 The rows' and the lines' forward statistics sum each row or line in one pass about a shift
 within one standard deviation of its mean (at most one bit cancels; a row's shift is the mean
@@ -50,8 +54,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["SERIAL", "cols_bwd_chunked", "cols_bwd_fused", "cols_fwd_chunked", "cols_fwd_fused",
-           "lines_bwd_fused", "lines_fwd_fused", "rows_bwd", "rows_fwd"]
+__all__ = ["SERIAL", "chan_bwd", "chan_fwd", "cols_bwd_chunked", "cols_bwd_fused",
+           "cols_fwd_chunked", "cols_fwd_fused", "lines_bwd_fused", "lines_fwd_fused", "rows_bwd",
+           "rows_fwd"]
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}  # no "nnan"/"ninf": NaN input gives NaN output
 _JIT = dict(parallel=True, fastmath=_FAST, cache=True, nogil=True)
@@ -833,16 +838,14 @@ def _col_dx(ds, gs, xs, lo, hi, a, c1, m, c2, stream):
 
 
 @njit(fastmath=_FAST, inline="always")
-def _col_block(xs, lo, hi, centered, k, a1, a2):
-    """Rows [lo, hi) of the 2-D C-contiguous ``xs``, per column j: k[j] = xs[lo, j] (0
-    uncentered), a1[j] = sum(d), a2[j] = sum(d^2), d = xs[r, j] - k[j], in xs's precision:
-    strips of 8, 4, 1 vectors of columns (``_strips``), the last columns (fewer than a
-    vector's) in a loop."""
-    W = xs.shape[1]
-    for j in range(W):
+def _col_block(xs, lo, hi, j0, W, centered, k, a1, a2):
+    """Rows [lo, hi) and columns [j0, W) of the 2-D C-contiguous ``xs``, per column j: k[j] =
+    xs[lo, j] (0 uncentered), a1[j] = sum(d), a2[j] = sum(d^2), d = xs[r, j] - k[j], in xs's
+    precision: strips of 8, 4, 1 vectors of columns (``_strips``), the last columns (fewer
+    than a vector's) in a loop."""
+    for j in range(j0, W):
         k[j] = xs[lo, j] if centered else 0.0
     v = 32 // xs.itemsize
-    j0 = 0
     while j0 + 8 * v <= W:
         _STRIP8(xs, lo, hi, j0, k, a1, a2)
         j0 += 8 * v
@@ -864,22 +867,23 @@ def _col_block(xs, lo, hi, centered, k, a1, a2):
 
 
 @njit(fastmath=_FAST, inline="always")
-def _col_stats(xs, lo, hi, centered, k, a1, a2, m, q):
-    """Per column of the 2-D ``xs`` over rows [lo, hi): the mean m[j] and the squared
-    deviations q[j] (float64 arrays), blocks of _CBLOCK rows (``_col_block``; k, a1, a2
-    scratch in xs's dtype) merged by Chan's formula; uncentered: m 0, q the sum of squares."""
-    W = xs.shape[1]
-    for j in range(W):
+def _col_stats(xs, lo, hi, centered, k, a1, a2, m, q, j0=0, j1=-1):
+    """Per column j of the 2-D ``xs`` over rows [lo, hi) (columns [j0, j1), all by default):
+    the mean m[j] and the squared deviations q[j] (float64 arrays), blocks of _CBLOCK rows
+    (``_col_block``; k, a1, a2 scratch in xs's dtype) merged by Chan's formula; uncentered:
+    m 0, q the sum of squares."""
+    W = xs.shape[1] if j1 < 0 else j1
+    for j in range(j0, W):
         m[j] = 0.0
         q[j] = 0.0
     n = 0.0
     for b0 in range(lo, hi, _CBLOCK):
         b1 = min(hi, b0 + _CBLOCK)
-        _col_block(xs, b0, b1, centered, k, a1, a2)
+        _col_block(xs, b0, b1, j0, W, centered, k, a1, a2)
         p = float(b1 - b0)
         f = p / (n + p)
         if centered:
-            for j in range(W):
+            for j in range(j0, W):
                 s1 = np.float64(a1[j])
                 bq = np.float64(a2[j]) - s1 * s1 / p
                 if bq < 0.0:  # rounding; NaN stays NaN
@@ -888,7 +892,7 @@ def _col_stats(xs, lo, hi, centered, k, a1, a2, m, q):
                 m[j] += d * f
                 q[j] += bq + d * d * (n * f)
         else:
-            for j in range(W):
+            for j in range(j0, W):
                 q[j] += a2[j]
         n += p
 
@@ -1125,6 +1129,125 @@ def cols_bwd_fused(dy, x, d2, cw, cm, cr, centered, sc, dx, sdy, sdyx):
         _col_dx(dx[b], dy[b], x[b], 0, R, sc[b, 0], sc[b, 1], cm[b], sc[b, 2], stream)
         if stream:
             _fence()
+
+
+# ---- the channels: layer and RMS norm over the channel of channels-first memory ----
+#
+# ``(NB, R, W)``: R channels of W positions per sample (NCHW), a group per (sample, position),
+# reduced over the R rows of its column; row r's weight and bias w[r], b[r] (timm's LayerNorm2d
+# and RmsNorm2d; torch.nn has no kernel for it, and its composition copies the input to
+# channels-last and the output back). One unit per (sample, block of ``cb`` columns): the
+# block (R x cb elements, ~``TILE``) stays in cache for its passes, and the units are
+# independent (no merge), so a single sample still uses every thread.
+
+@njit(fastmath={"nsz", "arcp"})
+def _gw_minus(g, w, c):
+    """g * w - c, the product rounded before the subtraction: not contracted to a fused
+    multiply-add (no "contract" flag; inlined into the kernel, each instruction keeps its own
+    flags), so that it is 0 when c is that rounded product (over one channel dx is exactly 0,
+    not the product's rounding error times rstd = 1 / sqrt(eps))."""
+    return g * w - c
+
+
+@njit(**_JIT)
+def chan_fwd(x, w, b, centered, eps, cb, y, mean, rstd, var):
+    """x, y (NB, R, W); w, b (R,) in x's dtype; ``cb`` columns per unit; mean, rstd, var
+    (NB, W) in x's dtype (mean 0 when not ``centered``). Per unit the block's per-column
+    statistics (``_col_stats`` over its columns: a shifted pass per _CBLOCK rows, merged by
+    Chan's formula), then y = ((x - m) * rstd) * w[r] + b[r], the rows walked back."""
+    NB, R, W = x.shape
+    nblk = (W + cb - 1) // cb
+    for u in prange(NB * nblk):
+        bi = u // nblk
+        j0 = (u % nblk) * cb
+        j1 = min(W, j0 + cb)
+        n = j1 - j0
+        xs = x[bi]
+        ys = y[bi]
+        k = np.empty(W, x.dtype)  # the columns' scratch is indexed from column 0
+        a1 = np.empty(W, x.dtype)
+        a2 = np.empty(W, x.dtype)
+        m = np.empty(W)
+        q = np.empty(W)
+        _col_stats(xs, 0, R, centered, k, a1, a2, m, q, j0, j1)
+        mm = np.empty(n, x.dtype)
+        rr = np.empty(n, x.dtype)
+        for j in range(n):
+            v = q[j0 + j] / R
+            r_ = 1.0 / np.sqrt(v + eps)
+            mean[bi, j0 + j] = m[j0 + j]
+            var[bi, j0 + j] = v
+            rstd[bi, j0 + j] = r_
+            mm[j] = m[j0 + j]
+            rr[j] = r_
+        for r in range(R - 1, -1, -1):
+            wr = w[r]
+            br = b[r]
+            yr = ys[r, j0:j1]  # row slices (see chan_bwd)
+            xr = xs[r, j0:j1]
+            for j in range(n):
+                yr[j] = ((xr[j] - mm[j]) * rr[j]) * wr + br
+
+
+@njit(**_JIT)
+def chan_bwd(dy, x, w, mean, rstd, centered, zero, cb, dx, dwp, dbp):
+    """The backward of ``chan_fwd``: per unit, per column sum(g) and sum(g * xhat) over the
+    rows (g = dy * w[r], blocks of _CBLOCK rows in x's precision added in float64) and per row
+    sum(dy * xhat), sum(dy) over the block's columns (into ``dwp``/``dbp`` (units, R),
+    float64: the caller adds the units, in order; ``zero``: 0 in x's dtype); then
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (no mean(g) when not ``centered``), the
+    rows walked back."""
+    NB, R, W = x.shape
+    nblk = (W + cb - 1) // cb
+    for u in prange(NB * nblk):
+        bi = u // nblk
+        j0 = (u % nblk) * cb
+        j1 = min(W, j0 + cb)
+        n = j1 - j0
+        xs = x[bi]
+        gs = dy[bi]
+        ds = dx[bi]
+        m = mean[bi, j0:j1]
+        rs = rstd[bi, j0:j1]
+        a1 = np.empty(n, x.dtype)
+        a2 = np.empty(n, x.dtype)
+        s1 = np.zeros(n)
+        s2 = np.zeros(n)
+        for r0 in range(0, R, _CBLOCK):
+            for j in range(n):
+                a1[j] = 0.0
+                a2[j] = 0.0
+            for r in range(r0, min(R, r0 + _CBLOCK)):
+                wr = w[r]
+                gr = gs[r, j0:j1]  # row slices: indexed from 0, the loops vectorize (with
+                xr = xs[r, j0:j1]  # xs[r, j0 + j] they ran 1.5x slower)
+                t1 = zero
+                t2 = zero
+                for j in range(n):
+                    g = gr[j]
+                    xh = (xr[j] - m[j]) * rs[j]
+                    a1[j] += g * wr
+                    a2[j] += (g * wr) * xh
+                    t1 += g * xh
+                    t2 += g
+                dwp[u, r] = t1
+                dbp[u, r] = t2
+            for j in range(n):
+                s1[j] += a1[j]
+                s2[j] += a2[j]
+        c1 = np.empty(n, x.dtype)
+        c2 = np.empty(n, x.dtype)
+        for j in range(n):
+            c1[j] = s1[j] / R if centered else 0.0
+            c2[j] = s2[j] / R
+        for r in range(R - 1, -1, -1):
+            wr = w[r]
+            dr = ds[r, j0:j1]
+            gr = gs[r, j0:j1]
+            xr = xs[r, j0:j1]
+            for j in range(n):
+                xh = (xr[j] - m[j]) * rs[j]
+                dr[j] = rs[j] * (_gw_minus(gr[j], wr, c1[j]) - xh * c2[j])
 
 
 # ---- the serial twins (module doc): the same source compiled without parallel=True ----
