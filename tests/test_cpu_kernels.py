@@ -376,7 +376,7 @@ def test_which_calls_it_takes_by_default():
 def test_which_layer_norms_it_takes_by_default():
     """float32 rows of at least 64 elements from 4 Mi elements, with or without a backward, at
     1 and 2 threads; torch's kernel below 4 Mi, for rows of 32, in float64, strided; over the
-    channel of channels-first memory from MIN_NUMEL."""
+    channel of channels-first memory from MIN_NUMEL, float32 and float64."""
     x = torch.randn(4096, 1024)
     before = torch.get_num_threads()
     try:
@@ -395,10 +395,13 @@ def test_which_layer_norms_it_takes_by_default():
             F.rms_norm(x[:255].reshape(15, 68, 16, 16), (68,), channel_axis=1)  # below
             F.layer_norm(x.reshape(64, 32, 32, 64).permute(0, 3, 1, 2), (64,),
                          channel_axis=1)  # channels last in memory: torch's kernel in place
+            # float64 too (torch has no kernel to be bit for bit with), not bfloat16
+            F.layer_norm(x.double().reshape(64, 64, 32, 32), (64,), channel_axis=1)
+            F.layer_norm(x.bfloat16().reshape(64, 64, 32, 32), (64,), channel_axis=1)
     finally:
         torch.set_num_threads(before)
     assert ran == ["numba", "numba", "numba", "numba", "native", "native", "native", "native",
-                   "numba", "numba", "native", "native"]
+                   "numba", "numba", "native", "native", "numba", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():
