@@ -376,7 +376,7 @@ def test_which_calls_it_takes_by_default():
 def test_which_layer_norms_it_takes_by_default():
     """float32 rows of at least 64 elements from 4 Mi elements, with or without a backward, at
     1 and 2 threads; torch's kernel below 4 Mi, for rows of 32, in float64, strided; over the
-    channel of channels-first memory from MIN_NUMEL, float32 and float64."""
+    channel of channels-first memory from MIN_NUMEL, float32, float64 and bfloat16."""
     x = torch.randn(4096, 1024)
     before = torch.get_num_threads()
     try:
@@ -395,13 +395,14 @@ def test_which_layer_norms_it_takes_by_default():
             F.rms_norm(x[:255].reshape(15, 68, 16, 16), (68,), channel_axis=1)  # below
             F.layer_norm(x.reshape(64, 32, 32, 64).permute(0, 3, 1, 2), (64,),
                          channel_axis=1)  # channels last in memory: torch's kernel in place
-            # float64 too (torch has no kernel to be bit for bit with), not bfloat16
+            # float64 too (torch has no kernel to be bit for bit with), bfloat16 (its bits)
             F.layer_norm(x.double().reshape(64, 64, 32, 32), (64,), channel_axis=1)
             F.layer_norm(x.bfloat16().reshape(64, 64, 32, 32), (64,), channel_axis=1)
+            F.layer_norm(x.half().reshape(64, 64, 32, 32), (64,), channel_axis=1)  # not float16
     finally:
         torch.set_num_threads(before)
     assert ran == ["numba", "numba", "numba", "numba", "native", "native", "native", "native",
-                   "numba", "numba", "native", "native", "numba", "native"]
+                   "numba", "numba", "native", "native", "numba", "numba", "native"]
 
 
 def test_asked_for_by_name_it_hands_on_what_it_has_no_kernel_for():
@@ -525,6 +526,41 @@ def test_half_precision_channels_last_norms_run_on_a_float32_copy(kind):
     for g, r, t, what in zip(got, want, base_g, ("dx", "dweight", "dbias"), strict=True):
         assert g.dtype == torch.bfloat16
         oracle.close_to_torch(g, r, t, torch.bfloat16, what)
+
+
+CHANNEL_CASES = [c for c in CASES if "channels-first" in c[0]]
+
+
+@pytest.mark.parametrize("case", CHANNEL_CASES, ids=[c[0] for c in CHANNEL_CASES])
+def test_channels_kernels_in_bfloat16(case, threads, poisoned):
+    """Layer/RMS norm over the channel of channels-first memory in bfloat16: the kernels read
+    its bits and compute in float32; output and every gradient within torch's own error
+    (``close_to_torch``: torch.nn's permute composition in bfloat16 against the float64
+    oracle), poisoned outputs, 1 and 2 threads; parameters in bfloat16 and in float32."""
+    _, kind, shape, opts = case
+    for pdt in (torch.bfloat16, torch.float32):
+        x, w, b = _make(kind, shape, opts, torch.float64)
+        x = x.bfloat16()
+        w, b = w.to(pdt), None if b is None else b.to(pdt)
+        dy = torch.randn(shape, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(3)).bfloat16()
+        with ops.trace_backends() as ran:
+            y, grads = _grads(lambda *t: _normlab(kind, *t, opts), x, w, b, dy)
+        assert ran == ["numba"] and y.dtype == torch.bfloat16 and y.stride() == x.stride()
+        y64, grads64 = _grads(lambda *t: _oracle(kind, *t, opts), x.double(), w.double(),
+                              None if b is None else b.double(), dy.double())
+        def base(*t, eps=1e-6 if kind == "rms" else 1e-5):
+            return oracle.torch_nn(kind, t[0], t[1].to(t[0].dtype), None if t[2] is None
+                                   else t[2].to(t[0].dtype), channel_axis=1,
+                                   normalized_shape=opts["ns"], eps=eps)
+        yb, gradsb = _grads(base, x, w, b, dy)
+        oracle.close_to_torch(y, y64, yb, torch.bfloat16)
+        for got, want, tb, what in zip(grads, grads64, gradsb, ("dx", "dweight", "dbias"),
+                                       strict=True):
+            if want is not None:
+                assert got.dtype == pdt if what != "dx" else got.dtype == torch.bfloat16
+                assert torch.isfinite(got).all()
+                oracle.close_to_torch(got, want, tb, torch.bfloat16, what)
 
 
 # ---------------------------------------------------------------------------------------------

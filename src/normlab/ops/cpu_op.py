@@ -18,8 +18,9 @@ launch (``_update_running``). The Python around a small call is most of its time
 (2, 64, 8, 8) batch norm: the kernel ~15 us of ~0.13 ms), so each torch op or ``.numpy()``
 avoided here counts (~1-5 us each; numba's own dispatch of the arguments is ~1 us).
 Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
-normalizations take only those two dtypes here (numba has no bfloat16; DyT and Derf, bfloat16
-included, are ``cpu_pointwise``'s). Which calls come here is ``dispatch.Numba.accepts``. A
+normalizations take only those two dtypes here (numba has no bfloat16), but the channels,
+which also read bfloat16 as its bits (``uint16``, computed and summed in float32, statistics
+float32); DyT and Derf, bfloat16 included, are ``cpu_pointwise``'s. Which calls come here is ``dispatch.Numba.accepts``. A
 double backward (a backward with ``create_graph=True``) of an eager call runs the reference
 math's differentiable backward instead of the kernels' (``_graph_backward``); the custom ops
 (``torch.compile``) have none (use ``backend="reference"``).
@@ -132,6 +133,8 @@ def _np(t: torch.Tensor, shape):
         t = t.detach()
     if not t.is_contiguous():
         t = t.as_strided((t.numel(),), (1,))
+    if t.dtype == torch.bfloat16:  # its bits (the channels kernels widen them)
+        return t.view(torch.int16).numpy().view(np.uint16).reshape(shape)
     return t.numpy().reshape(shape)
 
 
@@ -148,6 +151,11 @@ def _param_np(t, n, fill, dtype):
         a = (t.detach() if t.requires_grad else t).numpy()
         return a if a.ndim == 1 else a.reshape(-1)
     return _param(t, n, fill, dtype).numpy()
+
+
+def _out_zero(dtype):
+    """0 in the kernels' element type of an output of ``dtype`` (bfloat16: its bits)."""
+    return np.uint16(0) if dtype == torch.bfloat16 else _zero(dtype)
 
 
 @functools.cache
@@ -249,10 +257,10 @@ def _forward(x, weight, bias, dims, affine, family, centered, eps, stats_shape=N
         return y, mean, rstd, var
     if shape == CHANNELS:  # layer/rms norm over the channel of channels-first memory
         (mean, rstd, var), (mn, rn, vn) = _stat_arrays(sdt, (nb, d1), stats_shape)
-        w, b = _param_np(weight, d0, 1.0, x.dtype), _param_np(bias, d0, 0.0, x.dtype)
+        w, b = _param_np(weight, d0, 1.0, sdt), _param_np(bias, d0, 0.0, sdt)
         with _launch(numba, k) as (kern, nth):
             kern.chan_fwd(_np(x, (nb, d0, d1)), w, b, centered, eps, _chan_block(nb, d1, nth),
-                          _np(y, (nb, d0, d1)), mn, rn, vn)
+                          _out_zero(x.dtype), _np(y, (nb, d0, d1)), mn, rn, vn)
         return y, mean, rstd, var
     idx, cw = _affine_index(dims, affine, shape)
     if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)
@@ -327,13 +335,14 @@ def _backward(dy, x, weight, mean, rstd, dims, affine, family, centered):
                           p[0], p[1])
         return dx, p[0].sum(0), p[1].sum(0)
     if shape == CHANNELS:
-        w = _param_np(weight, d0, 1.0, x.dtype)
+        w = _param_np(weight, d0, 1.0, sdt)
         with _launch(numba, k) as (kern, nth):
             cb = _chan_block(nb, d1, nth)
             p = np.empty((2, nb * -(-d1 // cb), d0))  # per unit: dweight, dbias
             kern.chan_bwd(_np(dy, (nb, d0, d1)), _np(x, (nb, d0, d1)), w,
                           _stat_np(mean, (nb, d1)), _stat_np(rstd, (nb, d1)), centered,
-                          _zero(sdt), cb, _np(dx, (nb, d0, d1)), p[0], p[1])
+                          _zero(sdt), cb, _out_zero(x.dtype), _np(dx, (nb, d0, d1)), p[0],
+                          p[1])
         return dx, p[0].sum(0), p[1].sum(0)
     idx, cw = _affine_index(dims, affine, shape)
     if shape == LINES:  # one fused pass per group of D0 lines (a channel in batch norm)

@@ -289,7 +289,9 @@ class Numba(Backend):
             return _FUNCTORCH
         if p.stats == "none":
             return self._accepts_pointwise(call)
-        if x.dtype not in NUMBA_DTYPES and not _upcast_pays(call):
+        if (x.dtype not in NUMBA_DTYPES and not _upcast_pays(call)
+                and not (x.dtype == torch.bfloat16 and p.kernel is not None
+                         and _weight_per_row(p.kernel))):  # the channels read its bits
             return "numba has no kernels for this dtype (float32 and float64 only)"
         if p.stats == "running":
             return RUNNING

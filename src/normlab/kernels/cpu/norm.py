@@ -1,5 +1,5 @@
 """CPU kernels compiled by numba: the statistics and per-element passes of every kind, float32
-and float64, on numpy views of the input's memory (``normlab.ops.cpu_op`` makes the views,
+and float64 (the channels' also bfloat16, as its bits: ``_load``/``_store``), on numpy views of the input's memory (``normlab.ops.cpu_op`` makes the views,
 merges partial statistics and computes the per-line coefficients; nothing here allocates
 an activation-sized buffer or knows about autograd).
 
@@ -52,7 +52,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
+
+from normlab.kernels.cpu.pointwise import _narrow, _widen
 
 __all__ = ["SERIAL", "chan_bwd", "chan_fwd", "cols_bwd_chunked", "cols_bwd_fused",
            "cols_fwd_chunked", "cols_fwd_fused", "lines_bwd_fused", "lines_fwd_fused", "rows_bwd",
@@ -879,7 +881,7 @@ def _col_stats(xs, lo, hi, centered, k, a1, a2, m, q, j0=0, j1=-1):
     n = 0.0
     for b0 in range(lo, hi, _CBLOCK):
         b1 = min(hi, b0 + _CBLOCK)
-        _col_block(xs, b0, b1, j0, W, centered, k, a1, a2)
+        _block(xs, b0, b1, j0, W, centered, k, a1, a2)
         p = float(b1 - b0)
         f = p / (n + p)
         if centered:
@@ -1140,6 +1142,64 @@ def cols_bwd_fused(dy, x, d2, cw, cm, cr, centered, sc, dx, sdy, sdyx):
 # block (R x cb elements, ~``TILE``) stays in cache for its passes, and the units are
 # independent (no merge), so a single sample still uses every thread.
 
+def _load(v):
+    """An element of x, dy as the arithmetic's type: bfloat16 bits (uint16) widened to
+    float32, float32/float64 as they are (an overload: chosen when the kernel is compiled)."""
+
+
+@overload(_load, inline="always")
+def _load_impl(v):
+    if isinstance(v, types.Integer):
+        return lambda v: _widen(v)
+    return lambda v: v
+
+
+def _store(z, like):
+    """``z`` as the output's element type (``like``: 0 of it): bfloat16 bits rounded to
+    nearest-even, else the value (the assignment converts)."""
+
+
+@overload(_store, inline="always")
+def _store_impl(z, like):
+    if isinstance(like, types.Integer):
+        return lambda z, like: _narrow(np.float32(z), like)
+    return lambda z, like: z
+
+
+@njit(fastmath=_FAST, inline="always")
+def _col_block_bits(xs, lo, hi, j0, W, centered, k, a1, a2):
+    """``_col_block`` for bfloat16 bits, row by row (the strips load vectors of the array's own
+    type): each element widened to float32, the sums in float32."""
+    n = W - j0
+    kr = k[j0:W]
+    s1 = a1[j0:W]
+    s2 = a2[j0:W]
+    x0 = xs[lo, j0:W]
+    for j in range(n):
+        kr[j] = _widen(x0[j]) if centered else 0.0
+        s1[j] = 0.0
+        s2[j] = 0.0
+    for r in range(lo, hi):
+        xr = xs[r, j0:W]
+        for j in range(n):
+            d = _widen(xr[j]) - kr[j]
+            s1[j] += d
+            s2[j] += d * d
+
+
+def _block(xs, lo, hi, j0, W, centered, k, a1, a2):
+    """``_col_block``, or ``_col_block_bits`` for bfloat16 bits (an overload)."""
+
+
+@overload(_block, inline="always", jit_options={"fastmath": _FAST})
+def _block_impl(xs, lo, hi, j0, W, centered, k, a1, a2):
+    if isinstance(xs.dtype, types.Integer):
+        return lambda xs, lo, hi, j0, W, centered, k, a1, a2: _col_block_bits(
+            xs, lo, hi, j0, W, centered, k, a1, a2)
+    return lambda xs, lo, hi, j0, W, centered, k, a1, a2: _col_block(
+        xs, lo, hi, j0, W, centered, k, a1, a2)
+
+
 @njit(fastmath={"nsz", "arcp"})
 def _gw_minus(g, w, c):
     """g * w - c, the product rounded before the subtraction: not contracted to a fused
@@ -1150,11 +1210,13 @@ def _gw_minus(g, w, c):
 
 
 @njit(**_JIT)
-def chan_fwd(x, w, b, centered, eps, cb, y, mean, rstd, var):
-    """x, y (NB, R, W); w, b (R,) in x's dtype; ``cb`` columns per unit; mean, rstd, var
-    (NB, W) in x's dtype (mean 0 when not ``centered``). Per unit the block's per-column
-    statistics (``_col_stats`` over its columns: a shifted pass per _CBLOCK rows, merged by
-    Chan's formula), then y = ((x - m) * rstd) * w[r] + b[r], the rows walked back."""
+def chan_fwd(x, w, b, centered, eps, cb, oz, y, mean, rstd, var):
+    """x, y (NB, R, W): float32, float64, or bfloat16 as its bits (uint16; computed in
+    float32); w, b (R,), mean, rstd, var (NB, W) in the statistics' dtype (mean 0 when not
+    ``centered``); ``cb`` columns per unit; ``oz``: 0 in y's element type. Per unit the block's
+    per-column statistics (``_col_stats`` over its columns: a shifted pass per _CBLOCK rows,
+    merged by Chan's formula), then y = ((x - m) * rstd) * w[r] + b[r], the rows walked
+    back."""
     NB, R, W = x.shape
     nblk = (W + cb - 1) // cb
     for u in prange(NB * nblk):
@@ -1164,14 +1226,14 @@ def chan_fwd(x, w, b, centered, eps, cb, y, mean, rstd, var):
         n = j1 - j0
         xs = x[bi]
         ys = y[bi]
-        k = np.empty(W, x.dtype)  # the columns' scratch is indexed from column 0
-        a1 = np.empty(W, x.dtype)
-        a2 = np.empty(W, x.dtype)
+        k = np.empty(W, mean.dtype)  # the columns' scratch is indexed from column 0
+        a1 = np.empty(W, mean.dtype)
+        a2 = np.empty(W, mean.dtype)
         m = np.empty(W)
         q = np.empty(W)
         _col_stats(xs, 0, R, centered, k, a1, a2, m, q, j0, j1)
-        mm = np.empty(n, x.dtype)
-        rr = np.empty(n, x.dtype)
+        mm = np.empty(n, mean.dtype)
+        rr = np.empty(n, mean.dtype)
         for j in range(n):
             v = q[j0 + j] / R
             r_ = 1.0 / np.sqrt(v + eps)
@@ -1186,15 +1248,16 @@ def chan_fwd(x, w, b, centered, eps, cb, y, mean, rstd, var):
             yr = ys[r, j0:j1]  # row slices (see chan_bwd)
             xr = xs[r, j0:j1]
             for j in range(n):
-                yr[j] = ((xr[j] - mm[j]) * rr[j]) * wr + br
+                yr[j] = _store(((_load(xr[j]) - mm[j]) * rr[j]) * wr + br, oz)
 
 
 @njit(**_JIT)
-def chan_bwd(dy, x, w, mean, rstd, centered, zero, cb, dx, dwp, dbp):
+def chan_bwd(dy, x, w, mean, rstd, centered, zero, cb, oz, dx, dwp, dbp):
     """The backward of ``chan_fwd``: per unit, per column sum(g) and sum(g * xhat) over the
-    rows (g = dy * w[r], blocks of _CBLOCK rows in x's precision added in float64) and per row
-    sum(dy * xhat), sum(dy) over the block's columns (into ``dwp``/``dbp`` (units, R),
-    float64: the caller adds the units, in order; ``zero``: 0 in x's dtype); then
+    rows (g = dy * w[r], blocks of _CBLOCK rows in the statistics' precision added in
+    float64) and per row sum(dy * xhat), sum(dy) over the block's columns (into
+    ``dwp``/``dbp`` (units, R), float64: the caller adds the units, in order; ``zero``: 0 in
+    the statistics' dtype, ``oz`` in dx's element type; dtypes as ``chan_fwd``); then
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (no mean(g) when not ``centered``), the
     rows walked back."""
     NB, R, W = x.shape
@@ -1209,8 +1272,8 @@ def chan_bwd(dy, x, w, mean, rstd, centered, zero, cb, dx, dwp, dbp):
         ds = dx[bi]
         m = mean[bi, j0:j1]
         rs = rstd[bi, j0:j1]
-        a1 = np.empty(n, x.dtype)
-        a2 = np.empty(n, x.dtype)
+        a1 = np.empty(n, mean.dtype)
+        a2 = np.empty(n, mean.dtype)
         s1 = np.zeros(n)
         s2 = np.zeros(n)
         for r0 in range(0, R, _CBLOCK):
@@ -1224,8 +1287,8 @@ def chan_bwd(dy, x, w, mean, rstd, centered, zero, cb, dx, dwp, dbp):
                 t1 = zero
                 t2 = zero
                 for j in range(n):
-                    g = gr[j]
-                    xh = (xr[j] - m[j]) * rs[j]
+                    g = _load(gr[j])
+                    xh = (_load(xr[j]) - m[j]) * rs[j]
                     a1[j] += g * wr
                     a2[j] += (g * wr) * xh
                     t1 += g * xh
@@ -1235,8 +1298,8 @@ def chan_bwd(dy, x, w, mean, rstd, centered, zero, cb, dx, dwp, dbp):
             for j in range(n):
                 s1[j] += a1[j]
                 s2[j] += a2[j]
-        c1 = np.empty(n, x.dtype)
-        c2 = np.empty(n, x.dtype)
+        c1 = np.empty(n, mean.dtype)
+        c2 = np.empty(n, mean.dtype)
         for j in range(n):
             c1[j] = s1[j] / R if centered else 0.0
             c2[j] = s2[j] / R
@@ -1246,8 +1309,8 @@ def chan_bwd(dy, x, w, mean, rstd, centered, zero, cb, dx, dwp, dbp):
             gr = gs[r, j0:j1]
             xr = xs[r, j0:j1]
             for j in range(n):
-                xh = (xr[j] - m[j]) * rs[j]
-                dr[j] = rs[j] * (_gw_minus(gr[j], wr, c1[j]) - xh * c2[j])
+                xh = (_load(xr[j]) - m[j]) * rs[j]
+                dr[j] = _store(rs[j] * (_gw_minus(_load(gr[j]), wr, c1[j]) - xh * c2[j]), oz)
 
 
 # ---- the serial twins (module doc): the same source compiled without parallel=True ----
