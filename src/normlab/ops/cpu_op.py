@@ -18,9 +18,10 @@ launch (``_update_running``). The Python around a small call is most of its time
 (2, 64, 8, 8) batch norm: the kernel ~15 us of ~0.13 ms), so each torch op or ``.numpy()``
 avoided here counts (~1-5 us each; numba's own dispatch of the arguments is ~1 us).
 Statistics are float32 for float32 input and float64 for float64 (``spec.STAT_DTYPES``); the
-normalizations take only those two dtypes here (numba has no bfloat16), but the channels,
+normalizations take only those two dtypes here (numba has no bfloat16), but for the channels,
 which also read bfloat16 as its bits (``uint16``, computed and summed in float32, statistics
-float32); DyT and Derf, bfloat16 included, are ``cpu_pointwise``'s. Which calls come here is ``dispatch.Numba.accepts``. A
+float32); DyT and Derf, bfloat16 included, are ``cpu_pointwise``'s. Which calls come here is
+``dispatch.Numba.accepts``. A
 double backward (a backward with ``create_graph=True``) of an eager call runs the reference
 math's differentiable backward instead of the kernels' (``_graph_backward``); the custom ops
 (``torch.compile``) have none (use ``backend="reference"``).
@@ -101,7 +102,7 @@ def _update_running(running, mean, var, group_size):
 
 
 def _shape(dims, affine, family) -> int:
-    """Which of the kernels' three readings of the memory a 4-D view takes."""
+    """Which of the kernels' four readings of the memory a 4-D view takes."""
     if family == spec.COLUMN:
         return CHANNELS if affine[2] != 0 else COLUMNS  # a weight per row (S0): the channels
     if affine[4] == 0:  # the D2 positions of a line share one weight: channels first
