@@ -1,6 +1,7 @@
 """CPU kernels compiled by numba: the statistics and per-element passes of every kind, float32
-and float64 (the channels' also bfloat16, as its bits: ``_load``/``_store``), on numpy views of the input's memory (``normlab.ops.cpu_op`` makes the views,
-merges partial statistics and computes the per-line coefficients; nothing here allocates
+and float64 (the channels' also bfloat16, as its bits: ``_load``/``_store``), on numpy views
+of the input's memory (``normlab.ops.cpu_op`` makes the views, merges partial statistics and
+computes the per-line coefficients; nothing here allocates
 an activation-sized buffer or knows about autograd).
 
 The input's memory is read in one of three shapes (``spec.Kernel``'s 4-D view ``(NB, D0, D1,
