@@ -1210,6 +1210,14 @@ def _gw_minus(g, w, c):
     return g * w - c
 
 
+@njit(inline="always")
+def _chan_unit(u, nblk, cb, W):
+    """Unit ``u`` of the channels: (its sample, its first column, the column after its last),
+    ``nblk`` units of ``cb`` columns per sample."""
+    j0 = (u % nblk) * cb
+    return u // nblk, j0, min(W, j0 + cb)
+
+
 @njit(**_JIT)
 def chan_fwd(x, w, b, centered, eps, cb, oz, y, mean, rstd, var):
     """x, y (NB, R, W): float32, float64, or bfloat16 as its bits (uint16; computed in
@@ -1221,9 +1229,7 @@ def chan_fwd(x, w, b, centered, eps, cb, oz, y, mean, rstd, var):
     NB, R, W = x.shape
     nblk = (W + cb - 1) // cb
     for u in prange(NB * nblk):
-        bi = u // nblk
-        j0 = (u % nblk) * cb
-        j1 = min(W, j0 + cb)
+        bi, j0, j1 = _chan_unit(u, nblk, cb, W)
         n = j1 - j0
         xs = x[bi]
         ys = y[bi]
@@ -1264,9 +1270,7 @@ def chan_bwd(dy, x, w, mean, rstd, centered, zero, cb, oz, dx, dwp, dbp):
     NB, R, W = x.shape
     nblk = (W + cb - 1) // cb
     for u in prange(NB * nblk):
-        bi = u // nblk
-        j0 = (u % nblk) * cb
-        j1 = min(W, j0 + cb)
+        bi, j0, j1 = _chan_unit(u, nblk, cb, W)
         n = j1 - j0
         xs = x[bi]
         gs = dy[bi]
